@@ -1,0 +1,31 @@
+//! Kvorum's wire types: everything one service sends another, or a client.
+//!
+//! - [`ids`]: newtypes for node, partition and epoch identifiers.
+//! - [`key`]: validated client keys and keyspace names.
+//! - [`version`]: record versions and the records storage nodes hold.
+//! - [`consistency`]: consistency levels and quorum arithmetic.
+//! - [`keyspace`]: keyspace settings.
+//! - [`cluster`]: membership, the partition map and the cluster view.
+//! - [`storage`]: the storage node's internal API.
+//! - [`error`]: the JSON error body every service answers with.
+//! - [`headers`]: the names of Kvorum's HTTP headers.
+
+pub mod cluster;
+pub mod consistency;
+pub mod error;
+pub mod headers;
+pub mod ids;
+pub mod key;
+pub mod keyspace;
+pub mod storage;
+pub mod version;
+
+pub use cluster::{
+    ClusterView, Membership, MembershipError, NodeInfo, PartitionAssignment, PartitionMap,
+};
+pub use consistency::{ConsistencyLevel, UnknownConsistency};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use ids::{Epoch, NodeId, PartitionId};
+pub use key::{Key, KeyError, KeyspaceName, MAX_KEY_BYTES};
+pub use keyspace::{ConflictStrategy, KeyspaceConfig, KeyspaceMode};
+pub use version::{Record, Version, VersionTokenError};

@@ -1,0 +1,214 @@
+//! HTTP server plumbing every Kvorum service shares.
+//!
+//! - [`serve`]: run a router on a listener until a shutdown token fires, draining requests.
+//! - [`with_standard_layers`]: request ids, request tracing, a deadline and panic catching,
+//!   as tower layers so that no handler carries that code.
+//! - [`JsonBody`]: a JSON extractor whose rejections are Kvorum's JSON errors.
+//! - [`shutdown_on_signal`]: the shutdown token `main` hands to `run`.
+//! - [`error_response`]: the one way an [`ErrorDetail`] becomes a response.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kvorum_protocol::{ErrorBody, ErrorCode, ErrorDetail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// The header carrying a request's id, set when the caller sent none.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The JSON error response for `detail`, with the status its code maps to.
+pub fn error_response(detail: ErrorDetail) -> Response {
+    let status =
+        StatusCode::from_u16(detail.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(ErrorBody::from(detail))).into_response()
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// A token cancelled on the first SIGINT (Ctrl-C) or SIGTERM, for `main` to pass to `run`.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received, shutting down"),
+            () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+/// Wraps `router` in the layers every service uses, and JSON answers for unknown routes.
+pub fn with_standard_layers(router: Router, request_timeout: Duration) -> Router {
+    router
+        .fallback(|| async {
+            error_response(ErrorDetail::new(ErrorCode::NotFound, "no such route"))
+        })
+        .method_not_allowed_fallback(|| async {
+            error_response(ErrorDetail::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method",
+            ))
+        })
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http())
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(
+                    |_panic: Box<dyn std::any::Any + Send>| {
+                        error_response(ErrorDetail::new(
+                            ErrorCode::Internal,
+                            "the server hit a bug; see its log",
+                        ))
+                    },
+                ))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    request_timeout,
+                )),
+        )
+}
+
+/// A JSON request body; malformed input becomes a 400 (or 413, 415) Kvorum error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => {
+                let code = match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+                    _ => ErrorCode::BadRequest,
+                };
+                let mut response = error_response(ErrorDetail::new(code, rejection.body_text()));
+                if rejection.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                }
+                Err(response)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::post;
+    use http_body_util::BodyExt;
+    use serde::Deserialize;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Greeting {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    fn app() -> Router {
+        let router = Router::new().route(
+            "/greet",
+            post(|JsonBody(_g): JsonBody<Greeting>| async { "hi" }),
+        );
+        with_standard_layers(router, Duration::from_secs(1))
+    }
+
+    async fn call(request: Request) -> (StatusCode, serde_json::Value) {
+        let response = app().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn post_json(body: &str) -> Request {
+        Request::post("/greet")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_a_json_400() {
+        for body in ["{", "{\"name\":1}", "{\"name\":\"a\",\"x\":1}", ""] {
+            let (status, json) = call(post_json(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(json["error"]["code"], "bad_request", "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_get_json_errors() {
+        let (status, json) =
+            call(Request::get("/nope").body(Body::empty()).expect("request")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(json["error"]["code"], "not_found");
+        let (status, json) =
+            call(Request::get("/greet").body(Body::empty()).expect("request")).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(json["error"]["code"], "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn responses_carry_a_request_id() {
+        let response = app()
+            .oneshot(post_json("{\"name\":\"a\"}"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().contains_key(REQUEST_ID));
+    }
+}

@@ -1,0 +1,310 @@
+//! The storage node's HTTP API: `router(state)` and its handlers, under `/internal/v1/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kvorum_protocol::storage::{
+    Batch, CommitRequest, CommitResponse, DropResponse, ImportResponse, ItemOutcome,
+    PartitionExport, PrepareResponse, ReadResponse, ReplicaKey,
+};
+use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, NodeId, PartitionId};
+use kvorum_server::{JsonBody, error_response, with_standard_layers};
+
+use crate::fence::EpochFence;
+use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
+use crate::writer::{WriteError, Writer};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// This node's id.
+    pub node: NodeId,
+    /// The database, for reads.
+    pub store: Arc<Store>,
+    /// The group-commit writer, for writes.
+    pub writer: Writer,
+    /// Refuses requests routed by an outdated partition map.
+    pub fence: EpochFence,
+}
+
+/// Why a storage request failed; maps to the JSON error body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request was routed by an epoch older than one this node has seen.
+    #[error(
+        "partition {partition} was routed by epoch {request}, but this node has seen epoch {current}; refresh the partition map"
+    )]
+    StaleEpoch {
+        /// The partition.
+        partition: PartitionId,
+        /// The epoch the request carried.
+        request: Epoch,
+        /// The newest epoch this node knows.
+        current: Epoch,
+    },
+    /// The path and the body name different partitions.
+    #[error("the path names partition {path} but the body holds partition {body}")]
+    PartitionMismatch {
+        /// From the path.
+        path: PartitionId,
+        /// From the body.
+        body: PartitionId,
+    },
+    /// The database failed.
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
+    /// The write did not complete.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+impl ApiError {
+    fn detail(&self) -> ErrorDetail {
+        let code = match self {
+            ApiError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+            ApiError::PartitionMismatch { .. } => ErrorCode::BadRequest,
+            ApiError::Store(_) | ApiError::Write(WriteError::Store(_)) => ErrorCode::Internal,
+            ApiError::Write(WriteError::Stopped) => ErrorCode::Unavailable,
+        };
+        let mut detail = ErrorDetail::new(code, self.to_string());
+        if let ApiError::StaleEpoch { current, .. } = self {
+            detail.current_epoch = Some(*current);
+        }
+        detail
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.detail())
+    }
+}
+
+/// The storage node's routes, wrapped in the standard layers.
+pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes: usize) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/internal/v1/read", post(read))
+        .route("/internal/v1/read/batch", post(read_batch))
+        .route("/internal/v1/prepare", post(prepare))
+        .route("/internal/v1/prepare/batch", post(prepare_batch))
+        .route("/internal/v1/commit", post(commit))
+        .route("/internal/v1/commit/batch", post(commit_batch))
+        .route(
+            "/internal/v1/partitions/{partition}",
+            get(export_partition)
+                .put(import_partition)
+                .delete(drop_partition),
+        )
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .with_state(state);
+    with_standard_layers(routes, request_timeout)
+}
+
+impl AppState {
+    fn admit(&self, target: &ReplicaKey) -> Result<(), ApiError> {
+        self.fence
+            .admit(target.partition, target.epoch)
+            .map_err(|current| ApiError::StaleEpoch {
+                partition: target.partition,
+                request: target.epoch,
+                current,
+            })
+    }
+
+    fn read_one(&self, target: &ReplicaKey) -> Result<ReadResponse, ApiError> {
+        self.admit(target)?;
+        let record = self
+            .store
+            .read(target.partition, &target.keyspace, &target.key)?;
+        Ok(ReadResponse { record })
+    }
+
+    fn prepare_one(&self, target: &ReplicaKey) -> Result<PrepareResponse, ApiError> {
+        self.admit(target)?;
+        let version = self
+            .store
+            .version(target.partition, &target.keyspace, &target.key)?;
+        Ok(PrepareResponse { version })
+    }
+}
+
+fn commit_op(request: CommitRequest) -> WriteOp {
+    let CommitRequest { target, record } = request;
+    WriteOp::Commit {
+        partition: target.partition,
+        epoch: target.epoch,
+        keyspace: target.keyspace,
+        key: target.key,
+        record,
+    }
+}
+
+fn commit_response(outcome: WriteOutcome) -> Result<CommitResponse, ApiError> {
+    match outcome {
+        WriteOutcome::Committed { applied, current } => Ok(CommitResponse { applied, current }),
+        WriteOutcome::Dropped(_) => Err(ApiError::Store(StoreError::BadStoredKey(
+            "writer answered a commit with a drop outcome".into(),
+        ))),
+    }
+}
+
+fn outcome<T>(result: Result<T, ApiError>) -> ItemOutcome<T> {
+    match result {
+        Ok(value) => ItemOutcome::Ok(value),
+        Err(error) => ItemOutcome::Error(error.detail()),
+    }
+}
+
+async fn read(
+    State(state): State<Arc<AppState>>,
+    JsonBody(target): JsonBody<ReplicaKey>,
+) -> Result<Json<ReadResponse>, ApiError> {
+    state.read_one(&target).map(Json)
+}
+
+async fn read_batch(
+    State(state): State<Arc<AppState>>,
+    JsonBody(batch): JsonBody<Batch<ReplicaKey>>,
+) -> Json<Batch<ItemOutcome<ReadResponse>>> {
+    Json(Batch {
+        items: batch
+            .items
+            .iter()
+            .map(|t| outcome(state.read_one(t)))
+            .collect(),
+    })
+}
+
+async fn prepare(
+    State(state): State<Arc<AppState>>,
+    JsonBody(target): JsonBody<ReplicaKey>,
+) -> Result<Json<PrepareResponse>, ApiError> {
+    state.prepare_one(&target).map(Json)
+}
+
+async fn prepare_batch(
+    State(state): State<Arc<AppState>>,
+    JsonBody(batch): JsonBody<Batch<ReplicaKey>>,
+) -> Json<Batch<ItemOutcome<PrepareResponse>>> {
+    Json(Batch {
+        items: batch
+            .items
+            .iter()
+            .map(|t| outcome(state.prepare_one(t)))
+            .collect(),
+    })
+}
+
+async fn commit(
+    State(state): State<Arc<AppState>>,
+    JsonBody(request): JsonBody<CommitRequest>,
+) -> Result<Json<CommitResponse>, ApiError> {
+    state.admit(&request.target)?;
+    let outcome = state.writer.submit(vec![commit_op(request)]).await?;
+    let outcome = outcome
+        .into_iter()
+        .next()
+        .ok_or(ApiError::Write(WriteError::Stopped))?;
+    commit_response(outcome).map(Json)
+}
+
+async fn commit_batch(
+    State(state): State<Arc<AppState>>,
+    JsonBody(batch): JsonBody<Batch<CommitRequest>>,
+) -> Result<Json<Batch<ItemOutcome<CommitResponse>>>, ApiError> {
+    // Fenced items fail alone; the admitted ones share one transaction.
+    let mut items: Vec<Option<ItemOutcome<CommitResponse>>> = Vec::with_capacity(batch.items.len());
+    let mut ops = Vec::new();
+    for request in batch.items {
+        match state.admit(&request.target) {
+            Ok(()) => {
+                items.push(None);
+                ops.push(commit_op(request));
+            }
+            Err(error) => items.push(Some(ItemOutcome::Error(error.detail()))),
+        }
+    }
+    let mut outcomes = state.writer.submit(ops).await?.into_iter();
+    let items = items
+        .into_iter()
+        .map(|item| match item {
+            Some(fenced) => fenced,
+            None => outcome(
+                outcomes
+                    .next()
+                    .ok_or(ApiError::Write(WriteError::Stopped))
+                    .and_then(commit_response),
+            ),
+        })
+        .collect();
+    Ok(Json(Batch { items }))
+}
+
+async fn export_partition(
+    State(state): State<Arc<AppState>>,
+    Path(partition): Path<u32>,
+) -> Result<Json<PartitionExport>, ApiError> {
+    Ok(Json(state.store.export_partition(PartitionId(partition))?))
+}
+
+async fn import_partition(
+    State(state): State<Arc<AppState>>,
+    Path(partition): Path<u32>,
+    JsonBody(export): JsonBody<PartitionExport>,
+) -> Result<Json<ImportResponse>, ApiError> {
+    let partition = PartitionId(partition);
+    if export.partition != partition {
+        return Err(ApiError::PartitionMismatch {
+            path: partition,
+            body: export.partition,
+        });
+    }
+    let ops = export
+        .records
+        .into_iter()
+        .map(|r| WriteOp::Commit {
+            partition,
+            epoch: Epoch(0),
+            keyspace: r.keyspace,
+            key: r.key,
+            record: r.record,
+        })
+        .collect();
+    let outcomes = state.writer.submit(ops).await?;
+    let applied = outcomes
+        .iter()
+        .filter(|o| matches!(o, WriteOutcome::Committed { applied: true, .. }))
+        .count();
+    Ok(Json(ImportResponse {
+        applied,
+        skipped: outcomes.len() - applied,
+    }))
+}
+
+async fn drop_partition(
+    State(state): State<Arc<AppState>>,
+    Path(partition): Path<u32>,
+) -> Result<Json<DropResponse>, ApiError> {
+    let outcomes = state
+        .writer
+        .submit(vec![WriteOp::DropPartition(PartitionId(partition))])
+        .await?;
+    let removed = outcomes
+        .iter()
+        .map(|o| {
+            if let WriteOutcome::Dropped(n) = o {
+                *n
+            } else {
+                0
+            }
+        })
+        .sum();
+    Ok(Json(DropResponse { removed }))
+}

@@ -1,0 +1,85 @@
+//! `kvorum-storage`: a storage node holding partition replicas in redb.
+//!
+//! - [`config`]: flags and environment.
+//! - [`store`]: the redb database: records grouped by partition, epochs, node identity.
+//! - [`record_codec`]: the on-disk record layout.
+//! - [`writer`]: group commit of concurrent writes into one fsync'd transaction.
+//! - [`fence`]: refusing requests routed by an old epoch.
+//! - [`api`]: the internal HTTP API.
+
+pub mod api;
+pub mod config;
+pub mod fence;
+pub mod record_codec;
+pub mod store;
+pub mod writer;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::StorageConfig;
+
+use crate::api::AppState;
+use crate::fence::EpochFence;
+use crate::store::{Store, StoreError};
+use crate::writer::Writer;
+
+/// Why the node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database could not be opened.
+    #[error("cannot open the database in {dir}: {source}")]
+    Open {
+        /// The data directory.
+        dir: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the node on `listener` until `shutdown` fires, then drains requests and pending writes.
+pub async fn run(
+    config: StorageConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StorageError> {
+    let open = |dir: &std::path::Path| Store::open(dir, config.node());
+    let store = Arc::new(open(&config.data_dir).map_err(|source| StorageError::Open {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?);
+    let epochs = store
+        .partition_epochs()
+        .map_err(|source| StorageError::Open {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+    let (writer, writer_task) = Writer::start(
+        store.clone(),
+        usize::try_from(config.max_batch).unwrap_or(usize::MAX),
+    );
+    let state = Arc::new(AppState {
+        node: config.node(),
+        store,
+        writer,
+        fence: EpochFence::new(epochs),
+    });
+    let app = api::router(
+        state,
+        config.request_timeout(),
+        usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+    );
+    tracing::info!(node = %config.node(), address = %listener.local_addr()?, data_dir = %config.data_dir.display(), "storage node serving");
+    kvorum_server::serve(listener, app, shutdown).await?;
+    // The router (and with it the last writer handle) is gone: the writer drains and stops.
+    if writer_task.await.is_err() {
+        tracing::error!("the writer task panicked while draining");
+    }
+    tracing::info!(node = %config.node(), "storage node stopped");
+    Ok(())
+}

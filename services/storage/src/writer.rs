@@ -1,0 +1,176 @@
+//! Group commit: one writer task batches concurrent writes into one fsync'd transaction.
+//!
+//! While a transaction is being fsync'd, new writes queue in the channel; the
+//! next transaction takes all of them (up to `max_batch` ops). Under load the
+//! cost of an fsync is shared by every request that arrived during the last one,
+//! instead of throughput collapsing to one fsync per request.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
+
+/// Why a submitted write did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The transaction holding the write failed; nothing of it was stored.
+    #[error("the write transaction failed: {0}")]
+    Store(Arc<StoreError>),
+    /// The writer has stopped (the node is shutting down).
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+struct Job {
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<Result<Vec<WriteOutcome>, WriteError>>,
+}
+
+/// The handle through which requests submit writes; clone it freely.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("ops", &self.ops.len()).finish()
+    }
+}
+
+impl Writer {
+    /// Starts the writer task; it ends once every handle is dropped and the queue is drained.
+    pub fn start(store: Arc<Store>, max_batch: usize) -> (Writer, JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(max_batch.max(1) * 4);
+        let task = tokio::spawn(run(store, queue, max_batch.max(1)));
+        (Writer { jobs }, task)
+    }
+
+    /// Applies `ops` in order, durably, sharing the fsync with concurrent submitters.
+    pub async fn submit(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job { ops, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        outcome.await.map_err(|_| WriteError::Stopped)?
+    }
+}
+
+async fn run(store: Arc<Store>, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
+    while let Some(first) = queue.recv().await {
+        let mut op_count = first.ops.len();
+        let mut jobs = vec![first];
+        while op_count < max_batch {
+            match queue.try_recv() {
+                Ok(job) => {
+                    op_count += job.ops.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut ops = Vec::with_capacity(op_count);
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            replies.push((job.ops.len(), job.reply));
+            ops.extend(job.ops);
+        }
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || store.apply(&ops)).await;
+        tracing::trace!(ops = op_count, requests = replies.len(), "group commit");
+        match result {
+            Ok(Ok(outcomes)) => {
+                let mut outcomes = outcomes.into_iter();
+                for (count, reply) in replies {
+                    // A requester that gave up (timeout) no longer listens; its write stands.
+                    let _ = reply.send(Ok(outcomes.by_ref().take(count).collect()));
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, ops = op_count, "group commit failed");
+                let error = WriteError::Store(Arc::new(error));
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Err(join_error) => {
+                tracing::error!(%join_error, "group commit task died");
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(WriteError::Stopped));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version};
+
+    use super::*;
+
+    fn commit(k: &str, counter: u64) -> WriteOp {
+        WriteOp::Commit {
+            partition: PartitionId(0),
+            epoch: Epoch(1),
+            keyspace: KeyspaceName::default_keyspace(),
+            key: Key::parse(k).expect("key"),
+            record: Record {
+                version: Version { counter, writer: 0 },
+                value: Some(vec![1]),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_submitters_each_get_their_own_outcomes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), NodeId(1)).expect("open"));
+        let (writer, task) = Writer::start(store.clone(), 64);
+        let mut handles = Vec::new();
+        for i in 0..200u64 {
+            let writer = writer.clone();
+            handles.push(tokio::spawn(async move {
+                writer
+                    .submit(vec![
+                        commit(&format!("k{i}"), i + 1),
+                        commit(&format!("k{i}"), i),
+                    ])
+                    .await
+            }));
+        }
+        for (i, handle) in handles.into_iter().enumerate() {
+            let outcomes = handle.await.expect("join").expect("write");
+            let current = Version {
+                counter: i as u64 + 1,
+                writer: 0,
+            };
+            assert_eq!(
+                outcomes,
+                vec![
+                    WriteOutcome::Committed {
+                        applied: true,
+                        current
+                    },
+                    WriteOutcome::Committed {
+                        applied: false,
+                        current
+                    }
+                ]
+            );
+        }
+        drop(writer);
+        task.await.expect("writer drains and stops");
+        assert_eq!(
+            store
+                .export_partition(PartitionId(0))
+                .expect("export")
+                .records
+                .len(),
+            200
+        );
+    }
+}
