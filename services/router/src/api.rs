@@ -1,0 +1,601 @@
+//! The client REST API: `router(state)` and its handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use kvorum_protocol::{
+    ClusterView, ConsistencyLevel, ErrorCode, ErrorDetail, Key, KeyError, KeyspaceConfig,
+    UnknownConsistency, Version, VersionTokenError, headers,
+};
+use kvorum_server::{error_response, with_standard_layers};
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+
+use crate::coordinator::{Coordinator, CoordinatorError, Receipt};
+use crate::keyspaces::{KeyspaceError, Keyspaces, Operation, effective_level};
+use crate::topology::Topology;
+use crate::transport::HttpReplicas;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// Nodes and the partition map.
+    pub topology: Topology,
+    /// Keyspaces and their settings.
+    pub keyspaces: Keyspaces,
+    /// Quorum coordination over HTTP.
+    pub coordinator: Coordinator<HttpReplicas>,
+    /// Largest value a client may PUT.
+    pub max_value_bytes: usize,
+}
+
+/// Why a client request failed; maps to the JSON error body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The key breaks the key rules.
+    #[error(transparent)]
+    InvalidKey(#[from] KeyError),
+    /// The query string is malformed or has unknown parameters.
+    #[error("bad query string: {0}")]
+    BadQuery(String),
+    /// The consistency parameter is not a level.
+    #[error(transparent)]
+    UnknownConsistency(#[from] UnknownConsistency),
+    /// The keyspace is unknown, or refuses the level.
+    #[error(transparent)]
+    Keyspace(#[from] KeyspaceError),
+    /// The `X-Kvorum-Context` header is not a token Kvorum issued.
+    #[error(transparent)]
+    BadContext(#[from] VersionTokenError),
+    /// The value is larger than the limit.
+    #[error("the value is larger than the limit of {limit} bytes")]
+    ValueTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The request body could not be read.
+    #[error("cannot read the request body: {0}")]
+    BadBody(String),
+    /// The key has no live value (never written, or deleted).
+    #[error("key not found")]
+    KeyNotFound(Box<Receipt>),
+    /// The level could not be met.
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    /// A feature that arrives with a later part of the system.
+    #[error("{0}")]
+    NotImplemented(&'static str),
+}
+
+impl ApiError {
+    fn detail(&self) -> ErrorDetail {
+        let code = match self {
+            ApiError::InvalidKey(_) => ErrorCode::InvalidKey,
+            ApiError::BadQuery(_) | ApiError::BadContext(_) | ApiError::BadBody(_) => {
+                ErrorCode::BadRequest
+            }
+            ApiError::UnknownConsistency(_)
+            | ApiError::Keyspace(KeyspaceError::LevelNotAllowed { .. }) => {
+                ErrorCode::InvalidConsistency
+            }
+            ApiError::Keyspace(KeyspaceError::NotFound(_)) => ErrorCode::KeyspaceNotFound,
+            ApiError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            ApiError::Coordinator(_) => ErrorCode::QuorumNotReached,
+            ApiError::NotImplemented(_) => ErrorCode::NotImplemented,
+        };
+        let mut detail = ErrorDetail::new(code, self.to_string());
+        if let ApiError::Coordinator(CoordinatorError::QuorumNotReached {
+            answered,
+            required,
+            outcome_unknown,
+            ..
+        }) = self
+        {
+            detail.replicas_answered = Some(*answered);
+            detail.replicas_required = Some(*required);
+            detail.outcome_unknown = *outcome_unknown;
+        }
+        detail
+    }
+
+    fn receipt(&self) -> Option<&Receipt> {
+        match self {
+            ApiError::KeyNotFound(receipt) => Some(receipt),
+            ApiError::Coordinator(CoordinatorError::QuorumNotReached { receipt, .. }) => {
+                Some(receipt)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = error_response(self.detail());
+        if let Some(receipt) = self.receipt() {
+            add_receipt(response.headers_mut(), receipt);
+        }
+        response
+    }
+}
+
+/// The client API's routes, wrapped in the standard layers.
+pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    let kv = get(get_key).put(put_key).delete(delete_key);
+    let routes = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        // The bare prefix routes exist so that an empty key is a clear 400, not a 404.
+        .route("/v1/kv", kv.clone())
+        .route("/v1/kv/", kv.clone())
+        .route("/v1/kv/{*key}", kv)
+        .route("/v1/keyspaces", get(list_keyspaces))
+        .route(
+            "/v1/keyspaces/{name}",
+            get(get_keyspace).put(create_keyspace),
+        )
+        .route("/v1/cluster", get(cluster))
+        .with_state(state);
+    with_standard_layers(routes, request_timeout)
+}
+
+/// The query parameters of `/v1/kv/{*key}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvQuery {
+    keyspace: Option<String>,
+    consistency: Option<String>,
+}
+
+/// A parsed and validated key request.
+#[derive(Debug)]
+struct KvRequest<'a> {
+    key: Key,
+    keyspace: &'a KeyspaceConfig,
+    level: ConsistencyLevel,
+}
+
+impl<'a> KvRequest<'a> {
+    fn parse(state: &'a AppState, uri: &Uri, operation: Operation) -> Result<Self, ApiError> {
+        // The key is taken from the raw path so that percent-encoded bytes that are
+        // not UTF-8 get Kvorum's error rather than the framework's.
+        let raw = uri.path().strip_prefix("/v1/kv").unwrap_or_default();
+        let raw = raw.strip_prefix('/').unwrap_or(raw);
+        let bytes: Vec<u8> = percent_decode_str(raw).collect();
+        let key = Key::from_bytes(&bytes)?;
+        let query: KvQuery = serde_urlencoded::from_str(uri.query().unwrap_or_default())
+            .map_err(|e| ApiError::BadQuery(e.to_string()))?;
+        let keyspace = state.keyspaces.get(
+            query
+                .keyspace
+                .as_deref()
+                .unwrap_or(kvorum_protocol::KeyspaceName::DEFAULT),
+        )?;
+        let requested = query.consistency.as_deref().map(str::parse).transpose()?;
+        let level = effective_level(keyspace, requested, operation)?;
+        Ok(Self {
+            key,
+            keyspace,
+            level,
+        })
+    }
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn node_list(nodes: &[kvorum_protocol::NodeId]) -> HeaderValue {
+    header_value(
+        &nodes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Writes the consistency receipt into response headers.
+fn add_receipt(headers: &mut HeaderMap, receipt: &Receipt) {
+    let pairs = [
+        (
+            headers::CONSISTENCY,
+            header_value(receipt.consistency.as_str()),
+        ),
+        (
+            headers::PARTITION,
+            header_value(&receipt.partition.to_string()),
+        ),
+        (headers::EPOCH, header_value(&receipt.epoch.to_string())),
+        (headers::REPLICAS_ASKED, node_list(&receipt.asked)),
+        (headers::REPLICAS_ACKED, node_list(&receipt.acked)),
+        (
+            headers::READ_REPAIR,
+            header_value(if receipt.read_repair { "true" } else { "false" }),
+        ),
+        (
+            headers::HINTED,
+            header_value(if receipt.hinted { "true" } else { "false" }),
+        ),
+    ];
+    for (name, value) in pairs {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+fn add_version(headers: &mut HeaderMap, version: Version) {
+    let token = header_value(&version.to_token());
+    headers.insert(HeaderName::from_static(headers::VERSION), token.clone());
+    headers.insert(HeaderName::from_static(headers::CONTEXT), token);
+}
+
+/// Validates the causal context a client sent back, if any.
+fn check_context(headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(value) = headers.get(headers::CONTEXT) {
+        let text = value
+            .to_str()
+            .map_err(|_| VersionTokenError("(not ASCII)".into()))?;
+        // Strong keyspaces order writes by version alone; the context is checked
+        // here so a garbled token is refused, and is put to use by eventual keyspaces.
+        text.parse::<Version>()?;
+    }
+    Ok(())
+}
+
+async fn read_value(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::ValueTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::ValueTooLarge { limit })
+        }
+        Err(error) => Err(ApiError::BadBody(error.to_string())),
+    }
+}
+
+async fn get_key(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
+    let request = KvRequest::parse(&state, &uri, Operation::Read)?;
+    let route = state.topology.route(&request.keyspace.name, &request.key);
+    let outcome = state
+        .coordinator
+        .read(&route, &request.keyspace.name, &request.key, request.level)
+        .await?;
+    match outcome.record {
+        Some(record) if !record.is_tombstone() => {
+            let mut response = (
+                StatusCode::OK,
+                [(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                record.value.unwrap_or_default(),
+            )
+                .into_response();
+            add_receipt(response.headers_mut(), &outcome.receipt);
+            add_version(response.headers_mut(), record.version);
+            Ok(response)
+        }
+        _ => Err(ApiError::KeyNotFound(Box::new(outcome.receipt))),
+    }
+}
+
+async fn put_key(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = KvRequest::parse(&state, &uri, Operation::Write)?;
+    check_context(&headers)?;
+    let value = read_value(body, &headers, state.max_value_bytes).await?;
+    write(&state, request, Some(value)).await
+}
+
+async fn delete_key(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let request = KvRequest::parse(&state, &uri, Operation::Write)?;
+    check_context(&headers)?;
+    write(&state, request, None).await
+}
+
+async fn write(
+    state: &AppState,
+    request: KvRequest<'_>,
+    value: Option<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    let route = state.topology.route(&request.keyspace.name, &request.key);
+    let outcome = state
+        .coordinator
+        .write(
+            &route,
+            &request.keyspace.name,
+            &request.key,
+            value,
+            request.level,
+        )
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    add_receipt(response.headers_mut(), &outcome.receipt);
+    add_version(response.headers_mut(), outcome.version);
+    Ok(response)
+}
+
+async fn list_keyspaces(State(state): State<Arc<AppState>>) -> Json<Vec<KeyspaceConfig>> {
+    Json(state.keyspaces.list())
+}
+
+async fn get_keyspace(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<KeyspaceConfig>, ApiError> {
+    Ok(Json(state.keyspaces.get(&name)?.clone()))
+}
+
+async fn create_keyspace() -> ApiError {
+    ApiError::NotImplemented(
+        "keyspaces are created through the metadata service, which this cluster does not run yet; only `default` exists",
+    )
+}
+
+async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterView> {
+    Json(state.topology.view())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use kvorum_http_client::{ClientConfig, HttpClient};
+    use kvorum_protocol::{Membership, NodeId, NodeInfo};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A router whose three replicas are addresses nobody listens on.
+    fn app() -> Router {
+        let nodes = (1..=3)
+            .map(|i| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let address = listener.local_addr().expect("address").to_string();
+                NodeInfo {
+                    id: NodeId(i),
+                    address,
+                    role: Default::default(),
+                    state: Default::default(),
+                }
+            })
+            .collect();
+        let membership = Membership {
+            partitions: 8,
+            replication_factor: 3,
+            nodes,
+        };
+        let mut config = ClientConfig::new("test");
+        config.retries = 0;
+        let state = AppState {
+            keyspaces: Keyspaces::bootstrap(3),
+            topology: Topology::from_membership(membership),
+            coordinator: Coordinator::new(HttpReplicas::new(
+                HttpClient::new(config).expect("client"),
+            )),
+            max_value_bytes: 16,
+        };
+        router(Arc::new(state), Duration::from_secs(5))
+    }
+
+    async fn send(request: Request<Body>) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let response = app().oneshot(request).await.expect("infallible");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn request(method: &str, uri: &str, body: &'static str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn every_bad_input_gets_its_json_error() {
+        let long_key = format!("/v1/kv/{}", "k".repeat(1025));
+        let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+            (
+                request("GET", "/v1/kv/", ""),
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+            ),
+            (
+                request("PUT", "/v1/kv", "v"),
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+            ),
+            (
+                request("GET", &long_key, ""),
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+            ),
+            (
+                request("GET", "/v1/kv/%FF%FE", ""),
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+            ),
+            (
+                request("PUT", "/v1/kv/a%0Ab", "v"),
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+            ),
+            (
+                request("DELETE", "/v1/kv/a%00", ""),
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+            ),
+            (
+                request("GET", "/v1/kv/k?consistency=two", ""),
+                StatusCode::BAD_REQUEST,
+                "invalid_consistency",
+            ),
+            (
+                request("PUT", "/v1/kv/k?consistency=one", "v"),
+                StatusCode::BAD_REQUEST,
+                "invalid_consistency",
+            ),
+            (
+                request("DELETE", "/v1/kv/k?consistency=one", ""),
+                StatusCode::BAD_REQUEST,
+                "invalid_consistency",
+            ),
+            (
+                request("GET", "/v1/kv/k?keyspace=nope", ""),
+                StatusCode::NOT_FOUND,
+                "keyspace_not_found",
+            ),
+            (
+                request("GET", "/v1/kv/k?colour=red", ""),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request("PUT", "/v1/kv/k", "seventeen bytes!!"),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+            ),
+            (
+                request("GET", "/v1/keyspaces/nope", ""),
+                StatusCode::NOT_FOUND,
+                "keyspace_not_found",
+            ),
+            (
+                request("PUT", "/v1/keyspaces/new", "{\"mode\":\"strong\"}"),
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+            ),
+            (
+                request("POST", "/v1/kv/k", ""),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                request("GET", "/v2/kv/k", ""),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+        ];
+        for (request, status, code) in cases {
+            let described = format!("{} {}", request.method(), request.uri());
+            let (got_status, _, body) = send(request).await;
+            assert_eq!(got_status, status, "{described}: {body}");
+            assert_eq!(body["error"]["code"], code, "{described}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{described}: {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_over_the_limit_is_refused_even_without_a_declared_length() {
+        let stream = chunked(vec![b"0123456789".to_vec(), b"0123456789".to_vec()]);
+        let (status, _, body) = send(Request::put("/v1/kv/k").body(stream).expect("request")).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    }
+
+    /// A body of several chunks with no declared content length.
+    fn chunked(chunks: Vec<Vec<u8>>) -> Body {
+        Body::from_stream(futures::stream::iter(
+            chunks.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_malformed_context_token_is_refused() {
+        let request = Request::put("/v1/kv/k")
+            .header(headers::CONTEXT, "garbage")
+            .body(Body::from("v"))
+            .expect("request");
+        let (status, _, body) = send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("context"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_replicas_give_503_with_counts_and_a_receipt() {
+        let (status, headers, body) = send(request("PUT", "/v1/kv/k", "v")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "quorum_not_reached");
+        assert_eq!(body["error"]["replicas_answered"], 0);
+        assert_eq!(body["error"]["replicas_required"], 2);
+        assert_eq!(
+            body["error"]["outcome_unknown"], false,
+            "refused connections cannot have applied the write"
+        );
+        assert_eq!(headers[headers::REPLICAS_ACKED], "");
+        assert_eq!(
+            headers[headers::REPLICAS_ASKED]
+                .to_str()
+                .ok()
+                .map(|s| s.split(',').count()),
+            Some(3)
+        );
+
+        let (status, _, body) = send(request("GET", "/v1/kv/k?consistency=one", "")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["replicas_required"], 1);
+        assert!(
+            body["error"].get("outcome_unknown").is_none(),
+            "reads have no outcome to be unsure of"
+        );
+    }
+
+    #[tokio::test]
+    async fn keyspaces_and_the_cluster_are_described() {
+        let (status, _, body) = send(request("GET", "/v1/keyspaces", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body[0]["name"], "default");
+        assert_eq!(body[0]["mode"], "strong");
+        assert_eq!(body[0]["replication_factor"], 3);
+
+        let (status, _, body) = send(request("GET", "/v1/cluster", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["nodes"].as_array().map(Vec::len), Some(3));
+        assert_eq!(body["partitions"].as_array().map(Vec::len), Some(8));
+        assert_eq!(
+            body["partitions"][0]["replicas"].as_array().map(Vec::len),
+            Some(3)
+        );
+        assert!(body["metad"]["leader"].is_null());
+        assert!(body["moves"].as_array().is_some());
+    }
+}

@@ -1,0 +1,860 @@
+//! Strong-keyspace coordination: the two-phase quorum write and the read with write-back.
+//!
+//! Write (SYSTEM.md, consistency contract): *prepare* collects the highest
+//! version of the key from a quorum; *commit* sends the value with a strictly
+//! higher version to every replica and answers once the level's count has
+//! acknowledged. Read: collect from the level's count; where replies disagree,
+//! write the newest record back until the level's count holds it, then answer.
+//! Because any two quorums intersect, this is the ABD register construction
+//! (Attiya, Bar-Noy and Dolev, "Sharing Memory Robustly in Message-Passing
+//! Systems", 1995) with per-key versions, and QUORUM or ALL operations on one
+//! key are linearizable.
+//!
+//! Every fan-out goes to all replicas of the partition at once and returns as
+//! soon as the level is met; the calls still in flight run to completion in the
+//! background, so a write reaches every replica that is up.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kvorum_protocol::consistency::quorum;
+use kvorum_protocol::storage::{CommitRequest, ReplicaKey};
+use kvorum_protocol::{
+    ConsistencyLevel, Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version,
+};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::quorum::{Tally, TallyState, resolve_read};
+use crate::topology::{Replica, Route};
+use crate::transport::{ReplicaError, ReplicaTransport};
+
+/// What a request did, reported to the client in `X-Kvorum-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The key's partition.
+    pub partition: PartitionId,
+    /// The epoch routed by.
+    pub epoch: Epoch,
+    /// The level served.
+    pub consistency: ConsistencyLevel,
+    /// Replicas asked.
+    pub asked: Vec<NodeId>,
+    /// Replicas that acknowledged before the answer.
+    pub acked: Vec<NodeId>,
+    /// Whether a read wrote the newest version back to stale replicas.
+    pub read_repair: bool,
+    /// Whether a hint was stored for a replica that was down.
+    pub hinted: bool,
+}
+
+/// The phase of a request that failed to reach its level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading replicas.
+    Read,
+    /// Writing the newest record back to stale replicas during a read.
+    WriteBack,
+    /// Phase one of a write.
+    Prepare,
+    /// Phase two of a write.
+    Commit,
+}
+
+impl Phase {
+    fn describe(self) -> &'static str {
+        match self {
+            Phase::Read => "read",
+            Phase::WriteBack => "read's write-back",
+            Phase::Prepare => "write's prepare phase",
+            Phase::Commit => "write's commit phase",
+        }
+    }
+}
+
+/// Why a coordinated request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Too few replicas answered to meet the level.
+    #[error(
+        "quorum not reached in the {}: {answered} of {asked} replicas answered, {required} required{}{}",
+        phase.describe(),
+        match outcome_unknown {
+            Some(true) => "; the write may have taken effect on some replicas (outcome unknown)",
+            Some(false) => "; the write took effect nowhere",
+            None => "",
+        },
+        last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+    )]
+    QuorumNotReached {
+        /// The phase that failed.
+        phase: Phase,
+        /// Replicas that answered successfully.
+        answered: usize,
+        /// Replicas asked.
+        asked: usize,
+        /// Replicas needed.
+        required: usize,
+        /// For writes: whether the write may have been applied somewhere.
+        outcome_unknown: Option<bool>,
+        /// The last replica error seen, for the operator.
+        last_error: Option<String>,
+        /// What was asked and acknowledged.
+        receipt: Box<Receipt>,
+    },
+}
+
+/// The result of a read: the newest record the level saw (tombstones included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// The record, or `None` when no replica had the key.
+    pub record: Option<Record>,
+    /// What happened.
+    pub receipt: Receipt,
+}
+
+/// The result of a write: the version it was stored with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The write's version.
+    pub version: Version,
+    /// What happened.
+    pub receipt: Receipt,
+}
+
+/// Replies gathered from one fan-out.
+struct Gathered<R> {
+    ok: Vec<(NodeId, R)>,
+    failed: Vec<(NodeId, ReplicaError)>,
+    asked: usize,
+    met: bool,
+}
+
+impl<R> Gathered<R> {
+    fn pending(&self) -> usize {
+        self.asked - self.ok.len() - self.failed.len()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.failed
+            .last()
+            .map(|(node, e)| format!("node {node}: {e}"))
+    }
+}
+
+/// Calls every replica at once and gathers replies until `required` succeed or cannot.
+async fn fan_out<R, F, Fut>(replicas: &[Replica], required: usize, call: F) -> Gathered<R>
+where
+    F: Fn(&Replica) -> Fut,
+    Fut: Future<Output = Result<R, ReplicaError>> + Send + 'static,
+    R: Send + 'static,
+{
+    let (replies, mut inbox) = mpsc::unbounded_channel();
+    for replica in replicas {
+        let (call, replies, node) = (call(replica), replies.clone(), replica.id);
+        tokio::spawn(
+            async move {
+                // Once the level is met nobody listens; the call still completes.
+                let _ = replies.send((node, call.await));
+            }
+            .in_current_span(),
+        );
+    }
+    drop(replies);
+    let mut tally = Tally::new(required, replicas.len());
+    let mut gathered = Gathered {
+        ok: Vec::new(),
+        failed: Vec::new(),
+        asked: replicas.len(),
+        met: false,
+    };
+    while tally.state() == TallyState::Pending {
+        match inbox.recv().await {
+            Some((node, Ok(reply))) => {
+                tally.succeed();
+                gathered.ok.push((node, reply));
+            }
+            Some((node, Err(error))) => {
+                tracing::debug!(%node, %error, "replica call failed");
+                tally.fail();
+                gathered.failed.push((node, error));
+            }
+            None => break,
+        }
+    }
+    gathered.met = tally.state() == TallyState::Met;
+    gathered
+}
+
+/// Coordinates strong reads and writes over a replica transport.
+#[derive(Debug)]
+pub struct Coordinator<T> {
+    transport: Arc<T>,
+}
+
+impl<T: ReplicaTransport> Coordinator<T> {
+    /// A coordinator that reaches replicas through `transport`.
+    pub fn new(transport: T) -> Self {
+        Self {
+            transport: Arc::new(transport),
+        }
+    }
+
+    fn receipt(route: &Route, consistency: ConsistencyLevel) -> Receipt {
+        Receipt {
+            partition: route.partition,
+            epoch: route.epoch,
+            consistency,
+            asked: route.replicas.iter().map(|r| r.id).collect(),
+            acked: Vec::new(),
+            read_repair: false,
+            hinted: false,
+        }
+    }
+
+    fn target(route: &Route, keyspace: &KeyspaceName, key: &Key) -> ReplicaKey {
+        ReplicaKey {
+            partition: route.partition,
+            epoch: route.epoch,
+            keyspace: keyspace.clone(),
+            key: key.clone(),
+        }
+    }
+
+    /// Reads a key at `level`, writing the newest version back where replicas disagree.
+    pub async fn read(
+        &self,
+        route: &Route,
+        keyspace: &KeyspaceName,
+        key: &Key,
+        level: ConsistencyLevel,
+    ) -> Result<ReadOutcome, CoordinatorError> {
+        let mut receipt = Self::receipt(route, level);
+        let required = level.required(route.replicas.len());
+        let target = Self::target(route, keyspace, key);
+        let transport = &self.transport;
+        let gathered = fan_out(&route.replicas, required, |r| {
+            transport.read(r, target.clone())
+        })
+        .await;
+        receipt.acked = gathered.ok.iter().map(|(n, _)| *n).collect();
+        if !gathered.met {
+            return Err(CoordinatorError::QuorumNotReached {
+                phase: Phase::Read,
+                answered: gathered.ok.len(),
+                asked: gathered.asked,
+                required,
+                outcome_unknown: None,
+                last_error: gathered.last_error(),
+                receipt: Box::new(receipt),
+            });
+        }
+        let replies: Vec<_> = gathered
+            .ok
+            .into_iter()
+            .map(|(n, r)| (n, r.record))
+            .collect();
+        let resolution = resolve_read(&replies);
+        let newest = match resolution.newest {
+            // ONE is documented as possibly stale: it answers with what one replica holds.
+            Some(newest) if level != ConsistencyLevel::One && !resolution.stale.is_empty() => {
+                newest
+            }
+            record => return Ok(ReadOutcome { record, receipt }),
+        };
+        // The newest record must be on `required` replicas before anyone is told of
+        // it, or a later read could miss it (a new-old inversion).
+        let laggards: Vec<Replica> = route
+            .replicas
+            .iter()
+            .filter(|r| !resolution.holders.contains(&r.id))
+            .cloned()
+            .collect();
+        let need = required.saturating_sub(resolution.holders.len());
+        let request = CommitRequest {
+            target,
+            record: newest.clone(),
+        };
+        let repaired = fan_out(&laggards, need, |r| transport.commit(r, request.clone())).await;
+        receipt.read_repair = true;
+        receipt.acked = resolution
+            .holders
+            .iter()
+            .copied()
+            .chain(repaired.ok.iter().map(|(n, _)| *n))
+            .collect();
+        tracing::debug!(partition = %route.partition, repaired = repaired.ok.len(), "read repair");
+        if !repaired.met {
+            return Err(CoordinatorError::QuorumNotReached {
+                phase: Phase::WriteBack,
+                answered: receipt.acked.len(),
+                asked: route.replicas.len(),
+                required,
+                outcome_unknown: None,
+                last_error: repaired.last_error(),
+                receipt: Box::new(receipt),
+            });
+        }
+        Ok(ReadOutcome {
+            record: Some(newest),
+            receipt,
+        })
+    }
+
+    /// Writes `value` (or a tombstone for `None`) at `level` in two phases.
+    pub async fn write(
+        &self,
+        route: &Route,
+        keyspace: &KeyspaceName,
+        key: &Key,
+        value: Option<Vec<u8>>,
+        level: ConsistencyLevel,
+    ) -> Result<WriteOutcome, CoordinatorError> {
+        let mut receipt = Self::receipt(route, level);
+        let replication_factor = route.replicas.len();
+        let target = Self::target(route, keyspace, key);
+        let transport = &self.transport;
+
+        let prepare_quorum = quorum(replication_factor);
+        let prepared = fan_out(&route.replicas, prepare_quorum, |r| {
+            transport.prepare(r, target.clone())
+        })
+        .await;
+        if !prepared.met {
+            return Err(CoordinatorError::QuorumNotReached {
+                phase: Phase::Prepare,
+                answered: prepared.ok.len(),
+                asked: prepared.asked,
+                required: prepare_quorum,
+                outcome_unknown: Some(false),
+                last_error: prepared.last_error(),
+                receipt: Box::new(receipt),
+            });
+        }
+        let highest = prepared.ok.iter().filter_map(|(_, p)| p.version).max();
+        let version = Version::next_after(highest, rand::random());
+
+        let required = level.required(replication_factor);
+        let request = CommitRequest {
+            target,
+            record: Record { version, value },
+        };
+        let committed = fan_out(&route.replicas, required, |r| {
+            transport.commit(r, request.clone())
+        })
+        .await;
+        receipt.acked = committed.ok.iter().map(|(n, _)| *n).collect();
+        if !committed.met {
+            let outcome_unknown = !committed.ok.is_empty()
+                || committed.pending() > 0
+                || committed.failed.iter().any(|(_, e)| e.maybe_delivered);
+            return Err(CoordinatorError::QuorumNotReached {
+                phase: Phase::Commit,
+                answered: committed.ok.len(),
+                asked: committed.asked,
+                required,
+                outcome_unknown: Some(outcome_unknown),
+                last_error: committed.last_error(),
+                receipt: Box::new(receipt),
+            });
+        }
+        Ok(WriteOutcome { version, receipt })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use kvorum_protocol::storage::{CommitResponse, PrepareResponse, ReadResponse};
+
+    use super::*;
+
+    /// How an in-process replica behaves.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Behaviour {
+        /// Serves requests like a storage node.
+        Up,
+        /// Refuses connections: the request never arrives.
+        Down,
+        /// Never answers.
+        Stalled,
+        /// Serves reads and prepares, but loses the answer to a commit after applying it.
+        LosesCommitReplies,
+    }
+
+    #[derive(Debug, Default)]
+    struct Replicas {
+        behaviour: HashMap<NodeId, Behaviour>,
+        records: HashMap<(NodeId, String), Record>,
+    }
+
+    /// In-process replicas with the storage node's keep-if-higher rule.
+    #[derive(Debug, Clone, Default)]
+    struct FakeReplicas(Arc<Mutex<Replicas>>);
+
+    impl FakeReplicas {
+        fn set(&self, node: u64, behaviour: Behaviour) {
+            self.0
+                .lock()
+                .expect("lock")
+                .behaviour
+                .insert(NodeId(node), behaviour);
+        }
+
+        fn put(&self, node: u64, key: &str, record: Record) {
+            self.0
+                .lock()
+                .expect("lock")
+                .records
+                .insert((NodeId(node), key.to_owned()), record);
+        }
+
+        fn get(&self, node: u64, key: &str) -> Option<Record> {
+            self.0
+                .lock()
+                .expect("lock")
+                .records
+                .get(&(NodeId(node), key.to_owned()))
+                .cloned()
+        }
+
+        fn call<R, F>(
+            &self,
+            node: NodeId,
+            is_commit: bool,
+            apply: F,
+        ) -> impl Future<Output = Result<R, ReplicaError>> + Send + 'static + use<R, F>
+        where
+            R: Send + 'static,
+            F: FnOnce(&mut Replicas) -> R + Send + 'static,
+        {
+            let replicas = self.0.clone();
+            async move {
+                let behaviour = replicas
+                    .lock()
+                    .expect("lock")
+                    .behaviour
+                    .get(&node)
+                    .copied()
+                    .unwrap_or(Behaviour::Up);
+                let error = |maybe_delivered| ReplicaError {
+                    maybe_delivered,
+                    stale_epoch: None,
+                    message: format!("node {node} is {behaviour:?}"),
+                };
+                match behaviour {
+                    Behaviour::Down => Err(error(false)),
+                    Behaviour::Stalled => std::future::pending().await,
+                    Behaviour::LosesCommitReplies if is_commit => {
+                        apply(&mut replicas.lock().expect("lock"));
+                        Err(error(true))
+                    }
+                    Behaviour::Up | Behaviour::LosesCommitReplies => {
+                        Ok(apply(&mut replicas.lock().expect("lock")))
+                    }
+                }
+            }
+        }
+    }
+
+    impl ReplicaTransport for FakeReplicas {
+        fn read(
+            &self,
+            replica: &Replica,
+            target: ReplicaKey,
+        ) -> impl Future<Output = Result<ReadResponse, ReplicaError>> + Send + 'static + use<>
+        {
+            let node = replica.id;
+            self.call(node, false, move |r| ReadResponse {
+                record: r.records.get(&(node, target.key.to_string())).cloned(),
+            })
+        }
+
+        fn prepare(
+            &self,
+            replica: &Replica,
+            target: ReplicaKey,
+        ) -> impl Future<Output = Result<PrepareResponse, ReplicaError>> + Send + 'static + use<>
+        {
+            let node = replica.id;
+            self.call(node, false, move |r| PrepareResponse {
+                version: r
+                    .records
+                    .get(&(node, target.key.to_string()))
+                    .map(|rec| rec.version),
+            })
+        }
+
+        fn commit(
+            &self,
+            replica: &Replica,
+            request: CommitRequest,
+        ) -> impl Future<Output = Result<CommitResponse, ReplicaError>> + Send + 'static + use<>
+        {
+            let node = replica.id;
+            self.call(node, true, move |r| {
+                let slot = (node, request.target.key.to_string());
+                match r.records.get(&slot) {
+                    Some(held) if held.version >= request.record.version => CommitResponse {
+                        applied: false,
+                        current: held.version,
+                    },
+                    _ => {
+                        let current = request.record.version;
+                        r.records.insert(slot, request.record);
+                        CommitResponse {
+                            applied: true,
+                            current,
+                        }
+                    }
+                }
+            })
+        }
+    }
+
+    fn route() -> Route {
+        Route {
+            partition: PartitionId(0),
+            epoch: Epoch(1),
+            replicas: (1..=3)
+                .map(|i| Replica {
+                    id: NodeId(i),
+                    address: Arc::from(format!("node-{i}")),
+                })
+                .collect(),
+        }
+    }
+
+    fn ks() -> KeyspaceName {
+        KeyspaceName::default_keyspace()
+    }
+
+    fn key(text: &str) -> Key {
+        Key::parse(text).expect("key")
+    }
+
+    fn record(counter: u64, value: &str) -> Record {
+        Record {
+            version: Version { counter, writer: 0 },
+            value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
+    /// Bounds a test's wait, so a coordinator that hangs fails the test instead of stalling it.
+    async fn within<F: Future>(future: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .expect("the coordinator answered")
+    }
+
+    #[tokio::test]
+    async fn a_quorum_write_is_read_back_at_every_level() {
+        let replicas = FakeReplicas::default();
+        let coordinator = Coordinator::new(replicas.clone());
+        let written = within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"v".to_vec()),
+            ConsistencyLevel::Quorum,
+        ))
+        .await
+        .expect("write");
+        assert_eq!(written.version.counter, 1);
+        assert!(written.receipt.acked.len() >= 2);
+        for level in [
+            ConsistencyLevel::One,
+            ConsistencyLevel::Quorum,
+            ConsistencyLevel::All,
+        ] {
+            let read = within(coordinator.read(&route(), &ks(), &key("k"), level))
+                .await
+                .expect("read");
+            assert_eq!(
+                read.record.and_then(|r| r.value),
+                Some(b"v".to_vec()),
+                "{level}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn each_write_takes_a_version_above_every_prepared_one() {
+        let replicas = FakeReplicas::default();
+        replicas.put(2, "k", record(41, "old"));
+        let coordinator = Coordinator::new(replicas.clone());
+        let written = within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"new".to_vec()),
+            ConsistencyLevel::All,
+        ))
+        .await
+        .expect("write");
+        // Whether or not node 2 was in the prepare quorum, the version must beat every
+        // version the prepare phase saw; a stale winner would be silently ignored.
+        let on_two = replicas.get(2, "k").expect("held");
+        assert_eq!(
+            on_two.value,
+            Some(b"new".to_vec()),
+            "node 2 kept {on_two:?}, write was {:?}",
+            written.version
+        );
+    }
+
+    #[tokio::test]
+    async fn quorum_survives_one_replica_down_and_all_does_not() {
+        let replicas = FakeReplicas::default();
+        replicas.set(3, Behaviour::Down);
+        let coordinator = Coordinator::new(replicas.clone());
+        within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"v".to_vec()),
+            ConsistencyLevel::Quorum,
+        ))
+        .await
+        .expect("quorum write");
+        within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+            .await
+            .expect("quorum read");
+
+        let error = within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"w".to_vec()),
+            ConsistencyLevel::All,
+        ))
+        .await
+        .expect_err("ALL cannot be met");
+        let CoordinatorError::QuorumNotReached {
+            phase,
+            answered,
+            required,
+            outcome_unknown,
+            ..
+        } = error;
+        assert_eq!((phase, answered, required), (Phase::Commit, 2, 3));
+        // Two replicas hold the write: the client must not be told it failed cleanly.
+        assert_eq!(outcome_unknown, Some(true));
+
+        let error = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::All))
+            .await
+            .expect_err("ALL read");
+        let CoordinatorError::QuorumNotReached {
+            phase,
+            outcome_unknown,
+            ..
+        } = error;
+        assert_eq!((phase, outcome_unknown), (Phase::Read, None));
+    }
+
+    #[tokio::test]
+    async fn a_failed_prepare_writes_nothing_and_says_so() {
+        let replicas = FakeReplicas::default();
+        replicas.set(2, Behaviour::Down);
+        replicas.set(3, Behaviour::Down);
+        let coordinator = Coordinator::new(replicas.clone());
+        let error = within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"v".to_vec()),
+            ConsistencyLevel::Quorum,
+        ))
+        .await
+        .expect_err("no quorum");
+        let CoordinatorError::QuorumNotReached {
+            phase,
+            answered,
+            outcome_unknown,
+            ..
+        } = &error;
+        assert_eq!(
+            (*phase, *answered, *outcome_unknown),
+            (Phase::Prepare, 1, Some(false))
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("1 of 3 replicas answered, 2 required"),
+            "{error}"
+        );
+        assert_eq!(replicas.get(1, "k"), None);
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_replies_are_lost_is_reported_unknown() {
+        let replicas = FakeReplicas::default();
+        replicas.set(2, Behaviour::LosesCommitReplies);
+        replicas.set(3, Behaviour::LosesCommitReplies);
+        let coordinator = Coordinator::new(replicas.clone());
+        let error = within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"w".to_vec()),
+            ConsistencyLevel::Quorum,
+        ))
+        .await
+        .expect_err("no quorum of commit replies");
+        let CoordinatorError::QuorumNotReached {
+            phase,
+            answered,
+            outcome_unknown,
+            ..
+        } = &error;
+        assert_eq!((*phase, *answered), (Phase::Commit, 1));
+        assert_eq!(*outcome_unknown, Some(true));
+        assert!(error.to_string().contains("outcome unknown"), "{error}");
+        // Indeed the write did take effect: a later read finds it.
+        replicas.set(2, Behaviour::Up);
+        replicas.set(3, Behaviour::Up);
+        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+            .await
+            .expect("read");
+        assert_eq!(read.record.and_then(|r| r.value), Some(b"w".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn answers_come_as_soon_as_the_level_is_met() {
+        let replicas = FakeReplicas::default();
+        replicas.set(3, Behaviour::Stalled);
+        let coordinator = Coordinator::new(replicas.clone());
+        within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"v".to_vec()),
+            ConsistencyLevel::Quorum,
+        ))
+        .await
+        .expect("a stalled replica does not hold up a quorum write");
+        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+            .await
+            .expect("read");
+        assert_eq!(read.receipt.acked, vec![NodeId(1), NodeId(2)]);
+        assert_eq!(read.receipt.asked, vec![NodeId(1), NodeId(2), NodeId(3)]);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_sees_disagreement_writes_the_newest_back_before_answering() {
+        let replicas = FakeReplicas::default();
+        replicas.put(1, "k", record(2, "new"));
+        replicas.put(2, "k", record(1, "old"));
+        replicas.set(3, Behaviour::Down);
+        let coordinator = Coordinator::new(replicas.clone());
+        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+            .await
+            .expect("read");
+        assert_eq!(read.record, Some(record(2, "new")));
+        assert!(read.receipt.read_repair);
+        assert_eq!(
+            replicas.get(2, "k"),
+            Some(record(2, "new")),
+            "the stale replica was repaired"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_cannot_spread_the_newest_version_fails() {
+        let replicas = FakeReplicas::default();
+        replicas.put(1, "k", record(2, "new"));
+        replicas.put(2, "k", record(1, "old"));
+        replicas.set(2, Behaviour::LosesCommitReplies);
+        replicas.set(3, Behaviour::Down);
+        let coordinator = Coordinator::new(replicas.clone());
+        let error = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+            .await
+            .expect_err("the newest version is on one replica only, as far as the router knows");
+        let CoordinatorError::QuorumNotReached {
+            phase,
+            answered,
+            required,
+            receipt,
+            ..
+        } = error;
+        assert_eq!((phase, answered, required), (Phase::WriteBack, 1, 2));
+        assert!(receipt.read_repair);
+    }
+
+    #[tokio::test]
+    async fn one_reads_answer_from_a_single_replica_without_repair() {
+        let replicas = FakeReplicas::default();
+        replicas.put(1, "k", record(1, "old"));
+        replicas.set(2, Behaviour::Stalled);
+        replicas.set(3, Behaviour::Stalled);
+        let coordinator = Coordinator::new(replicas.clone());
+        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::One))
+            .await
+            .expect("read");
+        assert_eq!(read.record, Some(record(1, "old")));
+        assert!(!read.receipt.read_repair);
+    }
+
+    #[tokio::test]
+    async fn deletes_leave_tombstones_that_reads_report_as_absent_records() {
+        let replicas = FakeReplicas::default();
+        let coordinator = Coordinator::new(replicas.clone());
+        within(coordinator.write(
+            &route(),
+            &ks(),
+            &key("k"),
+            Some(b"v".to_vec()),
+            ConsistencyLevel::Quorum,
+        ))
+        .await
+        .expect("put");
+        within(coordinator.write(&route(), &ks(), &key("k"), None, ConsistencyLevel::Quorum))
+            .await
+            .expect("delete");
+        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+            .await
+            .expect("read");
+        assert!(read.record.expect("a tombstone").is_tombstone());
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_get_distinct_ordered_versions() {
+        let replicas = FakeReplicas::default();
+        let coordinator = Arc::new(Coordinator::new(replicas.clone()));
+        let writes = (0..16).map(|i| {
+            let coordinator = coordinator.clone();
+            tokio::spawn(async move {
+                coordinator
+                    .write(
+                        &route(),
+                        &ks(),
+                        &key("k"),
+                        Some(vec![i]),
+                        ConsistencyLevel::Quorum,
+                    )
+                    .await
+                    .expect("write")
+                    .version
+            })
+        });
+        let mut versions = Vec::new();
+        for write in writes {
+            versions.push(within(write).await.expect("join"));
+        }
+        let highest = versions.iter().max().copied();
+        versions.sort();
+        versions.dedup();
+        assert_eq!(versions.len(), 16, "two writes shared a version");
+        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+            .await
+            .expect("read");
+        assert_eq!(
+            read.record.map(|r| r.version),
+            highest,
+            "the read returns the highest version"
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! `kvorum-router`: the client REST API, routing keys to replicas and coordinating quorums.
+//!
+//! - [`config`]: flags, environment and the membership file.
+//! - [`topology`]: nodes, the partition map and the route of a key.
+//! - [`keyspaces`]: keyspace settings and the levels each accepts.
+//! - [`quorum`]: pure quorum arithmetic and read resolution.
+//! - [`transport`]: the replica calls, behind a narrow trait.
+//! - [`coordinator`]: the strong two-phase write and the read with write-back.
+//! - [`api`]: the HTTP routes.
+
+pub mod api;
+pub mod config;
+pub mod coordinator;
+pub mod keyspaces;
+pub mod quorum;
+pub mod topology;
+pub mod transport;
+
+use std::sync::Arc;
+
+use kvorum_http_client::{ClientConfig, HttpClient};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::RouterConfig;
+
+use crate::api::AppState;
+use crate::config::ConfigError;
+use crate::coordinator::Coordinator;
+use crate::keyspaces::Keyspaces;
+use crate::topology::Topology;
+use crate::transport::HttpReplicas;
+
+/// Why the router stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the router on `listener` until `shutdown` fires, then drains in-flight requests.
+pub async fn run(
+    config: RouterConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RouterError> {
+    let membership = config.load_membership()?;
+    let mut client_config = ClientConfig::new("router");
+    client_config.request_timeout = config.replica_timeout();
+    client_config.retries = config.replica_retries;
+    let client = HttpClient::new(client_config).map_err(|e| RouterError::Client(e.to_string()))?;
+    let state = Arc::new(AppState {
+        keyspaces: Keyspaces::bootstrap(membership.replication_factor),
+        topology: Topology::from_membership(membership),
+        coordinator: Coordinator::new(HttpReplicas::new(client)),
+        max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
+    });
+    let app = api::router(state, config.request_timeout());
+    tracing::info!(address = %listener.local_addr()?, "router serving");
+    kvorum_server::serve(listener, app, shutdown).await?;
+    tracing::info!("router stopped");
+    Ok(())
+}

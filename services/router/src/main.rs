@@ -1,0 +1,18 @@
+//! `kvorum-router` binary: parse flags, start telemetry, check the membership, bind, run.
+
+use clap::Parser;
+use kvorum_router::RouterConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = RouterConfig::parse();
+    kvorum_telemetry::init("kvorum-router", &config.log)?;
+    // Refuse a bad membership file before binding, so nothing half-starts.
+    config.load_membership()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --listen {}: {e}", config.listen))?;
+    let shutdown = kvorum_server::shutdown_on_signal();
+    kvorum_router::run(config, listener, shutdown).await?;
+    Ok(())
+}
