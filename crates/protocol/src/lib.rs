@@ -8,12 +8,14 @@
 //! - [`cluster`]: membership, the partition map and the cluster view.
 //! - [`storage`]: the storage node's internal API.
 //! - [`error`]: the JSON error body every service answers with.
+//! - [`health`]: the `/healthz` and `/readyz` answer.
 //! - [`headers`]: the names of Kvorum's HTTP headers.
 
 pub mod cluster;
 pub mod consistency;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod ids;
 pub mod key;
 pub mod keyspace;

@@ -14,6 +14,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kvorum_protocol::health::Health;
 use kvorum_protocol::{ErrorBody, ErrorCode, ErrorDetail};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,20 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// `GET /healthz`: the process is alive and serving HTTP.
+pub async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".to_owned(),
+    })
+}
+
+/// `GET /readyz` for a service whose readiness is having started: it serves once bound.
+pub async fn ready() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ready".to_owned(),
+    })
 }
 
 /// A token cancelled on the first SIGINT (Ctrl-C) or SIGTERM, for `main` to pass to `run`.

@@ -4,6 +4,8 @@
 //! JSON format. This is also the one place where span export by OTLP is
 //! switched on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
+use std::io::IsTerminal;
+
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -49,7 +51,11 @@ pub fn init(service: &'static str, args: &LogArgs) -> Result<(), TelemetryError>
     let registry = tracing_subscriber::registry().with(filter);
     match args.log_format {
         LogFormat::Human => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
         LogFormat::Json => registry
             .with(

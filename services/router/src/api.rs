@@ -66,8 +66,15 @@ pub enum ApiError {
     #[error("cannot read the request body: {0}")]
     BadBody(String),
     /// The key has no live value (never written, or deleted).
-    #[error("key not found")]
-    KeyNotFound(Box<Receipt>),
+    #[error("no value for key {key:?} in keyspace {keyspace:?}")]
+    KeyNotFound {
+        /// The key.
+        key: Key,
+        /// Its keyspace.
+        keyspace: kvorum_protocol::KeyspaceName,
+        /// What the read did.
+        receipt: Box<Receipt>,
+    },
     /// The level could not be met.
     #[error(transparent)]
     Coordinator(#[from] CoordinatorError),
@@ -89,7 +96,7 @@ impl ApiError {
             }
             ApiError::Keyspace(KeyspaceError::NotFound(_)) => ErrorCode::KeyspaceNotFound,
             ApiError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            ApiError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            ApiError::KeyNotFound { .. } => ErrorCode::KeyNotFound,
             ApiError::Coordinator(_) => ErrorCode::QuorumNotReached,
             ApiError::NotImplemented(_) => ErrorCode::NotImplemented,
         };
@@ -110,7 +117,7 @@ impl ApiError {
 
     fn receipt(&self) -> Option<&Receipt> {
         match self {
-            ApiError::KeyNotFound(receipt) => Some(receipt),
+            ApiError::KeyNotFound { receipt, .. } => Some(receipt),
             ApiError::Coordinator(CoordinatorError::QuorumNotReached { receipt, .. }) => {
                 Some(receipt)
             }
@@ -133,8 +140,8 @@ impl IntoResponse for ApiError {
 pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     let kv = get(get_key).put(put_key).delete(delete_key);
     let routes = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/healthz", get(kvorum_server::healthz))
+        .route("/readyz", get(kvorum_server::ready))
         // The bare prefix routes exist so that an empty key is a clear 400, not a 404.
         .route("/v1/kv", kv.clone())
         .route("/v1/kv/", kv.clone())
@@ -291,7 +298,11 @@ async fn get_key(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Respons
             add_version(response.headers_mut(), record.version);
             Ok(response)
         }
-        _ => Err(ApiError::KeyNotFound(Box::new(outcome.receipt))),
+        _ => Err(ApiError::KeyNotFound {
+            key: request.key,
+            keyspace: request.keyspace.name.clone(),
+            receipt: Box::new(outcome.receipt),
+        }),
     }
 }
 

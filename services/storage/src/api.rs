@@ -88,8 +88,8 @@ impl IntoResponse for ApiError {
 /// The storage node's routes, wrapped in the standard layers.
 pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes: usize) -> Router {
     let routes = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/healthz", get(kvorum_server::healthz))
+        .route("/readyz", get(kvorum_server::ready))
         .route("/internal/v1/read", post(read))
         .route("/internal/v1/read/batch", post(read_batch))
         .route("/internal/v1/prepare", post(prepare))

@@ -1,0 +1,101 @@
+//! `kvorum-local`: starts a local cluster (storage nodes and a router) and stops it on Ctrl-C.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
+use kvorum_launcher::{ClusterSpec, LocalCluster, default_bin_dir};
+use kvorum_telemetry::LogArgs;
+
+/// Runs a whole Kvorum cluster on 127.0.0.1 with its data in one directory.
+#[derive(Debug, Parser)]
+#[command(name = "kvorum-local", version, about)]
+struct LocalConfig {
+    /// Storage nodes to run.
+    #[arg(long, env = "NODES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64))]
+    nodes: u64,
+
+    /// Replicas per partition.
+    #[arg(long, env = "RF", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    replication_factor: u64,
+
+    /// Partitions keys hash into, fixed for the life of the data directory.
+    #[arg(long, env = "PARTITIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    partitions: u32,
+
+    /// The router's port on 127.0.0.1.
+    #[arg(long, env = "PORT", default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+
+    /// Port of storage node 1; node i listens on this + i - 1.
+    #[arg(long, env = "STORAGE_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1..))]
+    storage_port: u16,
+
+    /// Directory for data and logs; kept across runs.
+    #[arg(long, env = "DATA_DIR", default_value = "data", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
+    data_dir: PathBuf,
+
+    /// Directory holding the kvorum-* binaries (default: next to this one).
+    #[arg(long, env = "KVORUM_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+
+    /// Log filter for every process (RUST_LOG syntax).
+    #[arg(long, env = "KVORUM_CLUSTER_LOG", default_value = "info")]
+    cluster_log: String,
+
+    /// Logging of this launcher.
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = LocalConfig::parse();
+    kvorum_telemetry::init("kvorum-local", &config.log)?;
+    if config.replication_factor > config.nodes {
+        anyhow::bail!(
+            "--replication-factor {} needs at least that many --nodes, not {}",
+            config.replication_factor,
+            config.nodes
+        );
+    }
+    let last_storage_port = u64::from(config.storage_port) + config.nodes - 1;
+    let storage_ports = u64::from(config.storage_port)..=last_storage_port;
+    if last_storage_port > u64::from(u16::MAX) || storage_ports.contains(&u64::from(config.port)) {
+        anyhow::bail!(
+            "--storage-port {} with {} nodes needs ports {}..={}, which must be valid and must not include --port {}",
+            config.storage_port,
+            config.nodes,
+            config.storage_port,
+            last_storage_port,
+            config.port
+        );
+    }
+    let spec = ClusterSpec {
+        nodes: usize::try_from(config.nodes)?,
+        replication_factor: usize::try_from(config.replication_factor)?,
+        partitions: config.partitions,
+        router_port: config.port,
+        storage_base_port: config.storage_port,
+        data_dir: std::path::absolute(&config.data_dir)?,
+        bin_dir: config.bin_dir.unwrap_or_else(default_bin_dir),
+        log_filter: config.cluster_log,
+    };
+    let shutdown = kvorum_server::shutdown_on_signal();
+    let cluster = LocalCluster::start(spec).await?;
+    tracing::info!(
+        router = %cluster.router_url(),
+        storage_nodes = cluster.membership().nodes.len(),
+        logs = %cluster.log_dir().display(),
+        "Kvorum is up; press Ctrl-C to stop"
+    );
+    tracing::info!(
+        "try: curl -X PUT {0}/v1/kv/hello -d world && curl {0}/v1/kv/hello",
+        cluster.router_url()
+    );
+    shutdown.cancelled().await;
+    tracing::info!("stopping every process");
+    cluster.stop().await?;
+    tracing::info!("stopped; data kept for the next run");
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Helpers for the cluster tests: start a local cluster in a temporary directory and talk to its router.
+
+use std::time::Duration;
+
+use kvorum_launcher::{ClusterSpec, LocalCluster};
+use kvorum_protocol::storage::{ReadResponse, ReplicaKey};
+use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use tempfile::TempDir;
+
+/// A running cluster and the directory holding its data; both go away on drop.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// The cluster; its processes are killed when it is dropped.
+    pub cluster: LocalCluster,
+    /// The data directory (kept alive as long as the cluster).
+    pub dir: TempDir,
+    /// A client for the router.
+    pub client: Client,
+}
+
+impl TestCluster {
+    /// Starts the test-sized cluster (5 nodes, RF 3) on free ports.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let cluster = LocalCluster::start(ClusterSpec::for_tests(dir.path())).await?;
+        let client = Client::new(cluster.router_url())?;
+        Ok(Self {
+            cluster,
+            dir,
+            client,
+        })
+    }
+
+    /// Kills every process with SIGKILL, then starts the cluster again on the same data directory.
+    pub async fn crash_and_restart(self) -> anyhow::Result<Self> {
+        let Self { cluster, dir, .. } = self;
+        drop(cluster);
+        Self::restart_in(dir).await
+    }
+
+    /// Stops every process with SIGTERM, then starts the cluster again on the same data directory.
+    pub async fn stop_and_restart(self) -> anyhow::Result<Self> {
+        let Self { cluster, dir, .. } = self;
+        cluster.stop().await?;
+        Self::restart_in(dir).await
+    }
+
+    async fn restart_in(dir: TempDir) -> anyhow::Result<Self> {
+        let cluster = LocalCluster::start(ClusterSpec::for_tests(dir.path())).await?;
+        let client = Client::new(cluster.router_url())?;
+        Ok(Self {
+            cluster,
+            dir,
+            client,
+        })
+    }
+
+    /// Reads a key straight from one storage node's internal API, bypassing the router.
+    pub async fn read_replica(
+        &self,
+        node: NodeId,
+        key: &str,
+        partition: PartitionId,
+        epoch: Epoch,
+    ) -> anyhow::Result<ReadResponse> {
+        let address = &self
+            .cluster
+            .membership()
+            .node(node)
+            .ok_or_else(|| anyhow::anyhow!("no node {node}"))?
+            .address;
+        let target = ReplicaKey {
+            partition,
+            epoch,
+            keyspace: KeyspaceName::default_keyspace(),
+            key: Key::parse(key)?,
+        };
+        let response = self
+            .client
+            .http
+            .post(format!("http://{address}/internal/v1/read"))
+            .json(&target)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "replica read answered {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+}
+
+/// An answer from the router.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header as a string ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// The replica ids of a receipt header such as `x-kvorum-replicas-asked`.
+    pub fn nodes(&self, name: &str) -> Vec<NodeId> {
+        self.header(name)
+            .split(',')
+            .filter_map(|id| id.parse().ok())
+            .map(NodeId)
+            .collect()
+    }
+
+    /// The partition and epoch the receipt names.
+    pub fn route(&self) -> (PartitionId, Epoch) {
+        let number = |name| self.header(name).parse().unwrap_or_default();
+        (
+            PartitionId(number("x-kvorum-partition") as u32),
+            Epoch(number("x-kvorum-epoch")),
+        )
+    }
+}
+
+/// A client of the router's REST API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the router at `base` (`http://127.0.0.1:PORT`).
+    pub fn new(base: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self { base, http })
+    }
+
+    /// Sends `method` to `path` (with its query) with `body`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await?;
+        Ok(Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await?.to_vec(),
+        })
+    }
+
+    /// `PUT /v1/kv/{key_and_query}`.
+    pub async fn put(&self, key_and_query: &str, value: &[u8]) -> anyhow::Result<Answer> {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/v1/kv/{key_and_query}"),
+            value.to_vec(),
+        )
+        .await
+    }
+
+    /// `GET /v1/kv/{key_and_query}`.
+    pub async fn get(&self, key_and_query: &str) -> anyhow::Result<Answer> {
+        self.send(
+            reqwest::Method::GET,
+            &format!("/v1/kv/{key_and_query}"),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/kv/{key_and_query}`.
+    pub async fn delete(&self, key_and_query: &str) -> anyhow::Result<Answer> {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/v1/kv/{key_and_query}"),
+            Vec::new(),
+        )
+        .await
+    }
+}
