@@ -3,7 +3,7 @@
 //! - [`serve`]: run a router on a listener until a shutdown token fires, draining requests.
 //! - [`with_standard_layers`]: request ids, request tracing, a deadline and panic catching,
 //!   as tower layers so that no handler carries that code.
-//! - [`JsonBody`]: a JSON extractor whose rejections are Kvorum's JSON errors.
+//! - [`JsonBody`], [`PathParam`]: extractors whose rejections are Kvorum's JSON errors.
 //! - [`shutdown_on_signal`]: the shutdown token `main` hands to `run`.
 //! - [`error_response`]: the one way an [`ErrorDetail`] becomes a response.
 
@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kvorum_protocol::health::Health;
 use kvorum_protocol::{ErrorBody, ErrorCode, ErrorDetail};
+use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -145,6 +147,28 @@ where
                 }
                 Err(response)
             }
+        }
+    }
+}
+
+/// A path parameter; one that does not parse becomes a 400 Kvorum error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PathParam<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathParam<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
+            Err(rejection) => Err(error_response(ErrorDetail::new(
+                ErrorCode::BadRequest,
+                rejection.body_text(),
+            ))),
         }
     }
 }

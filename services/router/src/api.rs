@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use kvorum_protocol::{
     ClusterView, ConsistencyLevel, ErrorCode, ErrorDetail, Key, KeyError, KeyspaceConfig,
     UnknownConsistency, Version, VersionTokenError, headers,
 };
-use kvorum_server::{error_response, with_standard_layers};
+use kvorum_server::{PathParam, error_response, with_standard_layers};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -356,7 +356,7 @@ async fn list_keyspaces(State(state): State<Arc<AppState>>) -> Json<Vec<Keyspace
 
 async fn get_keyspace(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<KeyspaceConfig>, ApiError> {
     Ok(Json(state.keyspaces.get(&name)?.clone()))
 }

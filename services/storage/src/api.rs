@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kvorum_protocol::storage::{
@@ -13,7 +13,7 @@ use kvorum_protocol::storage::{
     PartitionExport, PrepareResponse, ReadResponse, ReplicaKey,
 };
 use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, NodeId, PartitionId};
-use kvorum_server::{JsonBody, error_response, with_standard_layers};
+use kvorum_server::{JsonBody, PathParam, error_response, with_standard_layers};
 
 use crate::fence::EpochFence;
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
@@ -249,14 +249,14 @@ async fn commit_batch(
 
 async fn export_partition(
     State(state): State<Arc<AppState>>,
-    Path(partition): Path<u32>,
+    PathParam(partition): PathParam<u32>,
 ) -> Result<Json<PartitionExport>, ApiError> {
     Ok(Json(state.store.export_partition(PartitionId(partition))?))
 }
 
 async fn import_partition(
     State(state): State<Arc<AppState>>,
-    Path(partition): Path<u32>,
+    PathParam(partition): PathParam<u32>,
     JsonBody(export): JsonBody<PartitionExport>,
 ) -> Result<Json<ImportResponse>, ApiError> {
     let partition = PartitionId(partition);
@@ -290,7 +290,7 @@ async fn import_partition(
 
 async fn drop_partition(
     State(state): State<Arc<AppState>>,
-    Path(partition): Path<u32>,
+    PathParam(partition): PathParam<u32>,
 ) -> Result<Json<DropResponse>, ApiError> {
     let outcomes = state
         .writer

@@ -203,10 +203,9 @@ impl Store {
 
 /// The key range holding exactly one partition's records.
 fn partition_range(partition: PartitionId) -> std::ops::Range<(u32, &'static str, &'static str)> {
-    // Keyspace names are never empty, so ("", "") sorts before every record of a
-    // partition; the next partition's first possible key bounds it from above.
-    let next = partition.0.checked_add(1).unwrap_or(u32::MAX);
-    (partition.0, "", "")..(next, "", "")
+    // Keyspace names are 1..=64 characters of [A-Za-z0-9_-], all below U+007F,
+    // so every record of the partition sorts between these two bounds.
+    (partition.0, "", "")..(partition.0, "\u{7f}", "")
 }
 
 fn apply_one(txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
@@ -428,6 +427,38 @@ mod tests {
         assert_eq!(
             store
                 .export_partition(PartitionId(0))
+                .expect("export")
+                .records
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_last_possible_partition_is_a_partition_like_any_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(1)).expect("open");
+        store
+            .apply(&[
+                commit(u32::MAX, "k", record(1, "v")),
+                commit(u32::MAX - 1, "k", record(1, "v")),
+            ])
+            .expect("apply");
+        assert_eq!(
+            store
+                .export_partition(PartitionId(u32::MAX))
+                .expect("export")
+                .records
+                .len(),
+            1
+        );
+        let outcomes = store
+            .apply(&[WriteOp::DropPartition(PartitionId(u32::MAX))])
+            .expect("drop");
+        assert_eq!(outcomes, vec![WriteOutcome::Dropped(1)]);
+        assert_eq!(
+            store
+                .export_partition(PartitionId(u32::MAX - 1))
                 .expect("export")
                 .records
                 .len(),

@@ -1,0 +1,247 @@
+//! The storage node's internal API, driven through `router(state)` without a socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use kvorum_protocol::NodeId;
+use kvorum_storage::api::{AppState, router};
+use kvorum_storage::fence::EpochFence;
+use kvorum_storage::store::Store;
+use kvorum_storage::writer::Writer;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Node {
+    app: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path(), NodeId(1)).expect("open"));
+    let (writer, _task) = Writer::start(store.clone(), 64);
+    let state = Arc::new(AppState {
+        node: NodeId(1),
+        store,
+        writer,
+        fence: EpochFence::default(),
+    });
+    Node {
+        app: router(state, Duration::from_secs(5), 1 << 20),
+        _dir: dir,
+    }
+}
+
+impl Node {
+    async fn call(&self, method: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call_raw(method, uri, body.to_string()).await
+    }
+
+    async fn call_raw(&self, method: &str, uri: &str, body: String) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+fn target(key: &str, epoch: u64) -> Value {
+    json!({"partition": 3, "epoch": epoch, "keyspace": "default", "key": key})
+}
+
+fn commit(key: &str, epoch: u64, counter: u64, value: &str) -> Value {
+    json!({"target": target(key, epoch), "record": {"version": {"counter": counter, "writer": 1}, "value": value}})
+}
+
+#[tokio::test]
+async fn prepare_commit_and_read_follow_the_keep_if_higher_rule() {
+    let node = node();
+    let (status, body) = node
+        .call("POST", "/internal/v1/prepare", target("k", 1))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"version": null})));
+
+    let (status, body) = node
+        .call("POST", "/internal/v1/commit", commit("k", 1, 2, "dHdv"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"applied": true, "current": {"counter": 2, "writer": 1}})
+    );
+    let (_, body) = node
+        .call("POST", "/internal/v1/commit", commit("k", 1, 1, "b25l"))
+        .await;
+    assert_eq!(
+        body,
+        json!({"applied": false, "current": {"counter": 2, "writer": 1}})
+    );
+
+    let (_, body) = node.call("POST", "/internal/v1/read", target("k", 1)).await;
+    assert_eq!(body["record"]["value"], "dHdv");
+    let (_, body) = node
+        .call("POST", "/internal/v1/prepare", target("k", 1))
+        .await;
+    assert_eq!(body["version"]["counter"], 2);
+}
+
+#[tokio::test]
+async fn batches_answer_item_by_item_in_order() {
+    let node = node();
+    let (status, body) = node
+        .call(
+            "POST",
+            "/internal/v1/commit/batch",
+            json!({"items": [commit("a", 1, 1, "YQ=="), commit("b", 1, 1, "Yg==")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["ok"]["applied"], true);
+    assert_eq!(body["items"][1]["ok"]["applied"], true);
+    let (_, body) = node
+        .call(
+            "POST",
+            "/internal/v1/read/batch",
+            json!({"items": [target("b", 1), target("none", 1)]}),
+        )
+        .await;
+    assert_eq!(body["items"][0]["ok"]["record"]["value"], "Yg==");
+    assert_eq!(body["items"][1]["ok"]["record"], Value::Null);
+    let (_, body) = node
+        .call(
+            "POST",
+            "/internal/v1/prepare/batch",
+            json!({"items": [target("a", 1)]}),
+        )
+        .await;
+    assert_eq!(body["items"][0]["ok"]["version"]["counter"], 1);
+}
+
+#[tokio::test]
+async fn requests_from_an_older_epoch_are_fenced_off() {
+    let node = node();
+    node.call("POST", "/internal/v1/read", target("k", 5)).await;
+    let (status, body) = node
+        .call("POST", "/internal/v1/commit", commit("k", 4, 1, "YQ=="))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "stale_epoch");
+    assert_eq!(body["error"]["current_epoch"], 5);
+    // The fenced write changed nothing.
+    let (_, body) = node.call("POST", "/internal/v1/read", target("k", 5)).await;
+    assert_eq!(body["record"], Value::Null);
+    // In a batch only the stale item fails.
+    let (_, body) = node
+        .call(
+            "POST",
+            "/internal/v1/commit/batch",
+            json!({"items": [commit("k", 4, 1, "YQ=="), commit("k", 5, 1, "Yg==")]}),
+        )
+        .await;
+    assert_eq!(body["items"][0]["error"]["code"], "stale_epoch");
+    assert_eq!(body["items"][1]["ok"]["applied"], true);
+}
+
+#[tokio::test]
+async fn malformed_internal_requests_get_400_and_change_nothing() {
+    let node = node();
+    let bad = [
+        ("POST", "/internal/v1/read", "{".to_owned()),
+        ("POST", "/internal/v1/read", json!({"partition": 3, "epoch": 1, "keyspace": "default"}).to_string()),
+        ("POST", "/internal/v1/read", json!({"partition": 3, "epoch": 1, "keyspace": "default", "key": ""}).to_string()),
+        ("POST", "/internal/v1/read", json!({"partition": -1, "epoch": 1, "keyspace": "default", "key": "k"}).to_string()),
+        ("POST", "/internal/v1/prepare", json!({"partition": 3, "epoch": 1, "keyspace": "no spaces", "key": "k"}).to_string()),
+        ("POST", "/internal/v1/commit", json!({"target": target("k", 1), "record": {"version": {"counter": 1, "writer": 1}, "value": "not base64!"}}).to_string()),
+        ("POST", "/internal/v1/commit", json!({"target": target("k", 1), "record": {"version": {"counter": 1}, "value": "YQ=="}}).to_string()),
+        ("POST", "/internal/v1/commit", json!({"target": target("k", 1), "record": {"version": {"counter": 1, "writer": 1}, "value": "YQ=="}, "extra": 1}).to_string()),
+        ("POST", "/internal/v1/commit/batch", json!({"items": [{"target": target("k", 1)}]}).to_string()),
+        ("PUT", "/internal/v1/partitions/3", json!({"partition": 4, "records": []}).to_string()),
+        ("GET", "/internal/v1/partitions/minus-one", String::new()),
+    ];
+    for (method, uri, body) in bad {
+        let (status, answer) = node.call_raw(method, uri, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {uri} {body}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+    }
+    let (_, export) = node
+        .call("GET", "/internal/v1/partitions/3", Value::Null)
+        .await;
+    assert_eq!(
+        export["records"],
+        json!([]),
+        "a refused request stored something"
+    );
+}
+
+#[tokio::test]
+async fn a_partition_exports_imports_and_drops_as_a_unit() {
+    let source = node();
+    source
+        .call(
+            "POST",
+            "/internal/v1/commit/batch",
+            json!({"items": [commit("a", 1, 3, "YQ=="), commit("b/c", 1, 1, "Yg==")]}),
+        )
+        .await;
+    let (status, export) = source
+        .call("GET", "/internal/v1/partitions/3", Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(export["records"].as_array().map(Vec::len), Some(2));
+
+    let destination = node();
+    destination
+        .call("POST", "/internal/v1/commit", commit("a", 1, 9, "bmV3ZXI="))
+        .await;
+    let (status, imported) = destination
+        .call("PUT", "/internal/v1/partitions/3", export.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    // The destination's newer "a" is kept; only "b/c" is taken.
+    assert_eq!(imported, json!({"applied": 1, "skipped": 1}));
+
+    let (status, dropped) = source
+        .call("DELETE", "/internal/v1/partitions/3", Value::Null)
+        .await;
+    assert_eq!((status, dropped), (StatusCode::OK, json!({"removed": 2})));
+    let (_, export) = source
+        .call("GET", "/internal/v1/partitions/3", Value::Null)
+        .await;
+    assert_eq!(export["records"], json!([]));
+}
+
+#[tokio::test]
+async fn health_endpoints_answer_json() {
+    let node = node();
+    let (status, body) = node.call_raw("GET", "/healthz", String::new()).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, body) = node.call_raw("GET", "/readyz", String::new()).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ready"})));
+}
