@@ -6,6 +6,7 @@
 //! instead of throughput collapsing to one fsync per request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -28,10 +29,20 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<WriteOutcome>, WriteError>>,
 }
 
+/// Counters of the writer's work, for metrics and for tests of batching.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Requests (submissions) written.
+    pub requests: AtomicU64,
+    /// Transactions committed (one fsync each).
+    pub transactions: AtomicU64,
+}
+
 /// The handle through which requests submit writes; clone it freely.
 #[derive(Debug, Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
 }
 
 impl std::fmt::Debug for Job {
@@ -44,8 +55,14 @@ impl Writer {
     /// Starts the writer task; it ends once every handle is dropped and the queue is drained.
     pub fn start(store: Arc<Store>, max_batch: usize) -> (Writer, JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(max_batch.max(1) * 4);
-        let task = tokio::spawn(run(store, queue, max_batch.max(1)));
-        (Writer { jobs }, task)
+        let stats = Arc::new(WriterStats::default());
+        let task = tokio::spawn(run(store, queue, max_batch.max(1), stats.clone()));
+        (Writer { jobs, stats }, task)
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// Applies `ops` in order, durably, sharing the fsync with concurrent submitters.
@@ -59,7 +76,7 @@ impl Writer {
     }
 }
 
-async fn run(store: Arc<Store>, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
+async fn run(store: Arc<Store>, mut queue: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<WriterStats>) {
     while let Some(first) = queue.recv().await {
         let mut op_count = first.ops.len();
         let mut jobs = vec![first];
@@ -83,6 +100,8 @@ async fn run(store: Arc<Store>, mut queue: mpsc::Receiver<Job>, max_batch: usize
         tracing::trace!(ops = op_count, requests = replies.len(), "group commit");
         match result {
             Ok(Ok(outcomes)) => {
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
+                stats.requests.fetch_add(replies.len() as u64, Ordering::Relaxed);
                 let mut outcomes = outcomes.into_iter();
                 for (count, reply) in replies {
                     // A requester that gave up (timeout) no longer listens; its write stands.
@@ -162,6 +181,11 @@ mod tests {
                 ]
             );
         }
+        // Every request arrived while earlier ones were being fsync'd, so they
+        // must have shared transactions; one transaction each means no group commit.
+        let transactions = writer.stats().transactions.load(Ordering::Relaxed);
+        assert_eq!(writer.stats().requests.load(Ordering::Relaxed), 200);
+        assert!(transactions <= 100, "200 concurrent requests took {transactions} transactions");
         drop(writer);
         task.await.expect("writer drains and stops");
         assert_eq!(
