@@ -110,8 +110,9 @@ impl CallError {
             CallError::Timeout { .. } | CallError::Transport { .. } | CallError::Decode { .. } => {
                 true
             }
-            // A 4xx/5xx from our services means the request was refused before it took effect.
-            CallError::Status { .. } => false,
+            // A 4xx is a refusal before anything took effect; a 5xx (a deadline that
+            // fired after a write was queued, say) promises nothing.
+            CallError::Status { status, .. } => *status >= 500,
         }
     }
 
@@ -234,13 +235,22 @@ impl HttpClient {
         };
         let mut backoff = self.config.retry_backoff;
         let mut attempt = 1;
+        // If any attempt may have reached the peer, the caller must hear so, even
+        // when a later attempt failed in a way that reached nobody.
+        let mut maybe_delivered_earlier: Option<CallError> = None;
         loop {
             match self.attempt(&method, &url, body.clone()).await {
                 Err(error) if attempt < attempts && error.retryable() => {
                     tracing::debug!(%url, attempt, %error, "retrying idempotent call");
+                    if error.maybe_delivered() && maybe_delivered_earlier.is_none() {
+                        maybe_delivered_earlier = Some(error);
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                     attempt += 1;
+                }
+                Err(error) if !error.maybe_delivered() => {
+                    return Err(maybe_delivered_earlier.unwrap_or(error));
                 }
                 result => return result,
             }
@@ -366,6 +376,31 @@ mod tests {
             .expect("second and third attempts");
         assert_eq!(retried, serde_json::json!(7));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_known_undelivered_and_server_errors_are_not() {
+        let app = axum::Router::new()
+            .route(
+                "/refuse",
+                post(|| async { (StatusCode::BAD_REQUEST, "no") }),
+            )
+            .route(
+                "/fail",
+                post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "oops") }),
+            );
+        let address = serve(app).await;
+        let client = HttpClient::new(ClientConfig::new("test")).expect("client");
+        let refused = client
+            .post_json::<_, serde_json::Value>(&address, "/refuse", &1, Idempotency::Idempotent)
+            .await
+            .expect_err("400");
+        assert!(!refused.maybe_delivered());
+        let failed = client
+            .post_json::<_, serde_json::Value>(&address, "/fail", &1, Idempotency::Idempotent)
+            .await
+            .expect_err("500");
+        assert!(failed.maybe_delivered());
     }
 
     #[tokio::test]

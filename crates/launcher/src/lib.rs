@@ -111,7 +111,7 @@ pub enum LaunchError {
         timeout: Duration,
     },
     /// A process exited during startup.
-    #[error("{name} exited during startup ({status}); see its log at {log}")]
+    #[error("{name} exited during startup ({status}); its log {log} ends with:\n{tail}")]
     Exited {
         /// The process.
         name: String,
@@ -119,6 +119,8 @@ pub enum LaunchError {
         status: String,
         /// Its log.
         log: PathBuf,
+        /// The last lines of its log.
+        tail: String,
     },
     /// No such storage node.
     #[error("no storage node {0}")]
@@ -235,6 +237,17 @@ impl LocalCluster {
         self.wait_healthy(StorageOrRouter::Storage(index)).await
     }
 
+    /// Kills every process with SIGKILL, as a power cut would, and waits until all are gone.
+    pub async fn kill_all(mut self) -> Result<(), LaunchError> {
+        if let Some(router) = self.router.as_mut() {
+            router.kill().await?;
+        }
+        for process in &mut self.storage {
+            process.kill().await?;
+        }
+        Ok(())
+    }
+
     /// Stops every process with SIGTERM (router first), waiting for each to exit.
     pub async fn stop(mut self) -> Result<(), LaunchError> {
         if let Some(router) = self.router.as_mut() {
@@ -321,6 +334,7 @@ impl LocalCluster {
                     name: process.name().to_owned(),
                     status,
                     log: process.log().to_owned(),
+                    tail: log_tail(process.log(), 10),
                 });
             }
             if self
@@ -341,6 +355,13 @@ impl LocalCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 enum StorageOrRouter {

@@ -24,10 +24,19 @@ pub struct Version {
 }
 
 impl Version {
-    /// The first version above `highest` (or above nothing), tagged with `writer`.
-    pub fn next_after(highest: Option<Version>, writer: u64) -> Version {
-        let counter = highest.map_or(0, |v| v.counter) + 1;
-        Version { counter, writer }
+    /// The largest counter a version may carry; replicas refuse higher ones.
+    pub const MAX_COUNTER: u64 = u64::MAX - 1;
+
+    /// The first version above `highest` (or above nothing), tagged with `writer`;
+    /// `None` once the key's counter has reached [`Self::MAX_COUNTER`].
+    pub fn next_after(highest: Option<Version>, writer: u64) -> Option<Version> {
+        let counter = highest.map_or(0, |v| v.counter).checked_add(1)?;
+        (counter <= Self::MAX_COUNTER).then_some(Version { counter, writer })
+    }
+
+    /// Whether a replica may store this version.
+    pub fn is_valid(self) -> bool {
+        self.counter <= Self::MAX_COUNTER
     }
 
     /// The opaque text form used in the `X-Kvorum-Context` header.
@@ -109,11 +118,27 @@ mod tests {
 
     #[test]
     fn the_next_version_is_strictly_higher_than_any_with_the_same_counter() {
-        assert_eq!(Version::next_after(None, 7), v(1, 7));
+        assert_eq!(Version::next_after(None, 7), Some(v(1, 7)));
         let highest = v(5, u64::MAX);
-        let next = Version::next_after(Some(highest), 0);
+        let next = Version::next_after(Some(highest), 0).expect("room above 5");
         assert!(next > highest);
         assert_eq!(next, v(6, 0));
+    }
+
+    #[test]
+    fn the_counter_never_wraps() {
+        let last = v(Version::MAX_COUNTER - 1, 0);
+        assert_eq!(
+            Version::next_after(Some(last), 3),
+            Some(v(Version::MAX_COUNTER, 3))
+        );
+        assert_eq!(
+            Version::next_after(Some(v(Version::MAX_COUNTER, 0)), 3),
+            None
+        );
+        assert_eq!(Version::next_after(Some(v(u64::MAX, 0)), 3), None);
+        assert!(v(Version::MAX_COUNTER, 0).is_valid());
+        assert!(!v(u64::MAX, 0).is_valid());
     }
 
     #[test]

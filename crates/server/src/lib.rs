@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kvorum_protocol::health::Health;
 use kvorum_protocol::{ErrorBody, ErrorCode, ErrorDetail};
@@ -23,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// The header carrying a request's id, set when the caller sent none.
@@ -115,11 +115,25 @@ pub fn with_standard_layers(router: Router, request_timeout: Duration) -> Router
                         ))
                     },
                 ))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::GATEWAY_TIMEOUT,
+                .layer(axum::middleware::from_fn_with_state(
                     request_timeout,
+                    deadline,
                 )),
         )
+}
+
+/// Answers 504 with a JSON error when the inner service runs past `timeout`.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error_response(ErrorDetail::new(
+            ErrorCode::Timeout,
+            format!(
+                "the request did not complete within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
 }
 
 /// A JSON request body; malformed input becomes a 400 (or 413, 415) Kvorum error.
@@ -239,6 +253,31 @@ mod tests {
             call(Request::get("/greet").body(Body::empty()).expect("request")).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(json["error"]["code"], "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_gets_a_json_504() {
+        let slow = Router::new().route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let app = with_standard_layers(slow, Duration::from_millis(50));
+        let response = app
+            .oneshot(Request::get("/slow").body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON error");
+        assert_eq!(json["error"]["code"], "timeout");
     }
 
     #[tokio::test]

@@ -97,7 +97,12 @@ impl ApiError {
             ApiError::Keyspace(KeyspaceError::NotFound(_)) => ErrorCode::KeyspaceNotFound,
             ApiError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::KeyNotFound { .. } => ErrorCode::KeyNotFound,
-            ApiError::Coordinator(_) => ErrorCode::QuorumNotReached,
+            ApiError::Coordinator(CoordinatorError::QuorumNotReached { .. }) => {
+                ErrorCode::QuorumNotReached
+            }
+            ApiError::Coordinator(CoordinatorError::VersionsExhausted { .. }) => {
+                ErrorCode::Conflict
+            }
             ApiError::NotImplemented(_) => ErrorCode::NotImplemented,
         };
         let mut detail = ErrorDetail::new(code, self.to_string());
@@ -118,9 +123,7 @@ impl ApiError {
     fn receipt(&self) -> Option<&Receipt> {
         match self {
             ApiError::KeyNotFound { receipt, .. } => Some(receipt),
-            ApiError::Coordinator(CoordinatorError::QuorumNotReached { receipt, .. }) => {
-                Some(receipt)
-            }
+            ApiError::Coordinator(error) => Some(error.receipt()),
             _ => None,
         }
     }
@@ -382,16 +385,13 @@ mod tests {
 
     /// A router whose three replicas are addresses nobody listens on.
     fn app() -> Router {
+        // Ports 1..=3 on loopback: privileged and unused, so connections are refused at once.
         let nodes = (1..=3)
-            .map(|i| {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                let address = listener.local_addr().expect("address").to_string();
-                NodeInfo {
-                    id: NodeId(i),
-                    address,
-                    role: Default::default(),
-                    state: Default::default(),
-                }
+            .map(|i| NodeInfo {
+                id: NodeId(i),
+                address: format!("127.0.0.1:{i}"),
+                role: Default::default(),
+                state: Default::default(),
             })
             .collect();
         let membership = Membership {
@@ -404,9 +404,10 @@ mod tests {
         let state = AppState {
             keyspaces: Keyspaces::bootstrap(3),
             topology: Topology::from_membership(membership),
-            coordinator: Coordinator::new(HttpReplicas::new(
-                HttpClient::new(config).expect("client"),
-            )),
+            coordinator: Coordinator::new(
+                HttpReplicas::new(HttpClient::new(config).expect("client")),
+                1,
+            ),
             max_value_bytes: 16,
         };
         router(Arc::new(state), Duration::from_secs(5))

@@ -21,8 +21,8 @@ pub struct RouterConfig {
     #[arg(long, env = "KVORUM_MEMBERSHIP", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     pub membership: PathBuf,
 
-    /// Largest value a client may PUT, in bytes.
-    #[arg(long, env = "KVORUM_MAX_VALUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
+    /// Largest value a client may PUT, in bytes (at most 16 MiB, which fits a storage node's request limit once encoded).
+    #[arg(long, env = "KVORUM_MAX_VALUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(16 << 20)))]
     pub max_value_bytes: u64,
 
     /// Deadline of one client request, in milliseconds; past it the client gets 504.
@@ -61,6 +61,18 @@ pub enum ConfigError {
         /// The cause.
         source: serde_json::Error,
     },
+    /// The client deadline leaves no room for the replica calls it waits on.
+    #[error(
+        "--request-timeout-ms {request} must exceed twice --replica-timeout-ms {replica} times (--replica-retries {retries} + 1), so that a write's two phases can finish and report their outcome"
+    )]
+    Timeouts {
+        /// The client deadline.
+        request: u64,
+        /// The replica call deadline.
+        replica: u64,
+        /// Retries per replica call.
+        retries: u32,
+    },
     /// The membership breaks a rule.
     #[error("--membership {path}: {source}")]
     InvalidMembership {
@@ -72,6 +84,19 @@ pub enum ConfigError {
 }
 
 impl RouterConfig {
+    /// Checks the settings that depend on each other, and reads the membership file.
+    pub fn validate(&self) -> Result<Membership, ConfigError> {
+        let phases = 2 * self.replica_timeout_ms * u64::from(self.replica_retries + 1);
+        if self.request_timeout_ms <= phases {
+            return Err(ConfigError::Timeouts {
+                request: self.request_timeout_ms,
+                replica: self.replica_timeout_ms,
+                retries: self.replica_retries,
+            });
+        }
+        self.load_membership()
+    }
+
     /// Reads and validates the membership file.
     pub fn load_membership(&self) -> Result<Membership, ConfigError> {
         let path = self.membership.display().to_string();

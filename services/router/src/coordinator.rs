@@ -15,14 +15,17 @@
 //! background, so a write reaches every replica that is up.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvorum_protocol::consistency::quorum;
 use kvorum_protocol::storage::{CommitRequest, ReplicaKey};
 use kvorum_protocol::{
     ConsistencyLevel, Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version,
 };
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::quorum::{Tally, TallyState, resolve_read};
@@ -102,6 +105,22 @@ pub enum CoordinatorError {
         /// What was asked and acknowledged.
         receipt: Box<Receipt>,
     },
+    /// The key's version counter has reached its maximum; it cannot be written again.
+    #[error("the key's version counter is exhausted; it can no longer be written")]
+    VersionsExhausted {
+        /// What was asked.
+        receipt: Box<Receipt>,
+    },
+}
+
+impl CoordinatorError {
+    /// What was asked and acknowledged before the failure.
+    pub fn receipt(&self) -> &Receipt {
+        match self {
+            CoordinatorError::QuorumNotReached { receipt, .. }
+            | CoordinatorError::VersionsExhausted { receipt } => receipt,
+        }
+    }
 }
 
 /// The result of a read: the newest record the level saw (tombstones included).
@@ -143,7 +162,18 @@ impl<R> Gathered<R> {
 }
 
 /// Calls every replica at once and gathers replies until `required` succeed or cannot.
-async fn fan_out<R, F, Fut>(replicas: &[Replica], required: usize, call: F) -> Gathered<R>
+///
+/// Calls are tasks on `background`, so those still in flight when the level is
+/// met run to completion (a write reaches every replica that is up). When the
+/// level cannot be met, the remaining replies are still awaited (each call is
+/// bounded by the client's timeout), so the error reports exactly how many
+/// replicas answered and whether a write may have landed.
+async fn fan_out<R, F, Fut>(
+    background: &TaskTracker,
+    replicas: &[Replica],
+    required: usize,
+    call: F,
+) -> Gathered<R>
 where
     F: Fn(&Replica) -> Fut,
     Fut: Future<Output = Result<R, ReplicaError>> + Send + 'static,
@@ -152,7 +182,7 @@ where
     let (replies, mut inbox) = mpsc::unbounded_channel();
     for replica in replicas {
         let (call, replies, node) = (call(replica), replies.clone(), replica.id);
-        tokio::spawn(
+        background.spawn(
             async move {
                 // Once the level is met nobody listens; the call still completes.
                 let _ = replies.send((node, call.await));
@@ -168,7 +198,7 @@ where
         asked: replicas.len(),
         met: false,
     };
-    while tally.state() == TallyState::Pending {
+    while tally.state() != TallyState::Met {
         match inbox.recv().await {
             Some((node, Ok(reply))) => {
                 tally.succeed();
@@ -190,14 +220,33 @@ where
 #[derive(Debug)]
 pub struct Coordinator<T> {
     transport: Arc<T>,
+    /// Source of the per-write `writer` tags that break version ties.
+    tags: Mutex<StdRng>,
+    /// Replica calls, including those that outlive the request that made them.
+    background: TaskTracker,
 }
 
 impl<T: ReplicaTransport> Coordinator<T> {
-    /// A coordinator that reaches replicas through `transport`.
-    pub fn new(transport: T) -> Self {
+    /// A coordinator that reaches replicas through `transport`, drawing writer tags from `seed`.
+    pub fn new(transport: T, seed: u64) -> Self {
         Self {
             transport: Arc::new(transport),
+            tags: Mutex::new(StdRng::seed_from_u64(seed)),
+            background: TaskTracker::new(),
         }
+    }
+
+    /// Waits for replica calls still in flight (background commits) to finish.
+    pub async fn drain(&self) {
+        self.background.close();
+        self.background.wait().await;
+    }
+
+    fn writer_tag(&self) -> u64 {
+        self.tags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next_u64()
     }
 
     fn receipt(route: &Route, consistency: ConsistencyLevel) -> Receipt {
@@ -222,6 +271,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
     }
 
     /// Reads a key at `level`, writing the newest version back where replicas disagree.
+    #[tracing::instrument(name = "strong_read", skip_all, fields(keyspace = %keyspace, partition = %route.partition, consistency = %level))]
     pub async fn read(
         &self,
         route: &Route,
@@ -233,7 +283,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let required = level.required(route.replicas.len());
         let target = Self::target(route, keyspace, key);
         let transport = &self.transport;
-        let gathered = fan_out(&route.replicas, required, |r| {
+        let gathered = fan_out(&self.background, &route.replicas, required, |r| {
             transport.read(r, target.clone())
         })
         .await;
@@ -275,7 +325,10 @@ impl<T: ReplicaTransport> Coordinator<T> {
             target,
             record: newest.clone(),
         };
-        let repaired = fan_out(&laggards, need, |r| transport.commit(r, request.clone())).await;
+        let repaired = fan_out(&self.background, &laggards, need, |r| {
+            transport.commit(r, request.clone())
+        })
+        .await;
         receipt.read_repair = true;
         receipt.acked = resolution
             .holders
@@ -302,6 +355,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
     }
 
     /// Writes `value` (or a tombstone for `None`) at `level` in two phases.
+    #[tracing::instrument(name = "strong_write", skip_all, fields(keyspace = %keyspace, partition = %route.partition, consistency = %level))]
     pub async fn write(
         &self,
         route: &Route,
@@ -316,7 +370,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let transport = &self.transport;
 
         let prepare_quorum = quorum(replication_factor);
-        let prepared = fan_out(&route.replicas, prepare_quorum, |r| {
+        let prepared = fan_out(&self.background, &route.replicas, prepare_quorum, |r| {
             transport.prepare(r, target.clone())
         })
         .await;
@@ -332,14 +386,18 @@ impl<T: ReplicaTransport> Coordinator<T> {
             });
         }
         let highest = prepared.ok.iter().filter_map(|(_, p)| p.version).max();
-        let version = Version::next_after(highest, rand::random());
+        let version = Version::next_after(highest, self.writer_tag()).ok_or_else(|| {
+            CoordinatorError::VersionsExhausted {
+                receipt: Box::new(receipt.clone()),
+            }
+        })?;
 
         let required = level.required(replication_factor);
         let request = CommitRequest {
             target,
             record: Record { version, value },
         };
-        let committed = fan_out(&route.replicas, required, |r| {
+        let committed = fan_out(&self.background, &route.replicas, required, |r| {
             transport.commit(r, request.clone())
         })
         .await;
@@ -553,7 +611,7 @@ mod tests {
     #[tokio::test]
     async fn a_quorum_write_is_read_back_at_every_level() {
         let replicas = FakeReplicas::default();
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         let written = within(coordinator.write(
             &route(),
             &ks(),
@@ -585,7 +643,7 @@ mod tests {
     async fn each_write_takes_a_version_above_every_prepared_one() {
         let replicas = FakeReplicas::default();
         replicas.put(2, "k", record(41, "old"));
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         let written = within(coordinator.write(
             &route(),
             &ks(),
@@ -610,7 +668,7 @@ mod tests {
     async fn quorum_survives_one_replica_down_and_all_does_not() {
         let replicas = FakeReplicas::default();
         replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         within(coordinator.write(
             &route(),
             &ks(),
@@ -639,7 +697,10 @@ mod tests {
             required,
             outcome_unknown,
             ..
-        } = error;
+        } = error
+        else {
+            panic!("unexpected {error:?}")
+        };
         assert_eq!((phase, answered, required), (Phase::Commit, 2, 3));
         // Two replicas hold the write: the client must not be told it failed cleanly.
         assert_eq!(outcome_unknown, Some(true));
@@ -651,7 +712,10 @@ mod tests {
             phase,
             outcome_unknown,
             ..
-        } = error;
+        } = error
+        else {
+            panic!("unexpected {error:?}")
+        };
         assert_eq!((phase, outcome_unknown), (Phase::Read, None));
     }
 
@@ -660,7 +724,7 @@ mod tests {
         let replicas = FakeReplicas::default();
         replicas.set(2, Behaviour::Down);
         replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         let error = within(coordinator.write(
             &route(),
             &ks(),
@@ -675,7 +739,10 @@ mod tests {
             answered,
             outcome_unknown,
             ..
-        } = &error;
+        } = &error
+        else {
+            panic!("unexpected {error:?}")
+        };
         assert_eq!(
             (*phase, *answered, *outcome_unknown),
             (Phase::Prepare, 1, Some(false))
@@ -694,7 +761,7 @@ mod tests {
         let replicas = FakeReplicas::default();
         replicas.set(2, Behaviour::LosesCommitReplies);
         replicas.set(3, Behaviour::LosesCommitReplies);
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         let error = within(coordinator.write(
             &route(),
             &ks(),
@@ -709,7 +776,10 @@ mod tests {
             answered,
             outcome_unknown,
             ..
-        } = &error;
+        } = &error
+        else {
+            panic!("unexpected {error:?}")
+        };
         assert_eq!((*phase, *answered), (Phase::Commit, 1));
         assert_eq!(*outcome_unknown, Some(true));
         assert!(error.to_string().contains("outcome unknown"), "{error}");
@@ -726,7 +796,7 @@ mod tests {
     async fn answers_come_as_soon_as_the_level_is_met() {
         let replicas = FakeReplicas::default();
         replicas.set(3, Behaviour::Stalled);
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         within(coordinator.write(
             &route(),
             &ks(),
@@ -749,7 +819,7 @@ mod tests {
         replicas.put(1, "k", record(2, "new"));
         replicas.put(2, "k", record(1, "old"));
         replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
             .await
             .expect("read");
@@ -769,7 +839,7 @@ mod tests {
         replicas.put(2, "k", record(1, "old"));
         replicas.set(2, Behaviour::LosesCommitReplies);
         replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         let error = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
             .await
             .expect_err("the newest version is on one replica only, as far as the router knows");
@@ -779,7 +849,10 @@ mod tests {
             required,
             receipt,
             ..
-        } = error;
+        } = error
+        else {
+            panic!("unexpected {error:?}")
+        };
         assert_eq!((phase, answered, required), (Phase::WriteBack, 1, 2));
         assert!(receipt.read_repair);
     }
@@ -790,7 +863,7 @@ mod tests {
         replicas.put(1, "k", record(1, "old"));
         replicas.set(2, Behaviour::Stalled);
         replicas.set(3, Behaviour::Stalled);
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::One))
             .await
             .expect("read");
@@ -801,7 +874,7 @@ mod tests {
     #[tokio::test]
     async fn deletes_leave_tombstones_that_reads_report_as_absent_records() {
         let replicas = FakeReplicas::default();
-        let coordinator = Coordinator::new(replicas.clone());
+        let coordinator = Coordinator::new(replicas.clone(), 7);
         within(coordinator.write(
             &route(),
             &ks(),
@@ -823,7 +896,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writers_get_distinct_ordered_versions() {
         let replicas = FakeReplicas::default();
-        let coordinator = Arc::new(Coordinator::new(replicas.clone()));
+        let coordinator = Arc::new(Coordinator::new(replicas.clone(), 7));
         let writes = (0..16).map(|i| {
             let coordinator = coordinator.clone();
             tokio::spawn(async move {

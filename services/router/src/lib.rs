@@ -51,7 +51,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
-    let membership = config.load_membership()?;
+    let membership = config.validate()?;
     let mut client_config = ClientConfig::new("router");
     client_config.request_timeout = config.replica_timeout();
     client_config.retries = config.replica_retries;
@@ -59,12 +59,20 @@ pub async fn run(
     let state = Arc::new(AppState {
         keyspaces: Keyspaces::bootstrap(membership.replication_factor),
         topology: Topology::from_membership(membership),
-        coordinator: Coordinator::new(HttpReplicas::new(client)),
+        coordinator: Coordinator::new(HttpReplicas::new(client), rand::random()),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
     });
-    let app = api::router(state, config.request_timeout());
+    let app = api::router(state.clone(), config.request_timeout());
     tracing::info!(address = %listener.local_addr()?, "router serving");
     kvorum_server::serve(listener, app, shutdown).await?;
+    // Commits still in flight to slow replicas finish before the process exits.
+    let drain_limit = config.replica_timeout() * (config.replica_retries + 1);
+    if tokio::time::timeout(drain_limit, state.coordinator.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!("replica calls still in flight at exit");
+    }
     tracing::info!("router stopped");
     Ok(())
 }

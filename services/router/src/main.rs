@@ -7,8 +7,8 @@ use kvorum_router::RouterConfig;
 async fn main() -> anyhow::Result<()> {
     let config = RouterConfig::parse();
     kvorum_telemetry::init("kvorum-router", &config.log)?;
-    // Refuse a bad membership file before binding, so nothing half-starts.
-    config.load_membership()?;
+    // Refuse bad settings before binding, so nothing half-starts.
+    config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on --listen {}: {e}", config.listen))?;

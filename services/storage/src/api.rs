@@ -12,7 +12,7 @@ use kvorum_protocol::storage::{
     Batch, CommitRequest, CommitResponse, DropResponse, ImportResponse, ItemOutcome,
     PartitionExport, PrepareResponse, ReadResponse, ReplicaKey,
 };
-use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, NodeId, PartitionId};
+use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, NodeId, PartitionId, Version};
 use kvorum_server::{JsonBody, PathParam, error_response, with_standard_layers};
 
 use crate::fence::EpochFence;
@@ -55,6 +55,12 @@ pub enum ApiError {
         /// From the body.
         body: PartitionId,
     },
+    /// A record version above [`Version::MAX_COUNTER`].
+    #[error("version counter {0} is above the maximum {max}", max = Version::MAX_COUNTER)]
+    InvalidVersion(u64),
+    /// A broken invariant of this node: a bug, never the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The database failed.
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
@@ -67,7 +73,10 @@ impl ApiError {
     fn detail(&self) -> ErrorDetail {
         let code = match self {
             ApiError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
-            ApiError::PartitionMismatch { .. } => ErrorCode::BadRequest,
+            ApiError::PartitionMismatch { .. } | ApiError::InvalidVersion(_) => {
+                ErrorCode::BadRequest
+            }
+            ApiError::Internal(_) => ErrorCode::Internal,
             ApiError::Store(_) | ApiError::Write(WriteError::Store(_)) => ErrorCode::Internal,
             ApiError::Write(WriteError::Stopped) => ErrorCode::Unavailable,
         };
@@ -118,6 +127,13 @@ impl AppState {
             })
     }
 
+    fn admit_commit(&self, request: &CommitRequest) -> Result<(), ApiError> {
+        if !request.record.version.is_valid() {
+            return Err(ApiError::InvalidVersion(request.record.version.counter));
+        }
+        self.admit(&request.target)
+    }
+
     fn read_one(&self, target: &ReplicaKey) -> Result<ReadResponse, ApiError> {
         self.admit(target)?;
         let record = self
@@ -139,19 +155,28 @@ fn commit_op(request: CommitRequest) -> WriteOp {
     let CommitRequest { target, record } = request;
     WriteOp::Commit {
         partition: target.partition,
-        epoch: target.epoch,
+        epoch: Some(target.epoch),
         keyspace: target.keyspace,
         key: target.key,
         record,
     }
 }
 
-fn commit_response(outcome: WriteOutcome) -> Result<CommitResponse, ApiError> {
+fn commit_response(
+    partition: PartitionId,
+    request: Epoch,
+    outcome: WriteOutcome,
+) -> Result<CommitResponse, ApiError> {
     match outcome {
         WriteOutcome::Committed { applied, current } => Ok(CommitResponse { applied, current }),
-        WriteOutcome::Dropped(_) => Err(ApiError::Store(StoreError::BadStoredKey(
-            "writer answered a commit with a drop outcome".into(),
-        ))),
+        WriteOutcome::Fenced { current } => Err(ApiError::StaleEpoch {
+            partition,
+            request,
+            current,
+        }),
+        WriteOutcome::Dropped(_) => Err(ApiError::Internal(
+            "the writer answered a commit with a drop outcome",
+        )),
     }
 }
 
@@ -206,13 +231,14 @@ async fn commit(
     State(state): State<Arc<AppState>>,
     JsonBody(request): JsonBody<CommitRequest>,
 ) -> Result<Json<CommitResponse>, ApiError> {
-    state.admit(&request.target)?;
+    state.admit_commit(&request)?;
+    let (partition, epoch) = (request.target.partition, request.target.epoch);
     let outcome = state.writer.submit(vec![commit_op(request)]).await?;
     let outcome = outcome
         .into_iter()
         .next()
-        .ok_or(ApiError::Write(WriteError::Stopped))?;
-    commit_response(outcome).map(Json)
+        .ok_or(ApiError::Internal("the writer answered no outcome"))?;
+    commit_response(partition, epoch, outcome).map(Json)
 }
 
 async fn commit_batch(
@@ -220,27 +246,28 @@ async fn commit_batch(
     JsonBody(batch): JsonBody<Batch<CommitRequest>>,
 ) -> Result<Json<Batch<ItemOutcome<CommitResponse>>>, ApiError> {
     // Fenced items fail alone; the admitted ones share one transaction.
-    let mut items: Vec<Option<ItemOutcome<CommitResponse>>> = Vec::with_capacity(batch.items.len());
+    let mut items: Vec<Result<(PartitionId, Epoch), ItemOutcome<CommitResponse>>> =
+        Vec::with_capacity(batch.items.len());
     let mut ops = Vec::new();
     for request in batch.items {
-        match state.admit(&request.target) {
+        match state.admit_commit(&request) {
             Ok(()) => {
-                items.push(None);
+                items.push(Ok((request.target.partition, request.target.epoch)));
                 ops.push(commit_op(request));
             }
-            Err(error) => items.push(Some(ItemOutcome::Error(error.detail()))),
+            Err(error) => items.push(Err(ItemOutcome::Error(error.detail()))),
         }
     }
     let mut outcomes = state.writer.submit(ops).await?.into_iter();
     let items = items
         .into_iter()
         .map(|item| match item {
-            Some(fenced) => fenced,
-            None => outcome(
+            Err(refused) => refused,
+            Ok((partition, epoch)) => outcome(
                 outcomes
                     .next()
-                    .ok_or(ApiError::Write(WriteError::Stopped))
-                    .and_then(commit_response),
+                    .ok_or(ApiError::Internal("the writer answered too few outcomes"))
+                    .and_then(|o| commit_response(partition, epoch, o)),
             ),
         })
         .collect();
@@ -266,12 +293,15 @@ async fn import_partition(
             body: export.partition,
         });
     }
+    if let Some(bad) = export.records.iter().find(|r| !r.record.version.is_valid()) {
+        return Err(ApiError::InvalidVersion(bad.record.version.counter));
+    }
     let ops = export
         .records
         .into_iter()
         .map(|r| WriteOp::Commit {
             partition,
-            epoch: Epoch(0),
+            epoch: None,
             keyspace: r.keyspace,
             key: r.key,
             record: r.record,

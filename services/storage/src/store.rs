@@ -60,8 +60,9 @@ pub enum WriteOp {
     Commit {
         /// The partition.
         partition: PartitionId,
-        /// The epoch the request carried; remembered if it is the highest seen.
-        epoch: Epoch,
+        /// The epoch the request was routed by: refused if older than the highest
+        /// seen, remembered if newer. `None` for transfers that are not routed (imports).
+        epoch: Option<Epoch>,
         /// The keyspace.
         keyspace: KeyspaceName,
         /// The key.
@@ -85,6 +86,11 @@ pub enum WriteOutcome {
     },
     /// How many records a partition drop removed.
     Dropped(usize),
+    /// The commit was routed by an epoch older than the one recorded; nothing changed.
+    Fenced {
+        /// The epoch recorded for the partition.
+        current: Epoch,
+    },
 }
 
 /// The node's database.
@@ -224,6 +230,21 @@ fn apply_one(txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, Store
                 .map_err(db_error)?
                 .map(|g| record_codec::decode_version(g.value()))
                 .transpose()?;
+            // The fence is checked here, inside the transaction, so that no commit
+            // routed by an old epoch slips in after a newer epoch was recorded.
+            let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
+            let known = epochs
+                .get(partition.0)
+                .map_err(db_error)?
+                .map(|g| Epoch(g.value()));
+            if let (Some(epoch), Some(known)) = (epoch, known) {
+                if *epoch < known {
+                    return Ok(WriteOutcome::Fenced { current: known });
+                }
+            }
+            if let Some(epoch) = epoch.filter(|e| known.is_none_or(|k| k < *e)) {
+                epochs.insert(partition.0, epoch.0).map_err(db_error)?;
+            }
             let outcome = match held {
                 Some(current) if current >= record.version => WriteOutcome::Committed {
                     applied: false,
@@ -239,14 +260,6 @@ fn apply_one(txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, Store
                     }
                 }
             };
-            let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
-            let known = epochs
-                .get(partition.0)
-                .map_err(db_error)?
-                .map(|g| g.value());
-            if known.is_none_or(|known| known < epoch.0) {
-                epochs.insert(partition.0, epoch.0).map_err(db_error)?;
-            }
             Ok(outcome)
         }
         WriteOp::DropPartition(partition) => {
@@ -282,7 +295,7 @@ mod tests {
     fn commit(partition: u32, k: &str, record: Record) -> WriteOp {
         WriteOp::Commit {
             partition: PartitionId(partition),
-            epoch: Epoch(1),
+            epoch: Some(Epoch(1)),
             keyspace: ks(),
             key: key(k),
             record,
@@ -346,7 +359,7 @@ mod tests {
             let store = Store::open(dir.path(), NodeId(4)).expect("open");
             let mut op = commit(3, "durable", record(1, "yes"));
             if let WriteOp::Commit { epoch, .. } = &mut op {
-                *epoch = Epoch(7);
+                *epoch = Some(Epoch(7));
             }
             store.apply(&[op]).expect("apply");
         }
@@ -463,6 +476,32 @@ mod tests {
                 .records
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn commits_from_an_older_epoch_are_fenced_inside_the_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(1)).expect("open");
+        let at = |epoch: Option<u64>, counter: u64| WriteOp::Commit {
+            partition: PartitionId(0),
+            epoch: epoch.map(Epoch),
+            keyspace: ks(),
+            key: key("k"),
+            record: record(counter, "v"),
+        };
+        let outcomes = store
+            .apply(&[at(Some(3), 1), at(Some(2), 5), at(None, 6)])
+            .expect("apply");
+        assert_eq!(outcomes[1], WriteOutcome::Fenced { current: Epoch(3) });
+        // An unrouted transfer (import) is not fenced.
+        assert!(matches!(
+            outcomes[2],
+            WriteOutcome::Committed { applied: true, .. }
+        ));
+        assert_eq!(
+            store.partition_epochs().expect("epochs"),
+            vec![(PartitionId(0), Epoch(3))]
         );
     }
 }

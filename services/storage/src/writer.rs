@@ -76,7 +76,12 @@ impl Writer {
     }
 }
 
-async fn run(store: Arc<Store>, mut queue: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<WriterStats>) {
+async fn run(
+    store: Arc<Store>,
+    mut queue: mpsc::Receiver<Job>,
+    max_batch: usize,
+    stats: Arc<WriterStats>,
+) {
     while let Some(first) = queue.recv().await {
         let mut op_count = first.ops.len();
         let mut jobs = vec![first];
@@ -101,7 +106,9 @@ async fn run(store: Arc<Store>, mut queue: mpsc::Receiver<Job>, max_batch: usize
         match result {
             Ok(Ok(outcomes)) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
-                stats.requests.fetch_add(replies.len() as u64, Ordering::Relaxed);
+                stats
+                    .requests
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
                 let mut outcomes = outcomes.into_iter();
                 for (count, reply) in replies {
                     // A requester that gave up (timeout) no longer listens; its write stands.
@@ -134,7 +141,7 @@ mod tests {
     fn commit(k: &str, counter: u64) -> WriteOp {
         WriteOp::Commit {
             partition: PartitionId(0),
-            epoch: Epoch(1),
+            epoch: Some(Epoch(1)),
             keyspace: KeyspaceName::default_keyspace(),
             key: Key::parse(k).expect("key"),
             record: Record {
@@ -185,7 +192,10 @@ mod tests {
         // must have shared transactions; one transaction each means no group commit.
         let transactions = writer.stats().transactions.load(Ordering::Relaxed);
         assert_eq!(writer.stats().requests.load(Ordering::Relaxed), 200);
-        assert!(transactions <= 100, "200 concurrent requests took {transactions} transactions");
+        assert!(
+            transactions <= 100,
+            "200 concurrent requests took {transactions} transactions"
+        );
         drop(writer);
         task.await.expect("writer drains and stops");
         assert_eq!(

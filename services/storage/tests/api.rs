@@ -67,6 +67,10 @@ fn target(key: &str, epoch: u64) -> Value {
     json!({"partition": 3, "epoch": epoch, "keyspace": "default", "key": key})
 }
 
+fn commit_at_counter(counter: u64) -> Value {
+    json!({"target": target("k", 1), "record": {"version": {"counter": counter, "writer": 1}, "value": "YQ=="}})
+}
+
 fn commit(key: &str, epoch: u64, counter: u64, value: &str) -> Value {
     json!({"target": target(key, epoch), "record": {"version": {"counter": counter, "writer": 1}, "value": value}})
 }
@@ -173,6 +177,7 @@ async fn malformed_internal_requests_get_400_and_change_nothing() {
         ("POST", "/internal/v1/commit", json!({"target": target("k", 1), "record": {"version": {"counter": 1}, "value": "YQ=="}}).to_string()),
         ("POST", "/internal/v1/commit", json!({"target": target("k", 1), "record": {"version": {"counter": 1, "writer": 1}, "value": "YQ=="}, "extra": 1}).to_string()),
         ("POST", "/internal/v1/commit/batch", json!({"items": [{"target": target("k", 1)}]}).to_string()),
+        ("POST", "/internal/v1/commit", commit_at_counter(u64::MAX).to_string()),
         ("PUT", "/internal/v1/partitions/3", json!({"partition": 4, "records": []}).to_string()),
         ("GET", "/internal/v1/partitions/minus-one", String::new()),
     ];

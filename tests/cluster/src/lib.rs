@@ -36,7 +36,7 @@ impl TestCluster {
     /// Kills every process with SIGKILL, then starts the cluster again on the same data directory.
     pub async fn crash_and_restart(self) -> anyhow::Result<Self> {
         let Self { cluster, dir, .. } = self;
-        drop(cluster);
+        cluster.kill_all().await?;
         Self::restart_in(dir).await
     }
 
