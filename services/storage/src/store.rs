@@ -237,10 +237,10 @@ fn apply_one(txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, Store
                 .get(partition.0)
                 .map_err(db_error)?
                 .map(|g| Epoch(g.value()));
-            if let (Some(epoch), Some(known)) = (epoch, known) {
-                if *epoch < known {
-                    return Ok(WriteOutcome::Fenced { current: known });
-                }
+            if let (Some(epoch), Some(known)) = (epoch, known)
+                && *epoch < known
+            {
+                return Ok(WriteOutcome::Fenced { current: known });
             }
             if let Some(epoch) = epoch.filter(|e| known.is_none_or(|k| k < *e)) {
                 epochs.insert(partition.0, epoch.0).map_err(db_error)?;
