@@ -9,6 +9,8 @@ STORAGE_PORT ?= 7001
 DATA_DIR     ?= data
 
 CARGO ?= cargo
+# A toolchain that ensure-tools.sh installed with rustup lives here.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all tools build release run test lint fmt clean clean-data
 

@@ -7,6 +7,13 @@ if ! command -v cargo >/dev/null 2>&1; then
         echo "cargo is in $HOME/.cargo/bin but not on PATH: run 'source \$HOME/.cargo/env' and retry" >&2
     elif command -v rustup >/dev/null 2>&1; then
         rustup toolchain install stable --profile minimal --component rustfmt,clippy
+    elif command -v curl >/dev/null 2>&1; then
+        echo "installing the Rust toolchain with rustup (https://rustup.rs)" >&2
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+            | sh -s -- -y --profile minimal --component rustfmt,clippy \
+            || echo "rustup could not be installed; install Rust 1.90+ from https://rustup.rs and retry" >&2
+        # shellcheck disable=SC1091
+        [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
     else
         echo "Kvorum needs a Rust toolchain (1.90 or newer): install it from https://rustup.rs and retry" >&2
     fi

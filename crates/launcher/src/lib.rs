@@ -135,13 +135,32 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
     move |source| LaunchError::Io { what, source }
 }
 
-/// A free TCP port on 127.0.0.1, as the kernel hands them out.
+/// A free TCP port on 127.0.0.1, chosen below the kernel's ephemeral range.
+///
+/// Ports the kernel hands out for `bind(0)` and for outgoing connections come
+/// from the ephemeral range, so a port found free there could be taken by some
+/// connection before the child binds it. Below that range only explicit binds
+/// compete, and a random pick makes two parallel tests choosing the same port
+/// unlikely.
 pub fn free_port() -> Result<u16, LaunchError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io("finding a free port"))?
-        .port())
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            text.split_whitespace()
+                .next()
+                .and_then(|low| low.parse::<u16>().ok())
+        })
+        .unwrap_or(32_768);
+    let range = 10_000..ephemeral_low.max(10_001);
+    for _ in 0..1_000 {
+        let port = rand::random_range(range.clone());
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(LaunchError::Invalid(format!(
+        "no free port in {range:?} after 1000 tries"
+    )))
 }
 
 /// How long a process may take to answer `/healthz` after it starts.

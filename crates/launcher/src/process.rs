@@ -121,16 +121,27 @@ fn send_sigterm(pid: u32) {
     }
 }
 
-/// Asks the kernel to SIGKILL the child when the launching thread dies, so that
-/// a test that aborts (or a launcher killed with SIGKILL) leaves no orphans.
+/// Asks the kernel to SIGKILL the child when its parent dies, so that a test
+/// that aborts (or a launcher killed with SIGKILL) leaves no orphans.
+///
+/// Strictly, the signal fires when the *thread* that forked the child exits;
+/// the launcher spawns from its runtime's long-lived threads, so in practice
+/// that is the process.
 #[allow(unsafe_code)]
 fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and calls only prctl(2),
-    // which is async-signal-safe; it allocates nothing and takes no locks.
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and calls only prctl(2) and
+    // getppid(2), which are async-signal-safe; it allocates nothing and takes no locks.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect: then nobody would signal us.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::other(
+                    "the launcher exited while starting the child",
+                ));
             }
             Ok(())
         });

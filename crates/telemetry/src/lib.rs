@@ -78,3 +78,21 @@ pub fn init(service: &'static str, args: &LogArgs) -> Result<(), TelemetryError>
     );
     Ok(())
 }
+
+/// Panics naming every flag of `command` that has no environment variable.
+///
+/// Each binary's tests call it, so that "every flag can also be set by an
+/// environment variable" cannot silently stop being true.
+pub fn assert_every_flag_has_an_env(command: &clap::Command) {
+    let missing: Vec<String> = command
+        .get_arguments()
+        .filter(|arg| !matches!(arg.get_id().as_str(), "help" | "version"))
+        .filter(|arg| arg.get_env().is_none())
+        .map(|arg| arg.get_id().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} flags without an environment variable: {missing:?}",
+        command.get_name()
+    );
+}

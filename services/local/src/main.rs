@@ -12,27 +12,27 @@ use kvorum_telemetry::LogArgs;
 #[command(name = "kvorum-local", version, about)]
 struct LocalConfig {
     /// Storage nodes to run.
-    #[arg(long, env = "NODES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, env = "KVORUM_NODES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64))]
     nodes: u64,
 
     /// Replicas per partition.
-    #[arg(long, env = "RF", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, env = "KVORUM_REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     replication_factor: u64,
 
     /// Partitions keys hash into, fixed for the life of the data directory.
-    #[arg(long, env = "PARTITIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, env = "KVORUM_PARTITIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     partitions: u32,
 
     /// The router's port on 127.0.0.1.
-    #[arg(long, env = "PORT", default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "KVORUM_PORT", default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
 
     /// Port of storage node 1; node i listens on this + i - 1.
-    #[arg(long, env = "STORAGE_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "KVORUM_STORAGE_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1..))]
     storage_port: u16,
 
     /// Directory for data and logs; kept across runs.
-    #[arg(long, env = "DATA_DIR", default_value = "data", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
+    #[arg(long, env = "KVORUM_DATA_DIR", default_value = "data", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     data_dir: PathBuf,
 
     /// Directory holding the kvorum-* binaries (default: next to this one).
@@ -98,4 +98,16 @@ async fn main() -> anyhow::Result<()> {
     cluster.stop().await?;
     tracing::info!("stopped; data kept for the next run");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::LocalConfig;
+
+    #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        kvorum_telemetry::assert_every_flag_has_an_env(&LocalConfig::command());
+    }
 }

@@ -73,6 +73,13 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        kvorum_telemetry::assert_every_flag_has_an_env(
+            &<StorageConfig as clap::CommandFactory>::command(),
+        );
+    }
+
+    #[test]
     fn each_bad_flag_is_named_in_the_error() {
         let cases: &[(&[&str], &str)] = &[
             (&["--node-id", "0", "--data-dir", "d"], "--node-id"),

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use kvorum_protocol::storage::{ExportedRecord, PartitionExport};
 use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version};
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
+    TableDefinition, WriteTransaction,
 };
 
 use crate::record_codec::{self, CorruptRecord};
@@ -104,6 +105,22 @@ impl Store {
     pub fn open(dir: &Path, node: NodeId) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| db_error(redb::StorageError::Io(e)))?;
         let db = Database::create(dir.join(DATABASE_FILE)).map_err(db_error)?;
+        Self::bind(db, node, dir)
+    }
+
+    /// Opens (or creates) the database on any redb backend, such as one that simulates power loss.
+    pub fn open_with_backend(
+        backend: impl StorageBackend,
+        node: NodeId,
+    ) -> Result<Self, StoreError> {
+        let db = Builder::new()
+            .create_with_backend(backend)
+            .map_err(db_error)?;
+        Self::bind(db, node, Path::new("(custom backend)"))
+    }
+
+    /// Creates the tables and binds the database to `node`.
+    fn bind(db: Database, node: NodeId, dir: &Path) -> Result<Self, StoreError> {
         let txn = db.begin_write().map_err(db_error)?;
         {
             txn.open_table(RECORDS).map_err(db_error)?;
