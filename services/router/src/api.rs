@@ -135,6 +135,14 @@ impl IntoResponse for ApiError {
         if let Some(receipt) = self.receipt() {
             add_receipt(response.headers_mut(), receipt);
         }
+        if matches!(self, ApiError::ValueTooLarge { .. }) {
+            // The unread rest of the body is still on the wire: the connection cannot
+            // carry another request, and the client must not try to reuse it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         response
     }
 }
@@ -534,8 +542,10 @@ mod tests {
     #[tokio::test]
     async fn a_value_over_the_limit_is_refused_even_without_a_declared_length() {
         let stream = chunked(vec![b"0123456789".to_vec(), b"0123456789".to_vec()]);
-        let (status, _, body) = send(Request::put("/v1/kv/k").body(stream).expect("request")).await;
+        let (status, headers, body) =
+            send(Request::put("/v1/kv/k").body(stream).expect("request")).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert_eq!(headers[axum::http::header::CONNECTION], "close");
     }
 
     /// A body of several chunks with no declared content length.
