@@ -213,7 +213,11 @@ mod tests {
     }
 
     async fn call(request: Request) -> (StatusCode, serde_json::Value) {
-        let response = app().oneshot(request).await.expect("infallible");
+        call_app(app(), request).await
+    }
+
+    async fn call_app(app: Router, request: Request) -> (StatusCode, serde_json::Value) {
+        let response = app.oneshot(request).await.expect("infallible");
         let status = response.status();
         let bytes = response
             .into_body()
@@ -265,18 +269,9 @@ mod tests {
             }),
         );
         let app = with_standard_layers(slow, Duration::from_millis(50));
-        let response = app
-            .oneshot(Request::get("/slow").body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON error");
+        let request = Request::get("/slow").body(Body::empty()).expect("request");
+        let (status, json) = call_app(app, request).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(json["error"]["code"], "timeout");
     }
 

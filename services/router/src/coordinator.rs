@@ -574,30 +574,76 @@ mod tests {
     }
 
     fn route() -> Route {
+        let replicas = (1..=3)
+            .map(|i| Replica {
+                id: NodeId(i),
+                address: Arc::from(format!("node-{i}")),
+            })
+            .collect();
         Route {
             partition: PartitionId(0),
             epoch: Epoch(1),
-            replicas: (1..=3)
-                .map(|i| Replica {
-                    id: NodeId(i),
-                    address: Arc::from(format!("node-{i}")),
-                })
-                .collect(),
+            replicas,
         }
-    }
-
-    fn ks() -> KeyspaceName {
-        KeyspaceName::default_keyspace()
-    }
-
-    fn key(text: &str) -> Key {
-        Key::parse(text).expect("key")
     }
 
     fn record(counter: u64, value: &str) -> Record {
         Record {
             version: Version { counter, writer: 0 },
             value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
+    /// Three in-process replicas and a coordinator over them.
+    struct Harness {
+        replicas: FakeReplicas,
+        coordinator: Arc<Coordinator<FakeReplicas>>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let replicas = FakeReplicas::default();
+            Self {
+                coordinator: Arc::new(Coordinator::new(replicas.clone(), 7)),
+                replicas,
+            }
+        }
+
+        /// Writes `value` (`None` deletes) to key `k`, failing the test if the coordinator hangs.
+        async fn write(
+            &self,
+            value: Option<&str>,
+            level: ConsistencyLevel,
+        ) -> Result<WriteOutcome, CoordinatorError> {
+            let value = value.map(|v| v.as_bytes().to_vec());
+            let key = Key::parse("k").expect("key");
+            within(self.coordinator.write(
+                &route(),
+                &KeyspaceName::default_keyspace(),
+                &key,
+                value,
+                level,
+            ))
+            .await
+        }
+
+        /// Reads key `k`, failing the test if the coordinator hangs.
+        async fn read(&self, level: ConsistencyLevel) -> Result<ReadOutcome, CoordinatorError> {
+            let key = Key::parse("k").expect("key");
+            within(
+                self.coordinator
+                    .read(&route(), &KeyspaceName::default_keyspace(), &key, level),
+            )
+            .await
+        }
+
+        /// The value a successful read returns.
+        async fn value(&self, level: ConsistencyLevel) -> Option<Vec<u8>> {
+            self.read(level)
+                .await
+                .expect("read")
+                .record
+                .and_then(|r| r.value)
         }
     }
 
@@ -608,54 +654,44 @@ mod tests {
             .expect("the coordinator answered")
     }
 
+    /// The fields of a quorum failure: phase, replicas answered, replicas required, outcome unknown.
+    fn quorum_failure<T: std::fmt::Debug>(
+        result: Result<T, CoordinatorError>,
+    ) -> (Phase, usize, usize, Option<bool>) {
+        match result {
+            Err(CoordinatorError::QuorumNotReached {
+                phase,
+                answered,
+                required,
+                outcome_unknown,
+                ..
+            }) => (phase, answered, required, outcome_unknown),
+            other => panic!("expected a quorum failure, got {other:?}"),
+        }
+    }
+
+    use ConsistencyLevel::{All, One, Quorum};
+
     #[tokio::test]
     async fn a_quorum_write_is_read_back_at_every_level() {
-        let replicas = FakeReplicas::default();
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        let written = within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"v".to_vec()),
-            ConsistencyLevel::Quorum,
-        ))
-        .await
-        .expect("write");
+        let harness = Harness::new();
+        let written = harness.write(Some("v"), Quorum).await.expect("write");
         assert_eq!(written.version.counter, 1);
         assert!(written.receipt.acked.len() >= 2);
-        for level in [
-            ConsistencyLevel::One,
-            ConsistencyLevel::Quorum,
-            ConsistencyLevel::All,
-        ] {
-            let read = within(coordinator.read(&route(), &ks(), &key("k"), level))
-                .await
-                .expect("read");
-            assert_eq!(
-                read.record.and_then(|r| r.value),
-                Some(b"v".to_vec()),
-                "{level}"
-            );
+        // QUORUM and ALL must see it; ONE may be stale by contract but every fake replica applies at once.
+        for level in [One, Quorum, All] {
+            assert_eq!(harness.value(level).await, Some(b"v".to_vec()), "{level}");
         }
     }
 
     #[tokio::test]
     async fn each_write_takes_a_version_above_every_prepared_one() {
-        let replicas = FakeReplicas::default();
-        replicas.put(2, "k", record(41, "old"));
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        let written = within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"new".to_vec()),
-            ConsistencyLevel::All,
-        ))
-        .await
-        .expect("write");
+        let harness = Harness::new();
+        harness.replicas.put(2, "k", record(41, "old"));
+        let written = harness.write(Some("new"), All).await.expect("write");
         // Whether or not node 2 was in the prepare quorum, the version must beat every
         // version the prepare phase saw; a stale winner would be silently ignored.
-        let on_two = replicas.get(2, "k").expect("held");
+        let on_two = harness.replicas.get(2, "k").expect("held");
         assert_eq!(
             on_two.value,
             Some(b"new".to_vec()),
@@ -666,167 +702,86 @@ mod tests {
 
     #[tokio::test]
     async fn quorum_survives_one_replica_down_and_all_does_not() {
-        let replicas = FakeReplicas::default();
-        replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"v".to_vec()),
-            ConsistencyLevel::Quorum,
-        ))
-        .await
-        .expect("quorum write");
-        within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+        let harness = Harness::new();
+        harness.replicas.set(1, Behaviour::Down);
+        harness
+            .write(Some("v"), Quorum)
             .await
-            .expect("quorum read");
-
-        let error = within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"w".to_vec()),
-            ConsistencyLevel::All,
-        ))
-        .await
-        .expect_err("ALL cannot be met");
-        let CoordinatorError::QuorumNotReached {
-            phase,
-            answered,
-            required,
-            outcome_unknown,
-            ..
-        } = error
-        else {
-            panic!("unexpected {error:?}")
-        };
-        assert_eq!((phase, answered, required), (Phase::Commit, 2, 3));
+            .expect("quorum write");
+        assert_eq!(harness.value(Quorum).await, Some(b"v".to_vec()));
         // Two replicas hold the write: the client must not be told it failed cleanly.
-        assert_eq!(outcome_unknown, Some(true));
-
-        let error = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::All))
-            .await
-            .expect_err("ALL read");
-        let CoordinatorError::QuorumNotReached {
-            phase,
-            outcome_unknown,
-            ..
-        } = error
-        else {
-            panic!("unexpected {error:?}")
-        };
-        assert_eq!((phase, outcome_unknown), (Phase::Read, None));
+        assert_eq!(
+            quorum_failure(harness.write(Some("w"), All).await),
+            (Phase::Commit, 2, 3, Some(true))
+        );
+        assert_eq!(
+            quorum_failure(harness.read(All).await),
+            (Phase::Read, 2, 3, None)
+        );
     }
 
     #[tokio::test]
     async fn a_failed_prepare_writes_nothing_and_says_so() {
-        let replicas = FakeReplicas::default();
-        replicas.set(2, Behaviour::Down);
-        replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        let error = within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"v".to_vec()),
-            ConsistencyLevel::Quorum,
-        ))
-        .await
-        .expect_err("no quorum");
-        let CoordinatorError::QuorumNotReached {
-            phase,
-            answered,
-            outcome_unknown,
-            ..
-        } = &error
-        else {
-            panic!("unexpected {error:?}")
-        };
-        assert_eq!(
-            (*phase, *answered, *outcome_unknown),
-            (Phase::Prepare, 1, Some(false))
-        );
+        let harness = Harness::new();
+        harness.replicas.set(2, Behaviour::Down);
+        harness.replicas.set(3, Behaviour::Down);
+        let result = harness.write(Some("v"), Quorum).await;
+        let message = result
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert_eq!(quorum_failure(result), (Phase::Prepare, 1, 2, Some(false)));
         assert!(
-            error
-                .to_string()
-                .contains("1 of 3 replicas answered, 2 required"),
-            "{error}"
+            message.contains("1 of 3 replicas answered, 2 required"),
+            "{message}"
         );
-        assert_eq!(replicas.get(1, "k"), None);
+        assert_eq!(harness.replicas.get(1, "k"), None);
     }
 
     #[tokio::test]
     async fn a_commit_whose_replies_are_lost_is_reported_unknown() {
-        let replicas = FakeReplicas::default();
-        replicas.set(2, Behaviour::LosesCommitReplies);
-        replicas.set(3, Behaviour::LosesCommitReplies);
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        let error = within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"w".to_vec()),
-            ConsistencyLevel::Quorum,
-        ))
-        .await
-        .expect_err("no quorum of commit replies");
-        let CoordinatorError::QuorumNotReached {
-            phase,
-            answered,
-            outcome_unknown,
-            ..
-        } = &error
-        else {
-            panic!("unexpected {error:?}")
-        };
-        assert_eq!((*phase, *answered), (Phase::Commit, 1));
-        assert_eq!(*outcome_unknown, Some(true));
-        assert!(error.to_string().contains("outcome unknown"), "{error}");
+        let harness = Harness::new();
+        harness.replicas.set(2, Behaviour::LosesCommitReplies);
+        harness.replicas.set(3, Behaviour::LosesCommitReplies);
+        let result = harness.write(Some("w"), Quorum).await;
+        let message = result
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert_eq!(quorum_failure(result), (Phase::Commit, 1, 2, Some(true)));
+        assert!(message.contains("outcome unknown"), "{message}");
         // Indeed the write did take effect: a later read finds it.
-        replicas.set(2, Behaviour::Up);
-        replicas.set(3, Behaviour::Up);
-        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
-            .await
-            .expect("read");
-        assert_eq!(read.record.and_then(|r| r.value), Some(b"w".to_vec()));
+        harness.replicas.set(2, Behaviour::Up);
+        harness.replicas.set(3, Behaviour::Up);
+        assert_eq!(harness.value(Quorum).await, Some(b"w".to_vec()));
     }
 
     #[tokio::test]
     async fn answers_come_as_soon_as_the_level_is_met() {
-        let replicas = FakeReplicas::default();
-        replicas.set(3, Behaviour::Stalled);
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"v".to_vec()),
-            ConsistencyLevel::Quorum,
-        ))
-        .await
-        .expect("a stalled replica does not hold up a quorum write");
-        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
+        let harness = Harness::new();
+        harness.replicas.set(3, Behaviour::Stalled);
+        harness
+            .write(Some("v"), Quorum)
             .await
-            .expect("read");
+            .expect("a stalled replica does not hold up a quorum write");
+        let read = harness.read(Quorum).await.expect("read");
         assert_eq!(read.receipt.acked, vec![NodeId(1), NodeId(2)]);
         assert_eq!(read.receipt.asked, vec![NodeId(1), NodeId(2), NodeId(3)]);
     }
 
     #[tokio::test]
     async fn a_read_that_sees_disagreement_writes_the_newest_back_before_answering() {
-        let replicas = FakeReplicas::default();
-        replicas.put(1, "k", record(2, "new"));
-        replicas.put(2, "k", record(1, "old"));
-        replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
-            .await
-            .expect("read");
+        let harness = Harness::new();
+        harness.replicas.put(1, "k", record(2, "new"));
+        harness.replicas.put(2, "k", record(1, "old"));
+        harness.replicas.set(3, Behaviour::Down);
+        let read = harness.read(Quorum).await.expect("read");
         assert_eq!(read.record, Some(record(2, "new")));
         assert!(read.receipt.read_repair);
         assert_eq!(
-            replicas.get(2, "k"),
+            harness.replicas.get(2, "k"),
             Some(record(2, "new")),
             "the stale replica was repaired"
         );
@@ -834,80 +789,62 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_that_cannot_spread_the_newest_version_fails() {
-        let replicas = FakeReplicas::default();
-        replicas.put(1, "k", record(2, "new"));
-        replicas.put(2, "k", record(1, "old"));
-        replicas.set(2, Behaviour::LosesCommitReplies);
-        replicas.set(3, Behaviour::Down);
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        let error = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
-            .await
-            .expect_err("the newest version is on one replica only, as far as the router knows");
-        let CoordinatorError::QuorumNotReached {
-            phase,
-            answered,
-            required,
-            receipt,
-            ..
-        } = error
-        else {
-            panic!("unexpected {error:?}")
-        };
-        assert_eq!((phase, answered, required), (Phase::WriteBack, 1, 2));
-        assert!(receipt.read_repair);
+        let harness = Harness::new();
+        harness.replicas.put(1, "k", record(2, "new"));
+        harness.replicas.put(2, "k", record(1, "old"));
+        harness.replicas.set(2, Behaviour::LosesCommitReplies);
+        harness.replicas.set(3, Behaviour::Down);
+        // As far as the router knows, the newest version is on one replica only.
+        let result = harness.read(Quorum).await;
+        assert!(matches!(&result, Err(e) if e.receipt().read_repair));
+        assert_eq!(quorum_failure(result), (Phase::WriteBack, 1, 2, None));
     }
 
     #[tokio::test]
     async fn one_reads_answer_from_a_single_replica_without_repair() {
-        let replicas = FakeReplicas::default();
-        replicas.put(1, "k", record(1, "old"));
-        replicas.set(2, Behaviour::Stalled);
-        replicas.set(3, Behaviour::Stalled);
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::One))
-            .await
-            .expect("read");
+        let harness = Harness::new();
+        harness.replicas.put(1, "k", record(1, "old"));
+        harness.replicas.set(2, Behaviour::Stalled);
+        harness.replicas.set(3, Behaviour::Stalled);
+        let read = harness.read(One).await.expect("read");
         assert_eq!(read.record, Some(record(1, "old")));
         assert!(!read.receipt.read_repair);
     }
 
     #[tokio::test]
     async fn deletes_leave_tombstones_that_reads_report_as_absent_records() {
-        let replicas = FakeReplicas::default();
-        let coordinator = Coordinator::new(replicas.clone(), 7);
-        within(coordinator.write(
-            &route(),
-            &ks(),
-            &key("k"),
-            Some(b"v".to_vec()),
-            ConsistencyLevel::Quorum,
-        ))
-        .await
-        .expect("put");
-        within(coordinator.write(&route(), &ks(), &key("k"), None, ConsistencyLevel::Quorum))
-            .await
-            .expect("delete");
-        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
-            .await
-            .expect("read");
+        let harness = Harness::new();
+        harness.write(Some("v"), Quorum).await.expect("put");
+        harness.write(None, Quorum).await.expect("delete");
+        let read = harness.read(Quorum).await.expect("read");
         assert!(read.record.expect("a tombstone").is_tombstone());
     }
 
     #[tokio::test]
+    async fn a_key_whose_counter_is_exhausted_refuses_writes() {
+        let harness = Harness::new();
+        for node in 1..=3 {
+            harness
+                .replicas
+                .put(node, "k", record(Version::MAX_COUNTER, "last"));
+        }
+        let result = harness.write(Some("more"), Quorum).await;
+        assert!(
+            matches!(result, Err(CoordinatorError::VersionsExhausted { .. })),
+            "{result:?}"
+        );
+        assert_eq!(harness.value(Quorum).await, Some(b"last".to_vec()));
+    }
+
+    #[tokio::test]
     async fn concurrent_writers_get_distinct_ordered_versions() {
-        let replicas = FakeReplicas::default();
-        let coordinator = Arc::new(Coordinator::new(replicas.clone(), 7));
+        let harness = Arc::new(Harness::new());
         let writes = (0..16).map(|i| {
-            let coordinator = coordinator.clone();
+            let harness = harness.clone();
             tokio::spawn(async move {
-                coordinator
-                    .write(
-                        &route(),
-                        &ks(),
-                        &key("k"),
-                        Some(vec![i]),
-                        ConsistencyLevel::Quorum,
-                    )
+                let value = format!("writer-{i}");
+                harness
+                    .write(Some(&value), Quorum)
                     .await
                     .expect("write")
                     .version
@@ -921,9 +858,7 @@ mod tests {
         versions.sort();
         versions.dedup();
         assert_eq!(versions.len(), 16, "two writes shared a version");
-        let read = within(coordinator.read(&route(), &ks(), &key("k"), ConsistencyLevel::Quorum))
-            .await
-            .expect("read");
+        let read = harness.read(Quorum).await.expect("read");
         assert_eq!(
             read.record.map(|r| r.version),
             highest,

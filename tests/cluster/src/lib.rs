@@ -175,31 +175,29 @@ impl Client {
 
     /// `PUT /v1/kv/{key_and_query}`.
     pub async fn put(&self, key_and_query: &str, value: &[u8]) -> anyhow::Result<Answer> {
-        self.send(
-            reqwest::Method::PUT,
-            &format!("/v1/kv/{key_and_query}"),
-            value.to_vec(),
-        )
-        .await
+        self.kv(reqwest::Method::PUT, key_and_query, value.to_vec())
+            .await
     }
 
     /// `GET /v1/kv/{key_and_query}`.
     pub async fn get(&self, key_and_query: &str) -> anyhow::Result<Answer> {
-        self.send(
-            reqwest::Method::GET,
-            &format!("/v1/kv/{key_and_query}"),
-            Vec::new(),
-        )
-        .await
+        self.kv(reqwest::Method::GET, key_and_query, Vec::new())
+            .await
     }
 
     /// `DELETE /v1/kv/{key_and_query}`.
     pub async fn delete(&self, key_and_query: &str) -> anyhow::Result<Answer> {
-        self.send(
-            reqwest::Method::DELETE,
-            &format!("/v1/kv/{key_and_query}"),
-            Vec::new(),
-        )
-        .await
+        self.kv(reqwest::Method::DELETE, key_and_query, Vec::new())
+            .await
+    }
+
+    async fn kv(
+        &self,
+        method: reqwest::Method,
+        key_and_query: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        self.send(method, &format!("/v1/kv/{key_and_query}"), body)
+            .await
     }
 }
