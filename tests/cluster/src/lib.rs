@@ -23,31 +23,25 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts the test-sized cluster (5 nodes, RF 3) on free ports.
     pub async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let cluster = LocalCluster::start(ClusterSpec::for_tests(dir.path())).await?;
-        let client = Client::new(cluster.router_url())?;
-        Ok(Self {
-            cluster,
-            dir,
-            client,
-        })
+        Self::start_in(tempfile::tempdir()?).await
     }
 
     /// Kills every process with SIGKILL, then starts the cluster again on the same data directory.
     pub async fn crash_and_restart(self) -> anyhow::Result<Self> {
         let Self { cluster, dir, .. } = self;
         cluster.kill_all().await?;
-        Self::restart_in(dir).await
+        Self::start_in(dir).await
     }
 
     /// Stops every process with SIGTERM, then starts the cluster again on the same data directory.
     pub async fn stop_and_restart(self) -> anyhow::Result<Self> {
         let Self { cluster, dir, .. } = self;
         cluster.stop().await?;
-        Self::restart_in(dir).await
+        Self::start_in(dir).await
     }
 
-    async fn restart_in(dir: TempDir) -> anyhow::Result<Self> {
+    /// Starts the cluster on `dir`, fresh or holding an earlier run's data.
+    async fn start_in(dir: TempDir) -> anyhow::Result<Self> {
         let cluster = LocalCluster::start(ClusterSpec::for_tests(dir.path())).await?;
         let client = Client::new(cluster.router_url())?;
         Ok(Self {
