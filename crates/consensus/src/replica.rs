@@ -1,0 +1,572 @@
+//! One Multi-Paxos replica: acceptor, proposer and learner in one state machine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::durable::{DurableState, Persist};
+use crate::types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot};
+
+/// Most decided entries one catch-up answer carries.
+const CATCH_UP_BATCH: usize = 256;
+
+/// A replica's fixed settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This replica.
+    pub id: NodeId,
+    /// Every replica of the group, this one included.
+    pub members: Vec<NodeId>,
+    /// Ticks without hearing a leader before standing for election: a random
+    /// value in this range, so that candidates rarely collide.
+    pub election_ticks: (u32, u32),
+    /// Ticks between a leader's heartbeats (and retransmissions).
+    pub heartbeat_ticks: u32,
+    /// Seed of the replica's random choices (election timeouts).
+    pub seed: u64,
+}
+
+/// A proposal made to a replica that is not the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotLeader {
+    /// The leader this replica last heard from, if any.
+    pub leader: Option<NodeId>,
+}
+
+/// What the runtime must do after driving the replica: persist, then send, then apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Changes to durable state, to write and fsync first.
+    pub persist: Vec<Persist>,
+    /// Messages to send once the changes are durable.
+    pub messages: Vec<Envelope>,
+    /// Newly decided entries, in slot order without gaps, to apply to the state machine.
+    pub decided: Vec<(Slot, Entry)>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Follower,
+    Candidate {
+        ballot: Ballot,
+        promises: BTreeMap<NodeId, Vec<(Slot, Accepted)>>,
+    },
+    Leader {
+        ballot: Ballot,
+        next_slot: Slot,
+        /// Undecided slots this leader proposed, with who accepted them.
+        in_flight: BTreeMap<Slot, (Entry, BTreeSet<NodeId>)>,
+        /// Proposals not yet sent, batched into one Accept.
+        unsent: Vec<(Slot, Entry)>,
+    },
+}
+
+/// A Multi-Paxos replica.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    rng: StdRng,
+    durable: DurableState,
+    role: Role,
+    leader: Option<NodeId>,
+    /// The highest ballot seen anywhere, so a new election outbids it.
+    highest_seen: Ballot,
+    ticks_since_leader: u32,
+    election_timeout: u32,
+    ticks_since_heartbeat: u32,
+    /// The first slot not known decided.
+    decided_upto: Slot,
+    /// The first decided slot not yet handed to the application.
+    applied_upto: Slot,
+    ready: Ready,
+    loopback: VecDeque<Envelope>,
+}
+
+impl Replica {
+    /// A replica starting (or restarting) from `durable`, as a follower.
+    pub fn new(config: Config, durable: DurableState) -> Self {
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let election_timeout = rng.random_range(config.election_ticks.0..=config.election_ticks.1);
+        let highest_seen = durable
+            .accepted
+            .values()
+            .map(|a| a.ballot)
+            .max()
+            .unwrap_or_default()
+            .max(durable.promised);
+        let mut replica = Self {
+            config,
+            rng,
+            durable,
+            role: Role::Follower,
+            leader: None,
+            highest_seen,
+            ticks_since_leader: 0,
+            election_timeout,
+            ticks_since_heartbeat: 0,
+            decided_upto: 0,
+            applied_upto: 0,
+            ready: Ready::default(),
+            loopback: VecDeque::new(),
+        };
+        replica.advance_decided();
+        replica
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// Whether this replica currently leads.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader { .. })
+    }
+
+    /// The leader this replica believes in.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The first slot not known decided here.
+    pub fn decided_upto(&self) -> Slot {
+        self.decided_upto
+    }
+
+    /// Advances time by one tick: elections, heartbeats and retransmissions.
+    pub fn tick(&mut self) {
+        if let Role::Leader {
+            ballot, in_flight, ..
+        } = &self.role
+        {
+            self.ticks_since_heartbeat += 1;
+            if self.ticks_since_heartbeat >= self.config.heartbeat_ticks {
+                self.ticks_since_heartbeat = 0;
+                let ballot = *ballot;
+                // Retransmit what is still undecided: the network may have lost it.
+                let entries: Vec<(Slot, Entry)> = in_flight
+                    .iter()
+                    .map(|(s, (e, _))| (*s, e.clone()))
+                    .collect();
+                let decided_upto = self.decided_upto;
+                self.broadcast_others(Message::Heartbeat {
+                    ballot,
+                    decided_upto,
+                });
+                if !entries.is_empty() {
+                    self.broadcast_others(Message::Accept {
+                        ballot,
+                        entries,
+                        decided_upto,
+                    });
+                }
+            }
+        } else {
+            self.ticks_since_leader += 1;
+            if self.ticks_since_leader >= self.election_timeout {
+                self.start_election();
+            }
+        }
+        self.drain_loopback();
+    }
+
+    /// Handles one message from a peer.
+    pub fn step(&mut self, envelope: Envelope) {
+        self.handle(envelope);
+        self.drain_loopback();
+    }
+
+    /// Proposes a command; only the leader accepts proposals.
+    pub fn propose(&mut self, command: Vec<u8>) -> Result<Slot, NotLeader> {
+        let Role::Leader {
+            next_slot,
+            in_flight,
+            unsent,
+            ..
+        } = &mut self.role
+        else {
+            return Err(NotLeader {
+                leader: self.leader,
+            });
+        };
+        let slot = *next_slot;
+        *next_slot += 1;
+        let entry = Entry::Command(command);
+        in_flight.insert(slot, (entry.clone(), BTreeSet::new()));
+        unsent.push((slot, entry));
+        Ok(slot)
+    }
+
+    /// Takes what the runtime must persist, send and apply; proposals made since
+    /// the last call go out together as one batch.
+    pub fn take_ready(&mut self) -> Ready {
+        self.flush_proposals();
+        self.drain_loopback();
+        std::mem::take(&mut self.ready)
+    }
+
+    fn majority(&self) -> usize {
+        self.config.members.len() / 2 + 1
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.ticks_since_leader = 0;
+        self.election_timeout = self
+            .rng
+            .random_range(self.config.election_ticks.0..=self.config.election_ticks.1);
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        let envelope = Envelope {
+            from: self.config.id,
+            to,
+            message,
+        };
+        if to == self.config.id {
+            self.loopback.push_back(envelope);
+        } else {
+            self.ready.messages.push(envelope);
+        }
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        for member in self.config.members.clone() {
+            self.send(member, message.clone());
+        }
+    }
+
+    fn broadcast_others(&mut self, message: Message) {
+        for member in self.config.members.clone() {
+            if member != self.config.id {
+                self.send(member, message.clone());
+            }
+        }
+    }
+
+    fn drain_loopback(&mut self) {
+        while let Some(envelope) = self.loopback.pop_front() {
+            self.handle(envelope);
+        }
+    }
+
+    fn flush_proposals(&mut self) {
+        let decided_upto = self.decided_upto;
+        if let Role::Leader { ballot, unsent, .. } = &mut self.role
+            && !unsent.is_empty()
+        {
+            let message = Message::Accept {
+                ballot: *ballot,
+                entries: std::mem::take(unsent),
+                decided_upto,
+            };
+            self.broadcast(message);
+        }
+    }
+
+    fn own_ballot(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Follower => None,
+            Role::Candidate { ballot, .. } | Role::Leader { ballot, .. } => Some(*ballot),
+        }
+    }
+
+    fn observe(&mut self, ballot: Ballot) {
+        self.highest_seen = self.highest_seen.max(ballot);
+        // A higher ballot exists: this replica's own candidacy or leadership is over.
+        if self.own_ballot().is_some_and(|own| own < ballot) {
+            self.role = Role::Follower;
+            self.reset_election_timer();
+        }
+    }
+
+    fn promise(&mut self, ballot: Ballot) {
+        if ballot > self.durable.promised {
+            self.durable.promised = ballot;
+            self.ready.persist.push(Persist::Promised(ballot));
+        }
+    }
+
+    fn start_election(&mut self) {
+        let ballot = Ballot {
+            round: self.highest_seen.round + 1,
+            node: self.config.id,
+        };
+        self.highest_seen = ballot;
+        self.role = Role::Candidate {
+            ballot,
+            promises: BTreeMap::new(),
+        };
+        self.leader = None;
+        self.reset_election_timer();
+        let first_slot = self.decided_upto;
+        self.broadcast(Message::Prepare { ballot, first_slot });
+    }
+
+    fn handle(&mut self, envelope: Envelope) {
+        let Envelope { from, message, .. } = envelope;
+        match message {
+            Message::Prepare { ballot, first_slot } => self.on_prepare(from, ballot, first_slot),
+            Message::Promise {
+                ballot,
+                accepted,
+                decided,
+            } => self.on_promise(from, ballot, accepted, decided),
+            Message::Accept {
+                ballot,
+                entries,
+                decided_upto,
+            } => self.on_accept(from, ballot, entries, decided_upto),
+            Message::Accepted { ballot, slots } => self.on_accepted(from, ballot, slots),
+            Message::Reject { ballot, promised } => {
+                if self.own_ballot() == Some(ballot) {
+                    self.observe(promised);
+                }
+                self.highest_seen = self.highest_seen.max(promised);
+            }
+            Message::Decided { entries } => {
+                for (slot, entry) in entries {
+                    self.learn(slot, entry);
+                }
+            }
+            Message::Heartbeat {
+                ballot,
+                decided_upto,
+            } => self.on_heartbeat(from, ballot, decided_upto),
+            Message::CatchUp { from: first } => {
+                let entries: Vec<(Slot, Entry)> = self
+                    .durable
+                    .decided
+                    .range(first..)
+                    .take(CATCH_UP_BATCH)
+                    .map(|(s, e)| (*s, e.clone()))
+                    .collect();
+                if !entries.is_empty() {
+                    self.send(from, Message::Decided { entries });
+                }
+            }
+        }
+    }
+
+    /// Phase 1b (Paxos Made Simple, 2.2): promise `ballot` if it is not below any promise made.
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot) {
+        self.observe(ballot);
+        if ballot < self.durable.promised {
+            let promised = self.durable.promised;
+            self.send(from, Message::Reject { ballot, promised });
+            return;
+        }
+        self.promise(ballot);
+        if from != self.config.id {
+            // Give the candidate time to win before standing ourselves.
+            self.reset_election_timer();
+        }
+        let accepted = self
+            .durable
+            .accepted
+            .range(first_slot..)
+            .map(|(s, a)| (*s, a.clone()))
+            .collect();
+        let decided = self
+            .durable
+            .decided
+            .range(first_slot..)
+            .map(|(s, e)| (*s, e.clone()))
+            .collect();
+        self.send(
+            from,
+            Message::Promise {
+                ballot,
+                accepted,
+                decided,
+            },
+        );
+    }
+
+    fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        accepted: Vec<(Slot, Accepted)>,
+        decided: Vec<(Slot, Entry)>,
+    ) {
+        for (slot, entry) in decided {
+            self.learn(slot, entry);
+        }
+        let majority = self.majority();
+        let Role::Candidate {
+            ballot: own,
+            promises,
+        } = &mut self.role
+        else {
+            return;
+        };
+        if *own != ballot {
+            return;
+        }
+        promises.insert(from, accepted);
+        if promises.len() >= majority {
+            let promises = std::mem::take(promises);
+            self.become_leader(ballot, promises);
+        }
+    }
+
+    /// Re-proposes, for every slot from the first undecided one, the value accepted
+    /// at the highest ballot among the promises, and a no-op where there is none
+    /// (Paxos Made Simple, section 3).
+    fn become_leader(&mut self, ballot: Ballot, promises: BTreeMap<NodeId, Vec<(Slot, Accepted)>>) {
+        let mut highest: BTreeMap<Slot, Accepted> = BTreeMap::new();
+        for (slot, accepted) in promises.into_values().flatten() {
+            if highest
+                .get(&slot)
+                .is_none_or(|held| held.ballot < accepted.ballot)
+            {
+                highest.insert(slot, accepted);
+            }
+        }
+        let last = highest
+            .keys()
+            .chain(self.durable.decided.keys())
+            .max()
+            .copied();
+        let next_slot = last.map_or(self.decided_upto, |l| (l + 1).max(self.decided_upto));
+        let mut in_flight = BTreeMap::new();
+        let mut unsent = Vec::new();
+        for slot in self.decided_upto..next_slot {
+            if self.durable.decided.contains_key(&slot) {
+                continue;
+            }
+            let entry = highest.remove(&slot).map_or(Entry::Noop, |a| a.entry);
+            in_flight.insert(slot, (entry.clone(), BTreeSet::new()));
+            unsent.push((slot, entry));
+        }
+        self.role = Role::Leader {
+            ballot,
+            next_slot,
+            in_flight,
+            unsent,
+        };
+        self.leader = Some(self.config.id);
+        self.ticks_since_heartbeat = 0;
+        let decided_upto = self.decided_upto;
+        self.broadcast_others(Message::Heartbeat {
+            ballot,
+            decided_upto,
+        });
+        self.flush_proposals();
+    }
+
+    /// Phase 2b: accept if no higher ballot was promised.
+    fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        entries: Vec<(Slot, Entry)>,
+        leader_decided_upto: Slot,
+    ) {
+        self.observe(ballot);
+        if ballot < self.durable.promised {
+            let promised = self.durable.promised;
+            self.send(from, Message::Reject { ballot, promised });
+            return;
+        }
+        self.promise(ballot);
+        self.follow(from);
+        let mut slots = Vec::with_capacity(entries.len());
+        for (slot, entry) in entries {
+            let accepted = Accepted { ballot, entry };
+            if self.durable.accepted.get(&slot) != Some(&accepted) {
+                self.ready
+                    .persist
+                    .push(Persist::Accepted(slot, accepted.clone()));
+                self.durable.accepted.insert(slot, accepted);
+            }
+            slots.push(slot);
+        }
+        self.send(from, Message::Accepted { ballot, slots });
+        self.catch_up_if_behind(from, leader_decided_upto);
+    }
+
+    fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
+        let majority = self.majority();
+        let Role::Leader {
+            ballot: own,
+            in_flight,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        if *own != ballot {
+            return;
+        }
+        let mut chosen = Vec::new();
+        for slot in slots {
+            if let Some((entry, voters)) = in_flight.get_mut(&slot) {
+                voters.insert(from);
+                if voters.len() >= majority {
+                    chosen.push((slot, entry.clone()));
+                    in_flight.remove(&slot);
+                }
+            }
+        }
+        if chosen.is_empty() {
+            return;
+        }
+        for (slot, entry) in &chosen {
+            self.learn(*slot, entry.clone());
+        }
+        self.broadcast_others(Message::Decided { entries: chosen });
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, leader_decided_upto: Slot) {
+        self.observe(ballot);
+        if ballot < self.durable.promised {
+            let promised = self.durable.promised;
+            self.send(from, Message::Reject { ballot, promised });
+            return;
+        }
+        self.promise(ballot);
+        self.follow(from);
+        self.catch_up_if_behind(from, leader_decided_upto);
+    }
+
+    fn follow(&mut self, leader: NodeId) {
+        if leader != self.config.id {
+            self.leader = Some(leader);
+            self.reset_election_timer();
+        }
+    }
+
+    fn catch_up_if_behind(&mut self, leader: NodeId, leader_decided_upto: Slot) {
+        if leader != self.config.id && leader_decided_upto > self.decided_upto {
+            let from = self.decided_upto;
+            self.send(leader, Message::CatchUp { from });
+        }
+    }
+
+    fn learn(&mut self, slot: Slot, entry: Entry) {
+        if self.durable.decided.contains_key(&slot) {
+            return;
+        }
+        self.ready
+            .persist
+            .push(Persist::Decided(slot, entry.clone()));
+        self.durable.decided.insert(slot, entry);
+        if let Role::Leader { in_flight, .. } = &mut self.role {
+            in_flight.remove(&slot);
+        }
+        self.advance_decided();
+    }
+
+    fn advance_decided(&mut self) {
+        while self.durable.decided.contains_key(&self.decided_upto) {
+            self.decided_upto += 1;
+        }
+        while self.applied_upto < self.decided_upto {
+            let entry = self.durable.decided[&self.applied_upto].clone();
+            self.ready.decided.push((self.applied_upto, entry));
+            self.applied_upto += 1;
+        }
+    }
+}
