@@ -6,6 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{Accepted, Ballot, Entry, Slot};
 
+/// The application's state as of a slot, standing in for the log before it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The snapshot covers every slot below this one.
+    pub upto: Slot,
+    /// The application's encoding of its state after applying those slots.
+    pub data: Vec<u8>,
+}
+
 /// One change to durable state; the runtime writes it (fsync'd) before sending anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Persist {
@@ -15,6 +24,8 @@ pub enum Persist {
     Accepted(Slot, Accepted),
     /// The replica learned that this value is decided for a slot.
     Decided(Slot, Entry),
+    /// The log below `snapshot.upto` is replaced by the snapshot (compaction).
+    Snapshot(Snapshot),
 }
 
 /// Everything a replica restarts from.
@@ -26,6 +37,8 @@ pub struct DurableState {
     pub accepted: BTreeMap<Slot, Accepted>,
     /// Values known decided.
     pub decided: BTreeMap<Slot, Entry>,
+    /// The latest snapshot; the log holds nothing below it.
+    pub snapshot: Option<Snapshot>,
 }
 
 impl DurableState {
@@ -39,6 +52,18 @@ impl DurableState {
             Persist::Decided(slot, entry) => {
                 self.decided.insert(*slot, entry.clone());
             }
+            Persist::Snapshot(snapshot) => {
+                if snapshot.upto > self.compacted_upto() {
+                    self.accepted = self.accepted.split_off(&snapshot.upto);
+                    self.decided = self.decided.split_off(&snapshot.upto);
+                    self.snapshot = Some(snapshot.clone());
+                }
+            }
         }
+    }
+
+    /// The first slot the log still holds: everything below is in the snapshot.
+    pub fn compacted_upto(&self) -> Slot {
+        self.snapshot.as_ref().map_or(0, |s| s.upto)
     }
 }

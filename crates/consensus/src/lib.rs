@@ -17,12 +17,14 @@
 //! phase 1 once for every slot from its first undecided one onwards, then phase
 //! 2 per slot, pipelined and batched; a new leader re-proposes the values phase
 //! 1 reported (the one accepted at the highest ballot) and fills gaps with
-//! no-ops. Log compaction behind snapshots is not part of this core yet.
+//! no-ops. The runtime compacts the log behind a snapshot of its state machine
+//! with [`Replica::compact`]; replicas that need compacted slots are sent the
+//! snapshot instead ([`Ready::snapshot`]).
 
 pub mod durable;
 pub mod replica;
 pub mod types;
 
-pub use durable::{DurableState, Persist};
+pub use durable::{DurableState, Persist, Snapshot};
 pub use replica::{Config, NotLeader, Ready, Replica};
 pub use types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot};

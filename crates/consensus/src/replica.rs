@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::durable::{DurableState, Persist};
+use crate::durable::{DurableState, Persist, Snapshot};
 use crate::types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot};
 
 /// Most decided entries one catch-up answer carries.
@@ -41,6 +41,10 @@ pub struct Ready {
     pub persist: Vec<Persist>,
     /// Messages to send once the changes are durable.
     pub messages: Vec<Envelope>,
+    /// A snapshot to install in the state machine (replacing its state) before
+    /// applying `decided`: at restart, or when this replica fell behind a peer's
+    /// compacted log.
+    pub snapshot: Option<Snapshot>,
     /// Newly decided entries, in slot order without gaps, to apply to the state machine.
     pub decided: Vec<(Slot, Entry)>,
 }
@@ -110,8 +114,33 @@ impl Replica {
             ready: Ready::default(),
             loopback: VecDeque::new(),
         };
+        if let Some(snapshot) = replica.durable.snapshot.clone() {
+            replica.decided_upto = snapshot.upto;
+            replica.applied_upto = snapshot.upto;
+            replica.ready.snapshot = Some(snapshot);
+        }
         replica.advance_decided();
         replica
+    }
+
+    /// Replaces the log below `upto` with `data`, the application's state after
+    /// applying every slot below `upto`; refused (false) if the application has
+    /// not been handed those slots yet.
+    pub fn compact(&mut self, upto: Slot, data: Vec<u8>) -> bool {
+        if upto > self.applied_upto {
+            return false;
+        }
+        if upto > self.durable.compacted_upto() {
+            let snapshot = Snapshot { upto, data };
+            self.durable.apply(&Persist::Snapshot(snapshot.clone()));
+            self.ready.persist.push(Persist::Snapshot(snapshot));
+        }
+        true
+    }
+
+    /// The first slot the log still holds.
+    pub fn compacted_upto(&self) -> Slot {
+        self.durable.compacted_upto()
     }
 
     /// This replica's id.
@@ -311,7 +340,14 @@ impl Replica {
                 ballot,
                 accepted,
                 decided,
-            } => self.on_promise(from, ballot, accepted, decided),
+                snapshot,
+            } => {
+                if let Some(snapshot) = snapshot {
+                    self.install_snapshot(snapshot);
+                }
+                self.on_promise(from, ballot, accepted, decided)
+            }
+            Message::InstallSnapshot { snapshot } => self.install_snapshot(snapshot),
             Message::Accept {
                 ballot,
                 entries,
@@ -334,6 +370,12 @@ impl Replica {
                 decided_upto,
             } => self.on_heartbeat(from, ballot, decided_upto),
             Message::CatchUp { from: first } => {
+                if first < self.durable.compacted_upto()
+                    && let Some(snapshot) = self.durable.snapshot.clone()
+                {
+                    self.send(from, Message::InstallSnapshot { snapshot });
+                }
+                let first = first.max(self.durable.compacted_upto());
                 let entries: Vec<(Slot, Entry)> = self
                     .durable
                     .decided
@@ -361,6 +403,14 @@ impl Replica {
             // Give the candidate time to win before standing ourselves.
             self.reset_election_timer();
         }
+        // A candidate asking for slots this replica compacted gets the snapshot: it
+        // must not mistake those decided slots for empty ones and fill them with no-ops.
+        let snapshot = self
+            .durable
+            .snapshot
+            .clone()
+            .filter(|s| first_slot < s.upto);
+        let first_slot = first_slot.max(self.durable.compacted_upto());
         let accepted = self
             .durable
             .accepted
@@ -379,6 +429,7 @@ impl Replica {
                 ballot,
                 accepted,
                 decided,
+                snapshot,
             },
         );
     }
@@ -473,7 +524,14 @@ impl Replica {
         self.promise(ballot);
         self.follow(from);
         let mut slots = Vec::with_capacity(entries.len());
+        let compacted_upto = self.durable.compacted_upto();
+        let mut behind = false;
         for (slot, entry) in entries {
+            if slot < compacted_upto {
+                // Decided long ago and compacted here: the leader is behind.
+                behind = true;
+                continue;
+            }
             let accepted = Accepted { ballot, entry };
             if self.durable.accepted.get(&slot) != Some(&accepted) {
                 self.ready
@@ -484,6 +542,9 @@ impl Replica {
             slots.push(slot);
         }
         self.send(from, Message::Accepted { ballot, slots });
+        if behind && let Some(snapshot) = self.durable.snapshot.clone() {
+            self.send(from, Message::InstallSnapshot { snapshot });
+        }
         self.catch_up_if_behind(from, leader_decided_upto);
     }
 
@@ -546,7 +607,7 @@ impl Replica {
     }
 
     fn learn(&mut self, slot: Slot, entry: Entry) {
-        if self.durable.decided.contains_key(&slot) {
+        if slot < self.durable.compacted_upto() || self.durable.decided.contains_key(&slot) {
             return;
         }
         self.ready
@@ -555,6 +616,30 @@ impl Replica {
         self.durable.decided.insert(slot, entry);
         if let Role::Leader { in_flight, .. } = &mut self.role {
             in_flight.remove(&slot);
+        }
+        self.advance_decided();
+    }
+
+    /// Adopts a peer's snapshot that reaches past what this replica has decided.
+    fn install_snapshot(&mut self, snapshot: Snapshot) {
+        if snapshot.upto <= self.durable.compacted_upto() {
+            return;
+        }
+        self.durable.apply(&Persist::Snapshot(snapshot.clone()));
+        self.ready.persist.push(Persist::Snapshot(snapshot.clone()));
+        if let Role::Leader { in_flight, .. } = &mut self.role {
+            *in_flight = in_flight.split_off(&snapshot.upto);
+        }
+        if let Role::Leader { next_slot, .. } = &mut self.role {
+            *next_slot = (*next_slot).max(snapshot.upto);
+        }
+        self.decided_upto = self.decided_upto.max(snapshot.upto);
+        if self.applied_upto < snapshot.upto {
+            self.applied_upto = snapshot.upto;
+            // Entries handed out but superseded by the snapshot are dropped: the
+            // application installs the snapshot, then applies what follows it.
+            self.ready.decided.clear();
+            self.ready.snapshot = Some(snapshot);
         }
         self.advance_decided();
     }

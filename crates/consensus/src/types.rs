@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::Snapshot;
+
 /// A replica's identity within its group.
 pub type NodeId = u64;
 
@@ -56,6 +58,8 @@ pub enum Message {
         accepted: Vec<(Slot, Accepted)>,
         /// Values known decided from the requested slot on.
         decided: Vec<(Slot, Entry)>,
+        /// The promiser's snapshot, when the candidate asked for slots it compacted.
+        snapshot: Option<Snapshot>,
     },
     /// Phase 2a, batched.
     Accept {
@@ -91,6 +95,11 @@ pub enum Message {
         ballot: Ballot,
         /// The leader's first undecided slot.
         decided_upto: Slot,
+    },
+    /// A snapshot, for a replica that needs slots the sender has compacted.
+    InstallSnapshot {
+        /// The snapshot.
+        snapshot: Snapshot,
     },
     /// A request for the decided values from `from` on.
     CatchUp {
