@@ -4,16 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Accepted, Ballot, Entry, Slot};
-
-/// The application's state as of a slot, standing in for the log before it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// The snapshot covers every slot below this one.
-    pub upto: Slot,
-    /// The application's encoding of its state after applying those slots.
-    pub data: Vec<u8>,
-}
+use crate::types::{Accepted, Ballot, Entry, Slot, Snapshot};
 
 /// One change to durable state; the runtime writes it (fsync'd) before sending anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! Multi-Paxos as a pure state machine, with no I/O, no clock and no global randomness.
 //!
-//! - [`types`]: ballots, slots, log entries and messages.
+//! - [`types`]: ballots, slots, log entries and messages (wire types from `kvorum-protocol`).
 //! - [`durable`]: what an acceptor must keep on disk, and the operations that change it.
 //! - [`replica`]: one replica (acceptor, proposer and learner in one), driven by
 //!   [`Replica::tick`], [`Replica::step`] and [`Replica::propose`]; its output is
@@ -25,6 +25,6 @@ pub mod durable;
 pub mod replica;
 pub mod types;
 
-pub use durable::{DurableState, Persist, Snapshot};
+pub use durable::{DurableState, Persist};
 pub use replica::{Config, NotLeader, Ready, Replica};
-pub use types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot};
+pub use types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot, Snapshot};

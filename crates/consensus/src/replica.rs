@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::durable::{DurableState, Persist, Snapshot};
-use crate::types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot};
+use crate::durable::{DurableState, Persist};
+use crate::types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot, Snapshot};
 
 /// Most decided entries one catch-up answer carries.
 const CATCH_UP_BATCH: usize = 256;

@@ -6,6 +6,7 @@
 //! - [`consistency`]: consistency levels and quorum arithmetic.
 //! - [`keyspace`]: keyspace settings.
 //! - [`cluster`]: membership, the partition map and the cluster view.
+//! - [`paxos`]: the metadata service's Multi-Paxos messages.
 //! - [`storage`]: the storage node's internal API.
 //! - [`error`]: the JSON error body every service answers with.
 //! - [`health`]: the `/healthz` and `/readyz` answer.
@@ -19,6 +20,7 @@ pub mod health;
 pub mod ids;
 pub mod key;
 pub mod keyspace;
+pub mod paxos;
 pub mod storage;
 pub mod version;
 

@@ -1,0 +1,128 @@
+//! Multi-Paxos wire types: ballots, slots, log entries, snapshots and the messages
+//! metadata-service replicas exchange (driven by the `kvorum-consensus` core).
+
+use serde::{Deserialize, Serialize};
+
+/// A replica's identity within its consensus group.
+pub type NodeId = u64;
+
+/// A position in the replicated log.
+pub type Slot = u64;
+
+/// A ballot (proposal number): rounds ordered first, then the proposer's id, so
+/// no two proposers ever use the same ballot.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Ballot {
+    /// Grows with every election.
+    pub round: u64,
+    /// The proposer that owns the ballot.
+    pub node: NodeId,
+}
+
+/// The application's state as of a slot, standing in for the log before it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The snapshot covers every slot below this one.
+    pub upto: Slot,
+    /// The application's encoding of its state after applying those slots.
+    pub data: Vec<u8>,
+}
+
+/// A value of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Entry {
+    /// Fills a slot a new leader found empty, so that later slots can be applied.
+    Noop,
+    /// An application command, opaque to consensus.
+    Command(Vec<u8>),
+}
+
+/// What an acceptor accepted for a slot, and in which ballot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The ballot of the acceptance.
+    pub ballot: Ballot,
+    /// The value accepted.
+    pub entry: Entry,
+}
+
+/// A message between replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Phase 1a, for every slot from `first_slot` on.
+    Prepare {
+        /// The candidate's ballot.
+        ballot: Ballot,
+        /// The candidate's first undecided slot.
+        first_slot: Slot,
+    },
+    /// Phase 1b: a promise to accept nothing below `ballot`, with what was accepted so far.
+    Promise {
+        /// The ballot promised.
+        ballot: Ballot,
+        /// Accepted values from the requested slot on.
+        accepted: Vec<(Slot, Accepted)>,
+        /// Values known decided from the requested slot on.
+        decided: Vec<(Slot, Entry)>,
+        /// The promiser's snapshot, when the candidate asked for slots it compacted.
+        snapshot: Option<Snapshot>,
+    },
+    /// Phase 2a, batched.
+    Accept {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// Values proposed for slots.
+        entries: Vec<(Slot, Entry)>,
+        /// The leader's first undecided slot, so laggards know to catch up.
+        decided_upto: Slot,
+    },
+    /// Phase 2b.
+    Accepted {
+        /// The ballot accepted in.
+        ballot: Ballot,
+        /// The slots accepted.
+        slots: Vec<Slot>,
+    },
+    /// A refusal: the sender has promised a higher ballot.
+    Reject {
+        /// The ballot refused.
+        ballot: Ballot,
+        /// The ballot the sender has promised.
+        promised: Ballot,
+    },
+    /// Values known decided (learning, and catch-up answers).
+    Decided {
+        /// The decided values.
+        entries: Vec<(Slot, Entry)>,
+    },
+    /// The leader is alive; followers behind `decided_upto` should catch up.
+    Heartbeat {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's first undecided slot.
+        decided_upto: Slot,
+    },
+    /// A snapshot, for a replica that needs slots the sender has compacted.
+    InstallSnapshot {
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
+    /// A request for the decided values from `from` on.
+    CatchUp {
+        /// The first slot wanted.
+        from: Slot,
+    },
+}
+
+/// A message with its sender and receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// Content.
+    pub message: Message,
+}
