@@ -6,6 +6,7 @@
 //! - [`consistency`]: consistency levels and quorum arithmetic.
 //! - [`keyspace`]: keyspace settings.
 //! - [`cluster`]: membership, the partition map and the cluster view.
+//! - [`metadata`]: the metadata service's commands and state.
 //! - [`paxos`]: the metadata service's Multi-Paxos messages.
 //! - [`storage`]: the storage node's internal API.
 //! - [`error`]: the JSON error body every service answers with.
@@ -20,6 +21,7 @@ pub mod health;
 pub mod ids;
 pub mod key;
 pub mod keyspace;
+pub mod metadata;
 pub mod paxos;
 pub mod storage;
 pub mod version;

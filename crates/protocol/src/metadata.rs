@@ -1,0 +1,132 @@
+//! The metadata service's replicated state machine: its commands, their outcomes and its state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{NodeInfo, NodeState, PartitionMap};
+use crate::ids::NodeId;
+use crate::keyspace::KeyspaceConfig;
+
+/// A client-chosen id that makes a retried command apply once (1..=128 characters).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub String);
+
+/// One command, as clients submit it and the log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataCommand {
+    /// Makes retries idempotent.
+    pub request_id: RequestId,
+    /// Apply only if the state is at exactly this version (optimistic concurrency).
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+    /// What to do.
+    pub op: MetadataOp,
+}
+
+/// The operations of the metadata state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MetadataOp {
+    /// Adds a node, or updates its address and role.
+    RegisterNode {
+        /// The node.
+        node: NodeInfo,
+    },
+    /// Records a node's health as the failure detector sees it.
+    SetNodeState {
+        /// The node.
+        node: NodeId,
+        /// Its state.
+        state: NodeState,
+    },
+    /// Creates a keyspace (idempotent for an identical one).
+    CreateKeyspace {
+        /// Its settings.
+        keyspace: KeyspaceConfig,
+    },
+    /// Installs a partition map: at bootstrap any; later only one whose changed
+    /// partitions carry exactly the next epoch and whose unchanged ones keep theirs.
+    SetPartitionMap {
+        /// The map.
+        map: PartitionMap,
+    },
+    /// Takes or renews a named lease.
+    AcquireLease {
+        /// The lease, such as `recovery-controller`.
+        name: String,
+        /// Who wants it.
+        holder: String,
+        /// The proposer's clock, in milliseconds (time is an input, never read).
+        now_ms: u64,
+        /// How long the lease lasts.
+        duration_ms: u64,
+    },
+    /// Gives a lease back.
+    ReleaseLease {
+        /// The lease.
+        name: String,
+        /// Who holds it.
+        holder: String,
+    },
+}
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Who holds it.
+    pub holder: String,
+    /// When it lapses, on the holder's proposer's clock.
+    pub expires_at_ms: u64,
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataOutcome {
+    /// The state's version after the command.
+    pub version: u64,
+    /// For lease commands: the lease as it now stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// Why a command was refused; a refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum MetadataError {
+    /// The command is malformed (400).
+    #[error("invalid command: {message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+    /// It names something that does not exist (404).
+    #[error("{message}")]
+    NotFound {
+        /// What is missing.
+        message: String,
+    },
+    /// A stale writer, a version mismatch, or a lease someone else holds (409).
+    #[error("{message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+    },
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataState {
+    /// Grows by one with every command that changes something.
+    pub version: u64,
+    /// Members, by id.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// The partition map, once bootstrapped.
+    pub partition_map: Option<PartitionMap>,
+    /// Keyspaces, by name.
+    pub keyspaces: BTreeMap<String, KeyspaceConfig>,
+    /// Leases, by name.
+    pub leases: BTreeMap<String, Lease>,
+}
