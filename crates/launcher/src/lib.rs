@@ -8,6 +8,7 @@
 
 mod process;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -346,33 +347,124 @@ impl LocalCluster {
                 )
             }
         };
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = process.exit_status()? {
-                return Err(LaunchError::Exited {
-                    name: process.name().to_owned(),
-                    status,
-                    log: process.log().to_owned(),
-                    tail: log_tail(process.log(), 10),
-                });
-            }
-            if self
-                .client
-                .get_json::<Health>(&address, "/healthz")
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(LaunchError::NotHealthy {
-                    name: process.name().to_owned(),
-                    log: process.log().to_owned(),
-                    timeout: STARTUP_TIMEOUT,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_healthy(&self.client, process, &address).await
+    }
+}
+
+/// Polls `/healthz` at `address` until it answers, the process exits, or the startup deadline passes.
+async fn wait_healthy(
+    client: &HttpClient,
+    process: &mut ManagedProcess,
+    address: &str,
+) -> Result<(), LaunchError> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Some(status) = process.exit_status()? {
+            return Err(LaunchError::Exited {
+                name: process.name().to_owned(),
+                status,
+                log: process.log().to_owned(),
+                tail: log_tail(process.log(), 10),
+            });
         }
+        if client.get_json::<Health>(address, "/healthz").await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LaunchError::NotHealthy {
+                name: process.name().to_owned(),
+                log: process.log().to_owned(),
+                timeout: STARTUP_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A group of metadata replicas (`kvorum-metad`) on free ports; killed on drop.
+#[derive(Debug)]
+pub struct MetadGroup {
+    dir: PathBuf,
+    bin_dir: PathBuf,
+    addresses: BTreeMap<u64, SocketAddr>,
+    processes: BTreeMap<u64, ManagedProcess>,
+    client: HttpClient,
+}
+
+impl MetadGroup {
+    /// Starts `replicas` metadata replicas with their data under `dir`, and waits until all are healthy.
+    pub async fn start(dir: &Path, replicas: u64, bin_dir: &Path) -> Result<Self, LaunchError> {
+        let binary = bin_dir.join("kvorum-metad");
+        if !binary.is_file() {
+            return Err(LaunchError::MissingBinary(binary));
+        }
+        std::fs::create_dir_all(dir.join("logs"))
+            .map_err(io(format!("creating {}", dir.display())))?;
+        let addresses = (1..=replicas)
+            .map(|id| Ok((id, SocketAddr::from(([127, 0, 0, 1], free_port()?)))))
+            .collect::<Result<BTreeMap<_, _>, LaunchError>>()?;
+        let client = HttpClient::new(ClientConfig::new("launcher"))
+            .map_err(|e| LaunchError::Invalid(e.to_string()))?;
+        let mut group = Self {
+            dir: dir.to_owned(),
+            bin_dir: bin_dir.to_owned(),
+            addresses,
+            processes: BTreeMap::new(),
+            client,
+        };
+        for id in 1..=replicas {
+            group.restart(id).await?;
+        }
+        Ok(group)
+    }
+
+    /// Every replica's address, by id.
+    pub fn addresses(&self) -> &BTreeMap<u64, SocketAddr> {
+        &self.addresses
+    }
+
+    /// Kills one replica with SIGKILL and waits for it to die.
+    pub async fn kill(&mut self, id: u64) -> Result<(), LaunchError> {
+        match self.processes.get_mut(&id) {
+            Some(process) => process.kill().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts one replica (again), on its data directory and address, and waits until it is healthy.
+    pub async fn restart(&mut self, id: u64) -> Result<(), LaunchError> {
+        self.kill(id).await?;
+        let address = *self
+            .addresses
+            .get(&id)
+            .ok_or(LaunchError::NoSuchNode(NodeId(id)))?;
+        let peers: Vec<String> = self
+            .addresses
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect();
+        let name = format!("metad-{id}");
+        let args = vec![
+            "--id".to_owned(),
+            id.to_string(),
+            "--peers".to_owned(),
+            peers.join(","),
+            "--listen".to_owned(),
+            address.to_string(),
+            "--data-dir".to_owned(),
+            self.dir.join(&name).display().to_string(),
+        ];
+        let log = self.dir.join("logs").join(format!("{name}.log"));
+        let mut process = ManagedProcess::spawn(
+            &name,
+            &self.bin_dir.join("kvorum-metad"),
+            &args,
+            &log,
+            "info",
+        )?;
+        wait_healthy(&self.client, &mut process, &address.to_string()).await?;
+        self.processes.insert(id, process);
+        Ok(())
     }
 }
 

@@ -182,8 +182,8 @@ fn conflict(message: impl Into<String>) -> MetadataError {
     }
 }
 
-/// Refuses malformed commands before they can change anything.
-fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
+/// Refuses malformed commands before they can change anything (also used to keep them out of the log).
+pub fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
     let id = &command.request_id.0;
     if id.is_empty() || id.len() > MAX_REQUEST_ID {
         return Err(invalid(format!(

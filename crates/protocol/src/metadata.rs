@@ -130,3 +130,31 @@ pub struct MetadataState {
     /// Leases, by name.
     pub leases: BTreeMap<String, Lease>,
 }
+
+/// What the metadata service's replicated log holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogCommand {
+    /// A client command, applied by every replica.
+    Apply(MetadataCommand),
+    /// A read barrier: once it is applied, the replica has every command decided
+    /// before the read began, so its state can be read linearizably.
+    Barrier(u64),
+}
+
+/// One metadata replica's own view (`GET /v1/status`), not linearizable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadStatus {
+    /// This replica.
+    pub id: u64,
+    /// The leader it believes in.
+    pub leader: Option<u64>,
+    /// Whether it leads.
+    pub is_leader: bool,
+    /// Its first undecided log slot.
+    pub decided_upto: u64,
+    /// Its state's version.
+    pub version: u64,
+    /// A hash of its whole state, to compare replicas.
+    pub state_digest: u64,
+}

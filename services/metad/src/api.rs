@@ -1,0 +1,178 @@
+//! The metadata service's HTTP API: `router(state)` and its handlers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use kvorum_consensus::Envelope;
+use kvorum_protocol::metadata::{
+    MetadStatus, MetadataCommand, MetadataError, MetadataOutcome, MetadataState,
+};
+use kvorum_protocol::{ErrorCode, ErrorDetail};
+use kvorum_server::{JsonBody, error_response, with_standard_layers};
+use tokio::sync::oneshot;
+
+use crate::node::{Input, ProposeError};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// This replica's id.
+    pub id: u64,
+    /// Every replica's address.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// The consensus loop's input.
+    pub inputs: SyncSender<Input>,
+    /// How long a client waits for a decision.
+    pub request_timeout: Duration,
+}
+
+/// Why a request failed; maps to the JSON error body (or a redirect to the leader).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The command was refused by the state machine.
+    #[error(transparent)]
+    Refused(#[from] MetadataError),
+    /// Another replica leads: the client is sent there.
+    #[error("replica {0} leads")]
+    NotLeader(SocketAddr, Uri),
+    /// No leader is known (an election is under way, or too few replicas are up).
+    #[error(
+        "no leader is known yet (an election is under way, or a majority of replicas is down); retry with the same request_id"
+    )]
+    NoLeader,
+    /// The command was not decided in time; it may still be.
+    #[error(
+        "the command was not decided within {0:?}; retry with the same request_id, which applies it at most once"
+    )]
+    Undecided(Duration),
+    /// A peer message addressed to another replica.
+    #[error("message addressed to replica {to}, but this is replica {me}")]
+    Misaddressed {
+        /// The addressee.
+        to: u64,
+        /// This replica.
+        me: u64,
+    },
+    /// The consensus loop has stopped.
+    #[error("the replica is shutting down")]
+    Stopped,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            ApiError::Refused(MetadataError::Invalid { .. }) | ApiError::Misaddressed { .. } => {
+                ErrorCode::BadRequest
+            }
+            ApiError::Refused(MetadataError::NotFound { .. }) => ErrorCode::NotFound,
+            ApiError::Refused(MetadataError::Conflict { .. }) => ErrorCode::Conflict,
+            ApiError::NotLeader(address, uri) => {
+                let target = format!(
+                    "http://{address}{}",
+                    uri.path_and_query().map_or("", |p| p.as_str())
+                );
+                return Redirect::temporary(&target).into_response();
+            }
+            ApiError::NoLeader | ApiError::Undecided(_) | ApiError::Stopped => {
+                ErrorCode::Unavailable
+            }
+        };
+        error_response(ErrorDetail::new(code, self.to_string()))
+    }
+}
+
+/// The metadata API's routes, wrapped in the standard layers.
+pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(kvorum_server::healthz))
+        .route("/readyz", get(kvorum_server::ready))
+        .route("/internal/v1/paxos", post(paxos))
+        .route("/v1/commands", post(command))
+        .route("/v1/state", get(read_state))
+        .route("/v1/status", get(status))
+        .with_state(state);
+    // The layer's deadline sits past the decision wait, so a slow decision is a clear 503.
+    with_standard_layers(routes, request_timeout + Duration::from_secs(1))
+}
+
+impl AppState {
+    fn submit(&self, input: Input) -> Result<(), ApiError> {
+        self.inputs.try_send(input).map_err(|_| ApiError::Stopped)
+    }
+
+    fn redirect(&self, error: ProposeError, uri: Uri) -> ApiError {
+        let ProposeError::NotLeader(leader) = error;
+        match leader
+            .filter(|l| *l != self.id)
+            .and_then(|l| self.peers.get(&l))
+        {
+            Some(address) => ApiError::NotLeader(*address, uri),
+            None => ApiError::NoLeader,
+        }
+    }
+
+    async fn wait<T>(&self, reply: oneshot::Receiver<T>) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.request_timeout, reply).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Undecided(self.request_timeout)),
+        }
+    }
+}
+
+async fn paxos(
+    State(state): State<Arc<AppState>>,
+    JsonBody(envelopes): JsonBody<Vec<Envelope>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(wrong) = envelopes.iter().find(|e| e.to != state.id) {
+        return Err(ApiError::Misaddressed {
+            to: wrong.to,
+            me: state.id,
+        });
+    }
+    state.submit(Input::Messages(envelopes))?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn command(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    JsonBody(command): JsonBody<MetadataCommand>,
+) -> Result<(StatusCode, Json<MetadataOutcome>), ApiError> {
+    // Malformed commands never reach the log.
+    kvorum_metadata::validate(&command)?;
+    let (reply, answer) = oneshot::channel();
+    state.submit(Input::Command(command, reply))?;
+    match state.wait(answer).await? {
+        Ok(Ok(outcome)) => Ok((StatusCode::OK, Json(outcome))),
+        Ok(Err(refused)) => Err(ApiError::Refused(refused)),
+        Err(not_leader) => Err(state.redirect(not_leader, uri)),
+    }
+}
+
+async fn read_state(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+) -> Result<Json<MetadataState>, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    state.submit(Input::Read(reply))?;
+    match state.wait(answer).await? {
+        Ok(snapshot) => Ok(Json(snapshot)),
+        Err(not_leader) => Err(state.redirect(not_leader, uri)),
+    }
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Result<Json<MetadStatus>, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    state.submit(Input::Status(reply))?;
+    state.wait(answer).await.map(Json)
+}

@@ -1,0 +1,130 @@
+//! The metadata service's configuration: every flag also readable from the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
+use kvorum_telemetry::LogArgs;
+
+/// `kvorum-metad`: one replica of the metadata service.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvorum-metad", version, about)]
+pub struct MetadConfig {
+    /// This replica's id; it must appear in --peers.
+    #[arg(long, env = "KVORUM_METAD_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+
+    /// Every replica of the group, this one included: `1=127.0.0.1:9001,2=...`.
+    #[arg(long, env = "KVORUM_METAD_PEERS", value_parser = parse_peers)]
+    pub peers: Peers,
+
+    /// Address to serve on.
+    #[arg(long, env = "KVORUM_LISTEN", default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+
+    /// Directory holding the replica's Paxos store.
+    #[arg(long, env = "KVORUM_DATA_DIR", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
+    pub data_dir: PathBuf,
+
+    /// Length of one consensus tick, in milliseconds (elections take 10 to 20 ticks).
+    #[arg(long, env = "KVORUM_METAD_TICK_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=10_000))]
+    pub tick_ms: u64,
+
+    /// How long a client request waits for its command to be decided, in milliseconds.
+    #[arg(long, env = "KVORUM_REQUEST_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The group's replicas, by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers(pub BTreeMap<u64, SocketAddr>);
+
+fn parse_peers(text: &str) -> Result<Peers, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, address) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not id=ip:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} is not a replica id"))?;
+        let address: SocketAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("{address:?} is not ip:port"))?;
+        if id == 0 || peers.insert(id, address).is_some() {
+            return Err(format!("replica id {id} is zero or appears twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("name at least one replica".to_owned());
+    }
+    Ok(Peers(peers))
+}
+
+impl MetadConfig {
+    /// Checks what depends on several flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.peers.0.contains_key(&self.id) {
+            return Err(format!("--id {} does not appear in --peers", self.id));
+        }
+        Ok(())
+    }
+
+    /// One consensus tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// The client request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<MetadConfig, String> {
+        MetadConfig::try_parse_from(std::iter::once("kvorum-metad").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        kvorum_telemetry::assert_every_flag_has_an_env(
+            &<MetadConfig as clap::CommandFactory>::command(),
+        );
+    }
+
+    #[test]
+    fn bad_peers_and_ids_are_named() {
+        for (peers, expected) in [
+            ("1=x", "--peers"),
+            ("1:127.0.0.1:1", "--peers"),
+            ("1=127.0.0.1:1,1=127.0.0.1:2", "--peers"),
+            ("", "--peers"),
+        ] {
+            let error =
+                parse(&["--id", "1", "--peers", peers, "--data-dir", "d"]).expect_err("refused");
+            assert!(error.contains(expected), "{peers}: {error}");
+        }
+        let config =
+            parse(&["--id", "4", "--peers", "1=127.0.0.1:1", "--data-dir", "d"]).expect("parses");
+        assert!(
+            config
+                .validate()
+                .expect_err("not a member")
+                .contains("--id 4")
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! `kvorum-metad`: one replica of the metadata service.
+//!
+//! - [`config`]: flags and environment.
+//! - [`node`]: the consensus loop (core, redb store, state machine) on its own thread.
+//! - [`api`]: the HTTP API: peer messages, commands, linearizable reads, status.
+
+pub mod api;
+pub mod config;
+pub mod node;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kvorum_consensus::Envelope;
+use kvorum_http_client::{ClientConfig, HttpClient, Idempotency};
+use kvorum_paxos_store::PaxosStore;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::MetadConfig;
+
+use crate::api::AppState;
+
+/// How many inputs may wait for the consensus loop before callers are refused.
+const INPUT_QUEUE: usize = 4_096;
+
+/// Why the replica stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadError {
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The Paxos store could not be opened.
+    #[error("cannot open the paxos store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// The cause.
+        source: kvorum_paxos_store::PaxosStoreError,
+    },
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the replica on `listener` until `shutdown` fires.
+pub async fn run(
+    config: MetadConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), MetadError> {
+    config.validate().map_err(MetadError::Config)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = PaxosStore::open(&config.data_dir.join("paxos.redb")).map_err(|source| {
+        MetadError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        }
+    })?;
+    let peers: BTreeMap<u64, std::net::SocketAddr> = config.peers.0.clone();
+    let core = kvorum_consensus::Config {
+        id: config.id,
+        members: peers.keys().copied().collect(),
+        election_ticks: (10, 20),
+        heartbeat_ticks: 3,
+        seed: rand::random(),
+    };
+
+    let (outbound, messages) = mpsc::unbounded_channel();
+    let mut client_config = ClientConfig::new("metad");
+    client_config.request_timeout = config.tick() * 10;
+    client_config.retries = 0;
+    let client = HttpClient::new(client_config).map_err(|e| MetadError::Config(e.to_string()))?;
+    let sender = tokio::spawn(send_messages(client, peers.clone(), messages));
+
+    let (inputs, queue) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
+    let tick = config.tick();
+    let consensus = std::thread::Builder::new()
+        .name("consensus".into())
+        .spawn(move || node::run(core, store, queue, outbound, tick))?;
+
+    let state = Arc::new(AppState {
+        id: config.id,
+        peers,
+        inputs,
+        request_timeout: config.request_timeout(),
+    });
+    let app = api::router(state, config.request_timeout());
+    tracing::info!(id = config.id, address = %listener.local_addr()?, "metadata replica serving");
+    kvorum_server::serve(listener, app, shutdown).await?;
+    // The router held the last input sender: the consensus loop now ends.
+    if tokio::task::spawn_blocking(move || consensus.join())
+        .await
+        .is_err()
+    {
+        tracing::error!("the consensus loop panicked");
+    }
+    sender.abort();
+    tracing::info!(id = config.id, "metadata replica stopped");
+    Ok(())
+}
+
+/// Delivers each batch of messages to its peers, one HTTP call per peer.
+///
+/// Paxos tolerates lost and duplicated messages, so a failed call is only logged.
+async fn send_messages(
+    client: HttpClient,
+    peers: BTreeMap<u64, std::net::SocketAddr>,
+    mut batches: mpsc::UnboundedReceiver<Vec<Envelope>>,
+) {
+    while let Some(batch) = batches.recv().await {
+        let mut by_peer: BTreeMap<u64, Vec<Envelope>> = BTreeMap::new();
+        for envelope in batch {
+            by_peer.entry(envelope.to).or_default().push(envelope);
+        }
+        for (peer, envelopes) in by_peer {
+            let Some(address) = peers.get(&peer).map(ToString::to_string) else {
+                continue;
+            };
+            let client = client.clone();
+            tokio::spawn(async move {
+                let sent: Result<serde_json::Value, _> = client
+                    .post_json(
+                        &address,
+                        "/internal/v1/paxos",
+                        &envelopes,
+                        Idempotency::NotIdempotent,
+                    )
+                    .await;
+                if let Err(error) = sent {
+                    tracing::debug!(peer, %error, "paxos message not delivered");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The consensus loop: one thread owns the replica, its store and the state machine.
+//!
+//! Inputs (peer messages, proposals, status queries) arrive on a channel and
+//! ticks come from the channel's timeout. After every input the loop drains the
+//! replica's `Ready` in the order the core demands: persist (fsync'd), then
+//! hand the messages to the sender task, then apply decided entries and answer
+//! the requests waiting for them.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use kvorum_consensus::{Config, Entry, Envelope, Replica};
+use kvorum_metadata::StateMachine;
+use kvorum_paxos_store::PaxosStore;
+use kvorum_protocol::metadata::{
+    LogCommand, MetadStatus, MetadataError, MetadataOutcome, MetadataState, RequestId,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Entries applied between two log compactions.
+const COMPACT_EVERY: u64 = 1_000;
+
+/// Why a proposal was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This replica does not lead; the leader it knows, if any.
+    NotLeader(Option<u64>),
+}
+
+/// The answer to a command: its outcome once decided and applied.
+pub type CommandReply = Result<Result<MetadataOutcome, MetadataError>, ProposeError>;
+
+/// Work for the consensus loop.
+#[derive(Debug)]
+pub enum Input {
+    /// Messages from peers.
+    Messages(Vec<Envelope>),
+    /// A client command to replicate.
+    Command(
+        kvorum_protocol::metadata::MetadataCommand,
+        oneshot::Sender<CommandReply>,
+    ),
+    /// A linearizable read: the state once a barrier is applied.
+    Read(oneshot::Sender<Result<MetadataState, ProposeError>>),
+    /// This replica's own view.
+    Status(oneshot::Sender<MetadStatus>),
+}
+
+/// Runs the loop until every input sender is gone.
+pub fn run(
+    config: Config,
+    store: PaxosStore,
+    inputs: Receiver<Input>,
+    outbound: mpsc::UnboundedSender<Vec<Envelope>>,
+    tick: Duration,
+) {
+    let durable = match store.load() {
+        Ok(durable) => durable,
+        Err(error) => {
+            tracing::error!(%error, "cannot load the paxos store");
+            return;
+        }
+    };
+    let mut node = Node {
+        id: config.id,
+        replica: Replica::new(config, durable),
+        store,
+        machine: StateMachine::default(),
+        applied_upto: 0,
+        commands: HashMap::new(),
+        reads: HashMap::new(),
+        next_barrier: rand::random(),
+        outbound,
+    };
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        match inputs.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+            Ok(input) => node.handle(input),
+            Err(RecvTimeoutError::Timeout) => {
+                node.replica.tick();
+                next_tick += tick;
+                node.forget_abandoned();
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if !node.drain() {
+            // Without durable state the replica must not say anything more.
+            break;
+        }
+    }
+    tracing::info!("consensus loop stopped");
+}
+
+struct Node {
+    id: u64,
+    replica: Replica,
+    store: PaxosStore,
+    machine: StateMachine,
+    applied_upto: u64,
+    commands: HashMap<RequestId, Vec<oneshot::Sender<CommandReply>>>,
+    reads: HashMap<u64, oneshot::Sender<Result<MetadataState, ProposeError>>>,
+    next_barrier: u64,
+    outbound: mpsc::UnboundedSender<Vec<Envelope>>,
+}
+
+impl Node {
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Messages(envelopes) => {
+                for envelope in envelopes {
+                    self.replica.step(envelope);
+                }
+            }
+            Input::Command(command, reply) => {
+                let request_id = command.request_id.clone();
+                match self.propose(&LogCommand::Apply(command)) {
+                    Ok(()) => self.commands.entry(request_id).or_default().push(reply),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Input::Read(reply) => {
+                let barrier = self.next_barrier;
+                self.next_barrier = self.next_barrier.wrapping_add(1);
+                match self.propose(&LogCommand::Barrier(barrier)) {
+                    Ok(()) => {
+                        self.reads.insert(barrier, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Input::Status(reply) => {
+                let state = self.machine.state();
+                let digest =
+                    xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(state).unwrap_or_default());
+                let _ = reply.send(MetadStatus {
+                    id: self.id,
+                    leader: self.replica.leader(),
+                    is_leader: self.replica.is_leader(),
+                    decided_upto: self.replica.decided_upto(),
+                    version: state.version,
+                    state_digest: digest,
+                });
+            }
+        }
+    }
+
+    fn propose(&mut self, command: &LogCommand) -> Result<(), ProposeError> {
+        let bytes = serde_json::to_vec(command).expect("log commands always encode");
+        self.replica
+            .propose(bytes)
+            .map(|_| ())
+            .map_err(|e| ProposeError::NotLeader(e.leader))
+    }
+
+    /// Persists, sends and applies what the replica produced; false if persisting failed.
+    fn drain(&mut self) -> bool {
+        let ready = self.replica.take_ready();
+        if let Err(error) = self.store.persist(&ready.persist) {
+            tracing::error!(%error, "cannot persist acceptor state; stopping");
+            return false;
+        }
+        if !ready.messages.is_empty() {
+            let _ = self.outbound.send(ready.messages);
+        }
+        if let Some(snapshot) = ready.snapshot {
+            match StateMachine::restore(&snapshot.data) {
+                Ok(machine) => {
+                    self.machine = machine;
+                    self.applied_upto = snapshot.upto;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot restore a snapshot; stopping");
+                    return false;
+                }
+            }
+        }
+        for (slot, entry) in ready.decided {
+            self.apply(entry);
+            self.applied_upto = slot + 1;
+        }
+        if self.applied_upto >= self.replica.compacted_upto() + COMPACT_EVERY {
+            // Written with the next batch; lagging peers then get the snapshot.
+            self.replica
+                .compact(self.applied_upto, self.machine.snapshot());
+        }
+        true
+    }
+
+    fn apply(&mut self, entry: Entry) {
+        let Entry::Command(bytes) = entry else { return };
+        match serde_json::from_slice::<LogCommand>(&bytes) {
+            Ok(LogCommand::Apply(command)) => {
+                let outcome = self.machine.apply(&command);
+                for waiter in self
+                    .commands
+                    .remove(&command.request_id)
+                    .unwrap_or_default()
+                {
+                    let _ = waiter.send(Ok(outcome.clone()));
+                }
+            }
+            Ok(LogCommand::Barrier(id)) => {
+                if let Some(waiter) = self.reads.remove(&id) {
+                    let _ = waiter.send(Ok(self.machine.state().clone()));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "skipping an undecodable log entry"),
+        }
+    }
+
+    /// Drops the waiters of requests whose clients gave up.
+    fn forget_abandoned(&mut self) {
+        self.commands.retain(|_, waiters| {
+            waiters.retain(|w| !w.is_closed());
+            !waiters.is_empty()
+        });
+        self.reads.retain(|_, waiter| !waiter.is_closed());
+    }
+}
