@@ -3,7 +3,7 @@
 //! - [`serve`]: run a router on a listener until a shutdown token fires, draining requests.
 //! - [`with_standard_layers`]: request ids, request tracing, a deadline and panic catching,
 //!   as tower layers so that no handler carries that code.
-//! - [`JsonBody`], [`PathParam`]: extractors whose rejections are Kvorum's JSON errors.
+//! - [`JsonBody`], [`PathParam`], [`QueryParams`]: extractors whose rejections are Kvorum's JSON errors.
 //! - [`shutdown_on_signal`]: the shutdown token `main` hands to `run`.
 //! - [`error_response`]: the one way an [`ErrorDetail`] becomes a response.
 
@@ -179,6 +179,28 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
+            Err(rejection) => Err(error_response(ErrorDetail::new(
+                ErrorCode::BadRequest,
+                rejection.body_text(),
+            ))),
+        }
+    }
+}
+
+/// Query parameters; ones that do not parse (or are unknown, with `deny_unknown_fields`) become a 400 Kvorum error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
             Err(rejection) => Err(error_response(ErrorDetail::new(
                 ErrorCode::BadRequest,
                 rejection.body_text(),

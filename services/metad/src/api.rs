@@ -17,7 +17,7 @@ use kvorum_protocol::metadata::{
     MetadStatus, MetadataCommand, MetadataError, MetadataOutcome, MetadataState,
 };
 use kvorum_protocol::{ErrorCode, ErrorDetail};
-use kvorum_server::{JsonBody, error_response, with_standard_layers};
+use kvorum_server::{JsonBody, QueryParams, error_response, with_standard_layers};
 use tokio::sync::oneshot;
 
 use crate::node::{Input, ProposeError};
@@ -31,6 +31,8 @@ pub struct AppState {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// The consensus loop's input.
     pub inputs: SyncSender<Input>,
+    /// The applied state's version, as it changes.
+    pub versions: tokio::sync::watch::Receiver<u64>,
     /// How long a client waits for a decision.
     pub request_timeout: Duration,
 }
@@ -99,6 +101,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/v1/commands", post(command))
         .route("/v1/state", get(read_state))
         .route("/v1/status", get(status))
+        .route("/v1/watch", get(watch))
         .with_state(state);
     // The layer's deadline sits past the decision wait, so a slow decision is a clear 503.
     with_standard_layers(routes, request_timeout + Duration::from_secs(1))
@@ -169,6 +172,32 @@ async fn read_state(
         Ok(snapshot) => Ok(Json(snapshot)),
         Err(not_leader) => Err(state.redirect(not_leader, uri)),
     }
+}
+
+/// The query of `GET /v1/watch`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    /// Answer once the state's version is above this one.
+    after: u64,
+    /// How long to wait, in milliseconds (at most the request timeout).
+    wait_ms: Option<u64>,
+}
+
+/// Long-poll: answers this replica's state once its version passes `after`, or
+/// the current state when the wait ends (compare its version with `after`).
+async fn watch(
+    State(state): State<Arc<AppState>>,
+    QueryParams(query): QueryParams<WatchQuery>,
+) -> Result<Json<MetadataState>, ApiError> {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(u64::MAX)).min(state.request_timeout);
+    let mut versions = state.versions.clone();
+    let after = query.after;
+    // A timeout just means nothing changed: the current state is the answer.
+    let _ = tokio::time::timeout(wait, versions.wait_for(|version| *version > after)).await;
+    let (reply, answer) = oneshot::channel();
+    state.submit(Input::LocalState(reply))?;
+    state.wait(answer).await.map(Json)
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Result<Json<MetadStatus>, ApiError> {

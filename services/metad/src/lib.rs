@@ -75,15 +75,17 @@ pub async fn run(
     let sender = tokio::spawn(send_messages(client, peers.clone(), messages));
 
     let (inputs, queue) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
+    let (version_sender, versions) = tokio::sync::watch::channel(0);
     let tick = config.tick();
     let consensus = std::thread::Builder::new()
         .name("consensus".into())
-        .spawn(move || node::run(core, store, queue, outbound, tick))?;
+        .spawn(move || node::run(core, store, queue, outbound, version_sender, tick))?;
 
     let state = Arc::new(AppState {
         id: config.id,
         peers,
         inputs,
+        versions,
         request_timeout: config.request_timeout(),
     });
     let app = api::router(state, config.request_timeout());

@@ -16,7 +16,7 @@ use kvorum_paxos_store::PaxosStore;
 use kvorum_protocol::metadata::{
     LogCommand, MetadStatus, MetadataError, MetadataOutcome, MetadataState, RequestId,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Entries applied between two log compactions.
 const COMPACT_EVERY: u64 = 1_000;
@@ -45,6 +45,8 @@ pub enum Input {
     Read(oneshot::Sender<Result<MetadataState, ProposeError>>),
     /// This replica's own view.
     Status(oneshot::Sender<MetadStatus>),
+    /// This replica's state as it stands, without a barrier (for watchers).
+    LocalState(oneshot::Sender<MetadataState>),
 }
 
 /// Runs the loop until every input sender is gone.
@@ -53,6 +55,7 @@ pub fn run(
     store: PaxosStore,
     inputs: Receiver<Input>,
     outbound: mpsc::UnboundedSender<Vec<Envelope>>,
+    versions: watch::Sender<u64>,
     tick: Duration,
 ) {
     let durable = match store.load() {
@@ -72,6 +75,7 @@ pub fn run(
         reads: HashMap::new(),
         next_barrier: rand::random(),
         outbound,
+        versions,
     };
     let mut next_tick = Instant::now() + tick;
     loop {
@@ -102,6 +106,8 @@ struct Node {
     reads: HashMap<u64, oneshot::Sender<Result<MetadataState, ProposeError>>>,
     next_barrier: u64,
     outbound: mpsc::UnboundedSender<Vec<Envelope>>,
+    /// The applied state's version, for watchers.
+    versions: watch::Sender<u64>,
 }
 
 impl Node {
@@ -132,6 +138,9 @@ impl Node {
                         let _ = reply.send(Err(error));
                     }
                 }
+            }
+            Input::LocalState(reply) => {
+                let _ = reply.send(self.machine.state().clone());
             }
             Input::Status(reply) => {
                 let state = self.machine.state();
@@ -183,6 +192,12 @@ impl Node {
             self.apply(entry);
             self.applied_upto = slot + 1;
         }
+        self.versions.send_if_modified(|version| {
+            let current = self.machine.state().version;
+            let changed = *version != current;
+            *version = current;
+            changed
+        });
         if self.applied_upto >= self.replica.compacted_upto() + COMPACT_EVERY {
             // Written with the next batch; lagging peers then get the snapshot.
             self.replica

@@ -181,6 +181,31 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
         "the retry applied nothing"
     );
 
+    // A watcher long-polls past the current version and wakes on the next command.
+    let watcher = {
+        let http = client.http.clone();
+        let address = all[1];
+        tokio::spawn(async move {
+            let response = http
+                .get(format!("http://{address}/v1/watch?after=100&wait_ms=5000"))
+                .send()
+                .await?;
+            anyhow::Ok(response.json::<serde_json::Value>().await?)
+        })
+    };
+    let (status, _) = client
+        .submit(all[0], &register("wakes-the-watcher", 300))
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    let woken = watcher.await??;
+    assert_eq!(woken["version"], 101, "the watcher saw the new command");
+    let bad_watch = client
+        .http
+        .get(format!("http://{}/v1/watch?after=x", all[0]))
+        .send()
+        .await?;
+    assert_eq!(bad_watch.status(), StatusCode::BAD_REQUEST);
+
     // Kill -9 the leader: a new one commits within a few seconds, nothing acknowledged is lost.
     group.kill(leader).await?;
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
@@ -204,13 +229,13 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
         killed.elapsed()
     );
     assert_eq!(
-        after["version"], 101,
+        after["version"], 102,
         "every acknowledged command is still there"
     );
 
     // The old leader comes back and catches up to identical state.
     group.restart(leader).await?;
-    client.converged(&group, &[1, 2, 3], 101).await?;
+    client.converged(&group, &[1, 2, 3], 102).await?;
 
     // Two down: the survivor answers status, and commands fail with a clear 503.
     let (down_a, down_b) = (survivors[0], survivors[1]);
