@@ -305,6 +305,8 @@ impl Replica {
         // A higher ballot exists: this replica's own candidacy or leadership is over.
         if self.own_ballot().is_some_and(|own| own < ballot) {
             self.role = Role::Follower;
+            // Whoever owns the higher ballot may lead now; until it says so, nobody is known to.
+            self.leader = None;
             self.reset_election_timer();
         }
     }

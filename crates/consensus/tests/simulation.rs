@@ -13,9 +13,9 @@
 // Seeds go to stderr, which the test harness captures and shows on failure.
 #![allow(clippy::print_stderr)]
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use kvorum_consensus::{Config, DurableState, Entry, Envelope, NodeId, Replica, Slot};
+use kvorum_consensus::{Config, DurableState, Entry, Envelope, NodeId, Persist, Replica, Slot};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -47,6 +47,10 @@ struct Simulation {
     incarnation: u64,
     /// Snapshots a replica took from a peer because it had fallen behind a compacted log.
     snapshots_from_peers: usize,
+    /// Every acceptance ever persisted, with the acceptors that made it: a value is
+    /// chosen once a majority accepted it in one ballot, even if some of them later
+    /// accepted something else or compacted it away (Paxos Made Simple, 2.1).
+    acceptances: HashMap<(Slot, kvorum_consensus::Ballot, Entry), BTreeSet<NodeId>>,
 }
 
 impl Simulation {
@@ -69,6 +73,7 @@ impl Simulation {
             next_command: 0,
             incarnation: 0,
             snapshots_from_peers: 0,
+            acceptances: HashMap::new(),
         };
         for member in members {
             simulation.boot(member);
@@ -110,6 +115,34 @@ impl Simulation {
         for change in &ready.persist {
             disk.apply(change);
         }
+        let majority = self.members.len() / 2 + 1;
+        let mut newly_chosen = Vec::new();
+        for change in &ready.persist {
+            match change {
+                Persist::Accepted(slot, accepted) => {
+                    let voters = self
+                        .acceptances
+                        .entry((*slot, accepted.ballot, accepted.entry.clone()))
+                        .or_default();
+                    voters.insert(id);
+                    if voters.len() >= majority {
+                        newly_chosen.push((
+                            *slot,
+                            accepted.entry.clone(),
+                            "was chosen by acceptors with",
+                        ));
+                    }
+                }
+                // Whatever a replica learns as decided, applied or not, must agree.
+                Persist::Decided(slot, entry) => {
+                    newly_chosen.push((*slot, entry.clone(), "was learned as decided with"))
+                }
+                Persist::Promised(_) | Persist::Snapshot(_) => {}
+            }
+        }
+        for (slot, entry, how) in newly_chosen {
+            self.record_chosen(slot, &entry, how);
+        }
         self.in_flight.extend(ready.messages);
         if let Some(snapshot) = ready.snapshot {
             // The application replaces its state with the snapshot's.
@@ -140,7 +173,6 @@ impl Simulation {
             applied.push((slot, entry.clone()));
             self.record_chosen(slot, &entry, "decided");
         }
-        self.check_acceptors();
     }
 
     fn record_chosen(&mut self, slot: Slot, entry: &Entry, how: &str) {
@@ -163,31 +195,11 @@ impl Simulation {
         }
     }
 
-    /// A value is chosen once a majority of acceptors accepted it in one ballot.
-    fn check_acceptors(&mut self) {
-        let majority = self.members.len() / 2 + 1;
-        let mut votes: std::collections::HashMap<(Slot, &kvorum_consensus::Accepted), usize> =
-            std::collections::HashMap::new();
-        for disk in self.disks.values() {
-            for (slot, accepted) in &disk.accepted {
-                *votes.entry((*slot, accepted)).or_default() += 1;
-            }
-        }
-        let chosen: Vec<(Slot, Entry)> = votes
-            .into_iter()
-            .filter(|(_, count)| *count >= majority)
-            .map(|((slot, accepted), _)| (slot, accepted.entry.clone()))
-            .collect();
-        for (slot, entry) in chosen {
-            self.record_chosen(slot, &entry, "was chosen by acceptors with");
-        }
-    }
-
     fn deliver(&mut self, index: usize, duplicate: bool) {
         let envelope = if duplicate {
             self.in_flight[index].clone()
         } else {
-            self.in_flight.swap_remove(index)
+            self.in_flight.remove(index)
         };
         if !self.connected(envelope.from, envelope.to) {
             return;

@@ -52,6 +52,11 @@ impl StateMachine {
         outcome
     }
 
+    /// The remembered outcome of a request id, if it was applied recently.
+    pub fn outcome(&self, request: &RequestId) -> Option<&Result<MetadataOutcome, MetadataError>> {
+        self.outcomes.get(request)
+    }
+
     /// The encoding of the whole machine, for log compaction.
     pub fn snapshot(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("the state machine always encodes")

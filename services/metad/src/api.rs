@@ -67,6 +67,9 @@ pub enum ApiError {
     /// The consensus loop has stopped.
     #[error("the replica is shutting down")]
     Stopped,
+    /// The consensus loop's queue is full.
+    #[error("the replica is overloaded; retry shortly")]
+    Busy,
 }
 
 impl IntoResponse for ApiError {
@@ -84,7 +87,7 @@ impl IntoResponse for ApiError {
                 );
                 return Redirect::temporary(&target).into_response();
             }
-            ApiError::NoLeader | ApiError::Undecided(_) | ApiError::Stopped => {
+            ApiError::NoLeader | ApiError::Undecided(_) | ApiError::Stopped | ApiError::Busy => {
                 ErrorCode::Unavailable
             }
         };
@@ -109,7 +112,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
 
 impl AppState {
     fn submit(&self, input: Input) -> Result<(), ApiError> {
-        self.inputs.try_send(input).map_err(|_| ApiError::Stopped)
+        self.inputs.try_send(input).map_err(|error| match error {
+            std::sync::mpsc::TrySendError::Full(_) => ApiError::Busy,
+            std::sync::mpsc::TrySendError::Disconnected(_) => ApiError::Stopped,
+        })
     }
 
     fn redirect(&self, error: ProposeError, uri: Uri) -> ApiError {

@@ -18,6 +18,9 @@ use kvorum_protocol::metadata::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Most inputs handled before the replica's output is drained (and fsync'd) once.
+const MAX_INPUTS_PER_BATCH: usize = 256;
+
 /// Entries applied between two log compactions.
 const COMPACT_EVERY: u64 = 1_000;
 
@@ -80,13 +83,22 @@ pub fn run(
     let mut next_tick = Instant::now() + tick;
     loop {
         match inputs.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
-            Ok(input) => node.handle(input),
-            Err(RecvTimeoutError::Timeout) => {
-                node.replica.tick();
-                next_tick += tick;
-                node.forget_abandoned();
+            Ok(input) => {
+                node.handle(input);
+                // Take whatever else is waiting, so one fsync serves the whole batch.
+                for input in inputs.try_iter().take(MAX_INPUTS_PER_BATCH) {
+                    node.handle(input);
+                }
             }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        // Ticks are due by the clock, not by a quiet queue: a busy leader must
+        // still send heartbeats and retransmissions.
+        if Instant::now() >= next_tick {
+            node.replica.tick();
+            next_tick += tick;
+            node.forget_abandoned();
         }
         if !node.drain() {
             // Without durable state the replica must not say anything more.
@@ -181,6 +193,22 @@ impl Node {
                 Ok(machine) => {
                     self.machine = machine;
                     self.applied_upto = snapshot.upto;
+                    // Commands decided inside the snapshot are answered from the
+                    // outcomes it remembers.
+                    let answered: Vec<RequestId> = self
+                        .commands
+                        .keys()
+                        .filter(|id| self.machine.outcome(id).is_some())
+                        .cloned()
+                        .collect();
+                    for id in answered {
+                        let outcome = self.machine.outcome(&id).cloned();
+                        for waiter in self.commands.remove(&id).unwrap_or_default() {
+                            if let Some(outcome) = outcome.clone() {
+                                let _ = waiter.send(Ok(outcome));
+                            }
+                        }
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, "cannot restore a snapshot; stopping");
@@ -191,6 +219,9 @@ impl Node {
         for (slot, entry) in ready.decided {
             self.apply(entry);
             self.applied_upto = slot + 1;
+        }
+        if !self.replica.is_leader() {
+            self.release_waiters();
         }
         self.versions.send_if_modified(|version| {
             let current = self.machine.state().version;
@@ -225,6 +256,23 @@ impl Node {
                 }
             }
             Err(error) => tracing::warn!(%error, "skipping an undecodable log entry"),
+        }
+    }
+
+    /// After losing leadership, tells waiting clients to go to the new leader (a
+    /// retry with the same request id is applied at most once, wherever it lands).
+    fn release_waiters(&mut self) {
+        if self.commands.is_empty() && self.reads.is_empty() {
+            return;
+        }
+        let leader = self.replica.leader();
+        for (_, waiters) in self.commands.drain() {
+            for waiter in waiters {
+                let _ = waiter.send(Err(ProposeError::NotLeader(leader)));
+            }
+        }
+        for (_, waiter) in self.reads.drain() {
+            let _ = waiter.send(Err(ProposeError::NotLeader(leader)));
         }
     }
 
