@@ -1,11 +1,14 @@
 //! HTTP server plumbing every Kvorum service shares.
 //!
+//! - [`metrics`]: the Prometheus recorder, `GET /metrics` and per-request metrics.
 //! - [`serve`]: run a router on a listener until a shutdown token fires, draining requests.
 //! - [`with_standard_layers`]: request ids, request tracing, a deadline and panic catching,
 //!   as tower layers so that no handler carries that code.
 //! - [`JsonBody`], [`PathParam`], [`QueryParams`]: extractors whose rejections are Kvorum's JSON errors.
 //! - [`shutdown_on_signal`]: the shutdown token `main` hands to `run`.
 //! - [`error_response`]: the one way an [`ErrorDetail`] becomes a response.
+
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -92,7 +95,9 @@ pub fn shutdown_on_signal() -> CancellationToken {
 
 /// Wraps `router` in the layers every service uses, and JSON answers for unknown routes.
 pub fn with_standard_layers(router: Router, request_timeout: Duration) -> Router {
+    metrics::handle();
     router
+        .route("/metrics", axum::routing::get(metrics::render))
         .fallback(|| async {
             error_response(ErrorDetail::new(ErrorCode::NotFound, "no such route"))
         })
@@ -105,6 +110,7 @@ pub fn with_standard_layers(router: Router, request_timeout: Duration) -> Router
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(axum::middleware::from_fn(metrics::record))
                 .layer(TraceLayer::new_for_http())
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(
@@ -295,6 +301,49 @@ mod tests {
         let (status, json) = call_app(app, request).await;
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(json["error"]["code"], "timeout");
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_route_template_and_status() {
+        let response = app()
+            .oneshot(post_json("{\"name\":\"a\"}"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = app()
+            .oneshot(
+                Request::get("/nope/42")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        let response = app()
+            .oneshot(
+                Request::get("/metrics")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains(
+                r#"kvorum_http_requests_total{method="POST",route="/greet",status="200"}"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+        assert!(
+            text.contains("kvorum_http_request_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

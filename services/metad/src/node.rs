@@ -79,6 +79,7 @@ pub fn run(
         next_barrier: rand::random(),
         outbound,
         versions,
+        was_leader: false,
     };
     let mut next_tick = Instant::now() + tick;
     loop {
@@ -120,6 +121,8 @@ struct Node {
     outbound: mpsc::UnboundedSender<Vec<Envelope>>,
     /// The applied state's version, for watchers.
     versions: watch::Sender<u64>,
+    /// Whether this replica led at the last drain, to count leadership changes.
+    was_leader: bool,
 }
 
 impl Node {
@@ -216,9 +219,19 @@ impl Node {
                 }
             }
         }
+        if !ready.decided.is_empty() {
+            metrics::counter!("kvorum_paxos_decided_entries_total")
+                .increment(ready.decided.len() as u64);
+        }
         for (slot, entry) in ready.decided {
             self.apply(entry);
             self.applied_upto = slot + 1;
+        }
+        let leading = self.replica.is_leader();
+        if leading != self.was_leader {
+            self.was_leader = leading;
+            metrics::counter!("kvorum_paxos_leader_changes_total").increment(1);
+            metrics::gauge!("kvorum_paxos_is_leader").set(if leading { 1.0 } else { 0.0 });
         }
         if !self.replica.is_leader() {
             self.release_waiters();

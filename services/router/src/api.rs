@@ -131,6 +131,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Coordinator(CoordinatorError::QuorumNotReached { phase, .. }) = &self {
+            metrics::counter!("kvorum_quorum_failures_total", "phase" => format!("{phase:?}").to_lowercase()).increment(1);
+        }
         let mut response = error_response(self.detail());
         if let Some(receipt) = self.receipt() {
             add_receipt(response.headers_mut(), receipt);

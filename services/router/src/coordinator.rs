@@ -330,6 +330,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         })
         .await;
         receipt.read_repair = true;
+        metrics::counter!("kvorum_read_repairs_total").increment(1);
         receipt.acked = resolution
             .holders
             .iter()

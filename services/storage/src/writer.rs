@@ -101,11 +101,18 @@ async fn run(
             ops.extend(job.ops);
         }
         let store = store.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || store.apply(&ops)).await;
+        metrics::histogram!("kvorum_group_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("kvorum_group_commit_ops").record(op_count as f64);
         tracing::trace!(ops = op_count, requests = replies.len(), "group commit");
         match result {
             Ok(Ok(outcomes)) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("kvorum_group_commit_transactions_total").increment(1);
+                metrics::counter!("kvorum_group_commit_requests_total")
+                    .increment(replies.len() as u64);
                 stats
                     .requests
                     .fetch_add(replies.len() as u64, Ordering::Relaxed);

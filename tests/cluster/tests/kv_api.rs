@@ -65,6 +65,42 @@ async fn put_get_delete_round_trip() -> anyhow::Result<()> {
             "{key}"
         );
     }
+    // Every service exports Prometheus metrics, per route template and domain.
+    let router_metrics = client
+        .send(reqwest::Method::GET, "/metrics", Vec::new())
+        .await?;
+    let text = String::from_utf8_lossy(&router_metrics.body);
+    assert!(
+        text.contains(
+            r#"kvorum_http_requests_total{method="PUT",route="/v1/kv/{*key}",status="204"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/v1/kv/{*key}",status="404""#),
+        "{text}"
+    );
+    // A replica that acknowledged the first write has surely committed something.
+    let acked = put.nodes("x-kvorum-replicas-acked")[0];
+    let node = &cluster
+        .cluster
+        .membership()
+        .node(acked)
+        .expect("a member")
+        .address;
+    let storage_metrics = reqwest::get(format!("http://{node}/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        storage_metrics.contains("kvorum_group_commit_transactions_total"),
+        "{storage_metrics}"
+    );
+    assert!(
+        storage_metrics.contains(r#"route="/internal/v1/commit""#),
+        "{storage_metrics}"
+    );
+
     // An empty value is a value, not a delete.
     client.put("empty", b"").await?;
     let got = client.get("empty").await?;

@@ -168,6 +168,19 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
         percentile(&latencies, 0.99)
     );
 
+    let metrics = client
+        .http
+        .get(format!("http://{}/metrics", group.addresses()[&leader]))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("kvorum_paxos_decided_entries_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kvorum_paxos_is_leader 1"), "{metrics}");
+
     // A retry with the same request id applies nothing twice.
     let (_, retried) = client.submit(all[0], &register("steady-7", 8)).await?;
     assert_eq!(
