@@ -166,6 +166,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
             get(get_keyspace).put(create_keyspace),
         )
         .route("/v1/cluster", get(cluster))
+        .route("/openapi.json", get(openapi))
         .with_state(state);
     with_standard_layers(routes, request_timeout)
 }
@@ -378,6 +379,16 @@ async fn get_keyspace(
 async fn create_keyspace() -> ApiError {
     ApiError::NotImplemented(
         "keyspaces are created through the metadata service, which this cluster does not run yet; only `default` exists",
+    )
+}
+
+/// The OpenAPI 3.1 description of this API, kept beside the code and checked against the routes by a test.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI,
     )
 }
 
@@ -601,6 +612,58 @@ mod tests {
         assert!(
             body["error"].get("outcome_unknown").is_none(),
             "reads have no outcome to be unsure of"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_describes_exactly_the_routes_served() {
+        let (status, _, document) = send(request("GET", "/openapi.json", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(document["openapi"], "3.1.0");
+        let paths = document["paths"].as_object().expect("paths");
+        let mut documented = Vec::new();
+        for (path, item) in paths {
+            for method in ["get", "put", "post", "delete"] {
+                if item.get(method).is_some() {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        // Everything documented is served (not the fallback's 404 or 405)...
+        for (method, path) in &documented {
+            let concrete = path
+                .replace("{key}", "some/key")
+                .replace("{name}", "default");
+            let (status, _, body) = send(request(method, &concrete, "")).await;
+            assert!(
+                body["error"]["code"] != "not_found" && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {status} {body}"
+            );
+        }
+        // ...and everything served is documented.
+        let served = [
+            ("GET", "/v1/kv/{key}"),
+            ("PUT", "/v1/kv/{key}"),
+            ("DELETE", "/v1/kv/{key}"),
+            ("GET", "/v1/keyspaces"),
+            ("GET", "/v1/keyspaces/{name}"),
+            ("PUT", "/v1/keyspaces/{name}"),
+            ("GET", "/v1/cluster"),
+            ("GET", "/healthz"),
+            ("GET", "/readyz"),
+            ("GET", "/metrics"),
+            ("GET", "/openapi.json"),
+        ];
+        for (method, path) in served {
+            assert!(
+                documented.contains(&(method.to_owned(), path.to_owned())),
+                "{method} {path} is not documented"
+            );
+        }
+        assert_eq!(
+            documented.len(),
+            served.len(),
+            "documented routes: {documented:?}"
         );
     }
 
