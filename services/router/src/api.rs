@@ -66,7 +66,7 @@ pub enum ApiError {
     #[error("cannot read the request body: {0}")]
     BadBody(String),
     /// The key has no live value (never written, or deleted).
-    #[error("no value for key {key:?} in keyspace {keyspace:?}")]
+    #[error("no value for key {:?} in keyspace {:?}", key.as_str(), keyspace.as_str())]
     KeyNotFound {
         /// The key.
         key: Key,

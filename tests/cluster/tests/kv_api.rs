@@ -44,6 +44,10 @@ async fn put_get_delete_round_trip() -> anyhow::Result<()> {
     let gone = client.get("hello").await?;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert_eq!(gone.json()["error"]["code"], "key_not_found");
+    assert_eq!(
+        gone.json()["error"]["message"],
+        r#"no value for key "hello" in keyspace "default""#
+    );
 
     // Keys may hold slashes, percent-encoded bytes and any non-control Unicode; values any bytes.
     let binary: Vec<u8> = (0..=255).collect();

@@ -1,0 +1,311 @@
+//! `kvorumctl`: the human's client of a Kvorum cluster, through the router's REST API.
+//!
+//! Its output is its interface: values and tables go to stdout, errors and
+//! (with `--verbose`) consistency receipts to stderr.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod table;
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kvorum_protocol::{ClusterView, ErrorBody, KeyspaceConfig};
+use reqwest::{Method, StatusCode};
+
+/// Talks to a Kvorum cluster through its router.
+#[derive(Debug, Parser)]
+#[command(name = "kvorumctl", version, about)]
+struct Cli {
+    /// The router's base URL.
+    #[arg(long, env = "KVORUM_ROUTER", default_value = "http://127.0.0.1:8080")]
+    router: String,
+
+    /// Show each response's consistency receipt (X-Kvorum-* headers) on stderr.
+    #[arg(long, short, env = "KVORUM_VERBOSE")]
+    verbose: bool,
+
+    /// How long to wait for an answer, in milliseconds.
+    #[arg(long, env = "KVORUM_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Key-level options shared by get, put and delete.
+#[derive(Debug, clap::Args)]
+struct KeyArgs {
+    /// The key (may contain '/').
+    key: String,
+    /// The keyspace (default: `default`).
+    #[arg(long)]
+    keyspace: Option<String>,
+    /// one, quorum or all (default: the keyspace's).
+    #[arg(long)]
+    consistency: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a key's value to stdout.
+    Get(KeyArgs),
+    /// Write a value: the argument, or stdin when it is `-`.
+    Put {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The value, or `-` to read it from stdin.
+        value: String,
+    },
+    /// Delete a key.
+    Delete(KeyArgs),
+    /// Keyspaces.
+    #[command(subcommand)]
+    Keyspace(KeyspaceCommand),
+    /// The cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyspaceCommand {
+    /// List keyspaces.
+    List,
+    /// Show one keyspace.
+    Get {
+        /// Its name.
+        name: String,
+    },
+    /// Create a keyspace.
+    Create {
+        /// Its name.
+        name: String,
+        /// strong or eventual.
+        #[arg(long)]
+        mode: String,
+        /// Replicas per key.
+        #[arg(long)]
+        replication_factor: Option<u64>,
+        /// lww, merge or siblings (eventual keyspaces).
+        #[arg(long)]
+        conflict: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Nodes, their states and load, and the metadata leader, as a table.
+    Status,
+}
+
+/// An answer from the router.
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The router's error message, or the status when the body is not a Kvorum error.
+    fn error(&self) -> String {
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(body) => format!(
+                "{} ({}): {}",
+                self.status,
+                serde_json::to_value(body.error.code)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("error"),
+                body.error.message
+            ),
+            Err(_) => format!("{}: {}", self.status, String::from_utf8_lossy(&self.body)),
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    router: String,
+    verbose: bool,
+}
+
+impl Client {
+    async fn call(&self, method: Method, path: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
+        let url = format!("{}{path}", self.router.trim_end_matches('/'));
+        let response = self
+            .http
+            .request(method, &url)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the router at {}: {e}", self.router))?;
+        let answer = Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await?.to_vec(),
+        };
+        if self.verbose {
+            for (name, value) in &answer.headers {
+                if name.as_str().starts_with("x-kvorum-") {
+                    eprintln!("{name}: {}", value.to_str().unwrap_or("?"));
+                }
+            }
+        }
+        Ok(answer)
+    }
+}
+
+/// `/v1/kv/{key}?keyspace=..&consistency=..`, with the key's bytes percent-encoded but its slashes kept.
+fn key_path(args: &KeyArgs) -> String {
+    let mut path = String::from("/v1/kv/");
+    for byte in args.key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-_.~".contains(&byte) {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    let query: Vec<String> = [
+        ("keyspace", &args.keyspace),
+        ("consistency", &args.consistency),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
+    .collect();
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
+    }
+    path
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(cli.timeout_ms))
+        .build()?;
+    let client = Client {
+        http,
+        router: cli.router,
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Get(args) => {
+            let answer = client
+                .call(Method::GET, &key_path(&args), Vec::new())
+                .await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+            std::io::stdout().write_all(&answer.body)?;
+        }
+        Command::Put { key, value } => {
+            let bytes = if value == "-" {
+                let mut buffer = Vec::new();
+                std::io::stdin().read_to_end(&mut buffer)?;
+                buffer
+            } else {
+                value.into_bytes()
+            };
+            let answer = client.call(Method::PUT, &key_path(&key), bytes).await?;
+            anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
+        }
+        Command::Delete(args) => {
+            let answer = client
+                .call(Method::DELETE, &key_path(&args), Vec::new())
+                .await?;
+            anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
+        }
+        Command::Keyspace(KeyspaceCommand::List) => {
+            let answer = client
+                .call(Method::GET, "/v1/keyspaces", Vec::new())
+                .await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+            let keyspaces: Vec<KeyspaceConfig> = serde_json::from_slice(&answer.body)?;
+            print!("{}", table::keyspaces(&keyspaces));
+        }
+        Command::Keyspace(KeyspaceCommand::Get { name }) => {
+            let answer = client
+                .call(Method::GET, &format!("/v1/keyspaces/{name}"), Vec::new())
+                .await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+            let keyspace: KeyspaceConfig = serde_json::from_slice(&answer.body)?;
+            print!("{}", table::keyspaces(&[keyspace]));
+        }
+        Command::Keyspace(KeyspaceCommand::Create {
+            name,
+            mode,
+            replication_factor,
+            conflict,
+        }) => {
+            let mut body = serde_json::json!({ "mode": mode });
+            if let Some(rf) = replication_factor {
+                body["replication_factor"] = rf.into();
+            }
+            if let Some(conflict) = conflict {
+                body["conflict"] = conflict.into();
+            }
+            let answer = client
+                .call(
+                    Method::PUT,
+                    &format!("/v1/keyspaces/{name}"),
+                    serde_json::to_vec(&body)?,
+                )
+                .await?;
+            anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let answer = client.call(Method::GET, "/v1/cluster", Vec::new()).await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+            let view: ClusterView = serde_json::from_slice(&answer.body)?;
+            print!("{}", table::cluster(&view));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kvorumctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let missing: Vec<_> = command
+            .get_arguments()
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|a| a.get_env().is_none())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
+    #[test]
+    fn keys_keep_their_slashes_and_escape_the_rest() {
+        let args = |key: &str, keyspace: Option<&str>| KeyArgs {
+            key: key.into(),
+            keyspace: keyspace.map(Into::into),
+            consistency: None,
+        };
+        assert_eq!(key_path(&args("a/b", None)), "/v1/kv/a/b");
+        assert_eq!(
+            key_path(&args("a b?c", Some("users"))),
+            "/v1/kv/a%20b%3Fc?keyspace=users"
+        );
+        assert_eq!(
+            key_path(&args("ключ", None)),
+            "/v1/kv/%D0%BA%D0%BB%D1%8E%D1%87"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Plain-text tables for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use kvorum_protocol::{ClusterView, KeyspaceConfig, NodeId};
+
+/// Left-aligned columns, two spaces apart.
+fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// The keyspaces table.
+pub fn keyspaces(keyspaces: &[KeyspaceConfig]) -> String {
+    let rows: Vec<Vec<String>> = keyspaces
+        .iter()
+        .map(|k| {
+            vec![
+                k.name.to_string(),
+                format!("{:?}", k.mode).to_lowercase(),
+                k.replication_factor.to_string(),
+                format!("{:?}", k.conflict).to_lowercase(),
+                k.read_consistency.to_string(),
+                k.write_consistency.to_string(),
+            ]
+        })
+        .collect();
+    render(
+        &["KEYSPACE", "MODE", "RF", "CONFLICT", "READ", "WRITE"],
+        &rows,
+    )
+}
+
+/// The cluster status: the metadata leader, then one row per node with its load.
+pub fn cluster(view: &ClusterView) -> String {
+    let mut replicas: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for partition in &view.partitions {
+        for (rank, node) in partition.replicas.iter().enumerate() {
+            *replicas.entry(*node).or_default() += 1;
+            if rank == 0 {
+                *leads.entry(*node).or_default() += 1;
+            }
+        }
+    }
+    let leader = view
+        .metad
+        .leader
+        .map_or_else(|| "none".to_owned(), |l| l.to_string());
+    let mut out = format!(
+        "metadata leader: {leader}   partitions: {}   moves under way: {}\n\n",
+        view.partitions.len(),
+        view.moves.len()
+    );
+    let rows: Vec<Vec<String>> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.address.clone(),
+                format!("{:?}", n.role).to_lowercase(),
+                format!("{:?}", n.state).to_lowercase(),
+                n.phi.map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
+                replicas.get(&n.id).copied().unwrap_or(0).to_string(),
+                leads.get(&n.id).copied().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&render(
+        &[
+            "NODE", "ADDRESS", "ROLE", "STATE", "PHI", "REPLICAS", "FIRST",
+        ],
+        &rows,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let table = render(
+            &["A", "LONGER"],
+            &[
+                vec!["wide cell".into(), "x".into()],
+                vec!["y".into(), "z".into()],
+            ],
+        );
+        assert_eq!(table, "A          LONGER\nwide cell  x\ny          z\n");
+    }
+}

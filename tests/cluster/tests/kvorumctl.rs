@@ -1,0 +1,114 @@
+//! The kvorumctl binary against a real cluster.
+
+use std::process::Output;
+
+use kvorum_cluster_tests::TestCluster;
+use kvorum_launcher::default_bin_dir;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+async fn kvorumctl(
+    cluster: &TestCluster,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<Output> {
+    let mut command = Command::new(default_bin_dir().join("kvorumctl"));
+    command
+        .arg("--router")
+        .arg(cluster.cluster.router_url())
+        .args(args)
+        .kill_on_drop(true);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or_default()).await?;
+    }
+    Ok(child.wait_with_output().await?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+
+    let put = kvorumctl(&cluster, &["--verbose", "put", "users/1", "ada"], None).await?;
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    assert!(
+        text(&put.stderr).contains("x-kvorum-replicas-acked"),
+        "the receipt is shown with --verbose"
+    );
+    let got = kvorumctl(&cluster, &["get", "users/1"], None).await?;
+    assert_eq!(
+        (got.status.success(), text(&got.stdout)),
+        (true, "ada".to_owned())
+    );
+
+    let piped = kvorumctl(&cluster, &["put", "blob", "-"], Some(b"from stdin\n")).await?;
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    assert_eq!(
+        kvorumctl(&cluster, &["get", "blob", "--consistency", "all"], None)
+            .await?
+            .stdout,
+        b"from stdin\n"
+    );
+
+    assert!(
+        kvorumctl(&cluster, &["delete", "users/1"], None)
+            .await?
+            .status
+            .success()
+    );
+    let gone = kvorumctl(&cluster, &["get", "users/1"], None).await?;
+    assert!(!gone.status.success());
+    assert!(
+        text(&gone.stderr).contains("key_not_found"),
+        "{}",
+        text(&gone.stderr)
+    );
+
+    let refused = kvorumctl(&cluster, &["put", "k", "v", "--consistency", "one"], None).await?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("invalid_consistency"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let keyspaces = text(
+        &kvorumctl(&cluster, &["keyspace", "list"], None)
+            .await?
+            .stdout,
+    );
+    assert!(
+        keyspaces.starts_with("KEYSPACE")
+            && keyspaces.contains("default")
+            && keyspaces.contains("strong"),
+        "{keyspaces}"
+    );
+
+    let status = text(
+        &kvorumctl(&cluster, &["cluster", "status"], None)
+            .await?
+            .stdout,
+    );
+    let rows: Vec<&str> = status
+        .lines()
+        .skip_while(|l| !l.starts_with("NODE"))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 5, "{status}");
+    // REPLICAS is the 6th column; over all nodes it adds up to partitions × RF.
+    let replicas: usize = rows
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(5))
+        .filter_map(|c| c.parse::<usize>().ok())
+        .sum();
+    assert_eq!(replicas, 16 * 3, "{status}");
+    Ok(())
+}
