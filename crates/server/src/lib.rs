@@ -185,12 +185,14 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
-            Err(rejection) => Err(error_response(ErrorDetail::new(
-                ErrorCode::BadRequest,
-                rejection.body_text(),
-            ))),
+            Err(rejection) => Err(bad_request(rejection.body_text())),
         }
     }
+}
+
+/// The 400 answer of an extractor that could not parse its part of the request.
+fn bad_request(message: String) -> Response {
+    error_response(ErrorDetail::new(ErrorCode::BadRequest, message))
 }
 
 /// Query parameters; ones that do not parse (or are unknown, with `deny_unknown_fields`) become a 400 Kvorum error.
@@ -207,10 +209,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
-            Err(rejection) => Err(error_response(ErrorDetail::new(
-                ErrorCode::BadRequest,
-                rejection.body_text(),
-            ))),
+            Err(rejection) => Err(bad_request(rejection.body_text())),
         }
     }
 }

@@ -281,14 +281,7 @@ mod tests {
 
     #[test]
     fn every_flag_can_be_set_from_the_environment() {
-        let command = <Cli as clap::CommandFactory>::command();
-        let missing: Vec<_> = command
-            .get_arguments()
-            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
-            .filter(|a| a.get_env().is_none())
-            .map(|a| a.get_id().to_string())
-            .collect();
-        assert!(missing.is_empty(), "{missing:?}");
+        kvorum_telemetry::assert_every_flag_has_an_env(&<Cli as clap::CommandFactory>::command());
     }
 
     #[test]
