@@ -143,11 +143,6 @@ impl Replica {
         self.durable.compacted_upto()
     }
 
-    /// This replica's id.
-    pub fn id(&self) -> NodeId {
-        self.config.id
-    }
-
     /// Whether this replica currently leads.
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader { .. })

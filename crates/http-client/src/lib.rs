@@ -148,11 +148,6 @@ impl HttpClient {
         Ok(Self { inner, config })
     }
 
-    /// The policy this client was built with.
-    pub fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
     /// `POST http://{address}{path}` with a JSON body, decoding a JSON answer.
     pub async fn post_json<Req, Resp>(
         &self,
@@ -176,23 +171,6 @@ impl HttpClient {
         .await
     }
 
-    /// `PUT http://{address}{path}` with a JSON body, decoding a JSON answer.
-    pub async fn put_json<Req, Resp>(
-        &self,
-        address: &str,
-        path: &str,
-        body: &Req,
-        idempotency: Idempotency,
-    ) -> Result<Resp, CallError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        let body = Bytes::from(serde_json::to_vec(body)?);
-        self.call(reqwest::Method::PUT, address, path, Some(body), idempotency)
-            .await
-    }
-
     /// `GET http://{address}{path}`, decoding a JSON answer; GETs are always idempotent.
     pub async fn get_json<Resp: DeserializeOwned>(
         &self,
@@ -207,17 +185,6 @@ impl HttpClient {
             Idempotency::Idempotent,
         )
         .await
-    }
-
-    /// `DELETE http://{address}{path}`, decoding a JSON answer.
-    pub async fn delete_json<Resp: DeserializeOwned>(
-        &self,
-        address: &str,
-        path: &str,
-        idempotency: Idempotency,
-    ) -> Result<Resp, CallError> {
-        self.call(reqwest::Method::DELETE, address, path, None, idempotency)
-            .await
     }
 
     async fn call<Resp: DeserializeOwned>(

@@ -181,7 +181,7 @@ where
     loop {
         let before = piece.clone();
         piece = shrink_pass(model, piece);
-        if piece.len() == before.len() && piece == before {
+        if piece == before {
             return piece;
         }
     }

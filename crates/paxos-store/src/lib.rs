@@ -52,6 +52,18 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, Pa
     serde_json::from_slice(bytes).map_err(|source| PaxosStoreError::Corrupt { what, source })
 }
 
+/// The decoded value under `key` in the meta table, if any.
+fn read_meta<T: DeserializeOwned>(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+    what: &'static str,
+) -> Result<Option<T>, PaxosStoreError> {
+    match meta.get(key).map_err(storage_error)? {
+        Some(bytes) => decode(bytes.value(), what).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// A replica's acceptor state on disk.
 #[derive(Debug)]
 pub struct PaxosStore {
@@ -77,14 +89,9 @@ impl PaxosStore {
     pub fn load(&self) -> Result<DurableState, PaxosStoreError> {
         let txn = self.db.begin_read().map_err(storage_error)?;
         let meta = txn.open_table(META).map_err(storage_error)?;
-        let promised = match meta.get(PROMISED_KEY).map_err(storage_error)? {
-            Some(bytes) => decode::<Ballot>(bytes.value(), "promised ballot")?,
-            None => Ballot::default(),
-        };
-        let snapshot = match meta.get(SNAPSHOT_KEY).map_err(storage_error)? {
-            Some(bytes) => Some(decode::<Snapshot>(bytes.value(), "snapshot")?),
-            None => None,
-        };
+        let promised =
+            read_meta::<Ballot>(&meta, PROMISED_KEY, "promised ballot")?.unwrap_or_default();
+        let snapshot = read_meta::<Snapshot>(&meta, SNAPSHOT_KEY, "snapshot")?;
         let mut state = DurableState {
             promised,
             snapshot,
@@ -132,10 +139,8 @@ impl PaxosStore {
             for change in changes {
                 match change {
                     Persist::Promised(ballot) => {
-                        let held = match meta.get(PROMISED_KEY).map_err(storage_error)? {
-                            Some(bytes) => decode::<Ballot>(bytes.value(), "promised ballot")?,
-                            None => Ballot::default(),
-                        };
+                        let held = read_meta::<Ballot>(&meta, PROMISED_KEY, "promised ballot")?
+                            .unwrap_or_default();
                         // Promises only grow, as in memory.
                         if *ballot > held {
                             meta.insert(PROMISED_KEY, encode(ballot).as_slice())
@@ -153,10 +158,8 @@ impl PaxosStore {
                             .map_err(storage_error)?;
                     }
                     Persist::Snapshot(snapshot) => {
-                        let held = match meta.get(SNAPSHOT_KEY).map_err(storage_error)? {
-                            Some(bytes) => decode::<Snapshot>(bytes.value(), "snapshot")?.upto,
-                            None => 0,
-                        };
+                        let held = read_meta::<Snapshot>(&meta, SNAPSHOT_KEY, "snapshot")?
+                            .map_or(0, |s| s.upto);
                         if snapshot.upto > held {
                             meta.insert(SNAPSHOT_KEY, encode(snapshot).as_slice())
                                 .map_err(storage_error)?;

@@ -171,48 +171,41 @@ where
     }
 }
 
-/// A path parameter; one that does not parse becomes a 400 Kvorum error.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PathParam<T>(pub T);
+/// Wraps an axum extractor of request parts so that its rejection is a 400 Kvorum error.
+macro_rules! rejecting_with_json {
+    ($(#[$doc:meta])* $name:ident, $inner:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $name<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for PathParam<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = Response;
+        impl<S, T> FromRequestParts<S> for $name<T>
+        where
+            T: DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
-            Err(rejection) => Err(bad_request(rejection.body_text())),
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+                match axum::extract::$inner::<T>::from_request_parts(parts, state).await {
+                    Ok(axum::extract::$inner(value)) => Ok($name(value)),
+                    Err(rejection) => Err(error_response(ErrorDetail::new(ErrorCode::BadRequest, rejection.body_text()))),
+                }
+            }
         }
-    }
+    };
 }
 
-/// The 400 answer of an extractor that could not parse its part of the request.
-fn bad_request(message: String) -> Response {
-    error_response(ErrorDetail::new(ErrorCode::BadRequest, message))
-}
+rejecting_with_json!(
+    /// A path parameter; one that does not parse becomes a 400 Kvorum error.
+    PathParam,
+    Path
+);
 
-/// Query parameters; ones that do not parse (or are unknown, with `deny_unknown_fields`) become a 400 Kvorum error.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueryParams<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for QueryParams<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
-            Err(rejection) => Err(bad_request(rejection.body_text())),
-        }
-    }
-}
+rejecting_with_json!(
+    /// Query parameters; ones that do not parse (or are unknown, with `deny_unknown_fields`) become a 400 Kvorum error.
+    QueryParams,
+    Query
+);
 
 #[cfg(test)]
 mod tests {

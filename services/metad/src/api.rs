@@ -96,7 +96,8 @@ impl IntoResponse for ApiError {
 }
 
 /// The metadata API's routes, wrapped in the standard layers.
-pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
+    let request_timeout = state.request_timeout;
     let routes = Router::new()
         .route("/healthz", get(kvorum_server::healthz))
         .route("/readyz", get(kvorum_server::ready))

@@ -88,7 +88,7 @@ pub async fn run(
         versions,
         request_timeout: config.request_timeout(),
     });
-    let app = api::router(state, config.request_timeout());
+    let app = api::router(state);
     tracing::info!(id = config.id, address = %listener.local_addr()?, "metadata replica serving");
     kvorum_server::serve(listener, app, shutdown).await?;
     // The router held the last input sender: the consensus loop now ends.

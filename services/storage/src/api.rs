@@ -12,7 +12,7 @@ use kvorum_protocol::storage::{
     Batch, CommitRequest, CommitResponse, DropResponse, ImportResponse, ItemOutcome,
     PartitionExport, PrepareResponse, ReadResponse, ReplicaKey,
 };
-use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, NodeId, PartitionId, Version};
+use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, PartitionId, Version};
 use kvorum_server::{JsonBody, PathParam, error_response, with_standard_layers};
 
 use crate::fence::EpochFence;
@@ -22,8 +22,6 @@ use crate::writer::{WriteError, Writer};
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// This node's id.
-    pub node: NodeId,
     /// The database, for reads.
     pub store: Arc<Store>,
     /// The group-commit writer, for writes.

@@ -64,7 +64,6 @@ pub async fn run(
         usize::try_from(config.max_batch).unwrap_or(usize::MAX),
     );
     let state = Arc::new(AppState {
-        node: config.node(),
         store,
         writer,
         fence: EpochFence::new(epochs),

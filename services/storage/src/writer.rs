@@ -24,6 +24,7 @@ pub enum WriteError {
     Stopped,
 }
 
+#[derive(Debug)]
 struct Job {
     ops: Vec<WriteOp>,
     reply: oneshot::Sender<Result<Vec<WriteOutcome>, WriteError>>,
@@ -43,12 +44,6 @@ pub struct WriterStats {
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     stats: Arc<WriterStats>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("ops", &self.ops.len()).finish()
-    }
 }
 
 impl Writer {

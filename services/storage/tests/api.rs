@@ -25,7 +25,6 @@ fn node() -> Node {
     let store = Arc::new(Store::open(dir.path(), NodeId(1)).expect("open"));
     let (writer, _task) = Writer::start(store.clone(), 64);
     let state = Arc::new(AppState {
-        node: NodeId(1),
         store,
         writer,
         fence: EpochFence::default(),
