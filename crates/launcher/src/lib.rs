@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use kvorum_http_client::{ClientConfig, HttpClient};
 use kvorum_protocol::health::Health;
-use kvorum_protocol::{Membership, NodeId, NodeInfo};
+use kvorum_protocol::{ClusterSettings, NodeId};
+use serde::{Deserialize, Serialize};
 
 use crate::process::ManagedProcess;
 
-/// The name of the membership file the launcher writes into the data directory.
-pub const MEMBERSHIP_FILE: &str = "membership.json";
+/// The file in the data directory that pins a local cluster's sizes and ports across runs.
+pub const LAYOUT_FILE: &str = "cluster.json";
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -35,7 +36,11 @@ pub struct ClusterSpec {
     pub router_port: u16,
     /// Port of storage node 1 (node i gets base + i - 1); 0 picks free ones.
     pub storage_base_port: u16,
-    /// Where data, logs and the membership file go.
+    /// Metadata replicas to start.
+    pub metad_replicas: u64,
+    /// Port of metadata replica 1 (replica i gets base + i - 1); 0 picks free ones.
+    pub metad_base_port: u16,
+    /// Where data, logs and the layout file go.
     pub data_dir: PathBuf,
     /// Where the `kvorum-*` binaries are.
     pub bin_dir: PathBuf,
@@ -53,6 +58,8 @@ impl ClusterSpec {
             partitions: 16,
             router_port: 0,
             storage_base_port: 0,
+            metad_replicas: 3,
+            metad_base_port: 0,
             data_dir: data_dir.to_owned(),
             bin_dir: default_bin_dir(),
             log_filter: "info".to_owned(),
@@ -94,16 +101,18 @@ pub enum LaunchError {
         "{path} describes a different cluster ({found}); remove {dir} or start with the same sizes"
     )]
     ShapeMismatch {
-        /// The membership file.
+        /// The layout file.
         path: PathBuf,
         /// The data directory.
         dir: PathBuf,
         /// What the file holds.
         found: String,
     },
-    /// A process did not become healthy in time.
-    #[error("{name} did not become healthy within {timeout:?}; see its log at {log}")]
+    /// A process did not become healthy (or ready) in time.
+    #[error("{name} did not become {what} within {timeout:?}; see its log at {log}")]
     NotHealthy {
+        /// `healthy` or `ready`.
+        what: &'static str,
         /// The process.
         name: String,
         /// Its log.
@@ -171,15 +180,16 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct LocalCluster {
     spec: ClusterSpec,
-    membership: Membership,
-    router_address: SocketAddr,
+    layout: Layout,
+    metad: MetadGroup,
     storage: Vec<ManagedProcess>,
     router: Option<ManagedProcess>,
     client: HttpClient,
 }
 
 impl LocalCluster {
-    /// Starts every storage node, then the router, and waits until all are healthy.
+    /// Starts the metadata replicas, every storage node and the router, and waits
+    /// until the router is ready (the storage nodes registered and the partition map exists).
     pub async fn start(spec: ClusterSpec) -> Result<Self, LaunchError> {
         if spec.nodes == 0 || spec.replication_factor == 0 || spec.replication_factor > spec.nodes {
             return Err(LaunchError::Invalid(format!(
@@ -187,7 +197,12 @@ impl LocalCluster {
                 spec.nodes, spec.replication_factor
             )));
         }
-        for binary in ["kvorum-storage", "kvorum-router"] {
+        if spec.metad_replicas == 0 {
+            return Err(LaunchError::Invalid(
+                "at least one metadata replica is needed".to_owned(),
+            ));
+        }
+        for binary in ["kvorum-storage", "kvorum-router", "kvorum-metad"] {
             let path = spec.bin_dir.join(binary);
             if !path.is_file() {
                 return Err(LaunchError::MissingBinary(path));
@@ -195,25 +210,27 @@ impl LocalCluster {
         }
         std::fs::create_dir_all(spec.data_dir.join("logs"))
             .map_err(io(format!("creating {}", spec.data_dir.display())))?;
-        let membership = prepare_membership(&spec)?;
-        let router_port = if spec.router_port == 0 {
-            free_port()?
-        } else {
-            spec.router_port
-        };
-        let router_address = SocketAddr::from(([127, 0, 0, 1], router_port));
+        let layout = prepare_layout(&spec)?;
         let client = HttpClient::new(ClientConfig::new("launcher"))
             .map_err(|e| LaunchError::Invalid(e.to_string()))?;
+        let metad = MetadGroup::start_at(
+            &spec.data_dir,
+            layout.metad.clone(),
+            Some(layout.settings()),
+            &spec.bin_dir,
+            &spec.log_filter,
+        )
+        .await?;
         let mut cluster = Self {
             spec,
-            membership,
-            router_address,
+            layout,
+            metad,
             storage: Vec::new(),
             router: None,
             client,
         };
-        for node in cluster.membership.nodes.clone() {
-            let process = cluster.spawn_storage(&node)?;
+        for index in 0..cluster.layout.storage.len() {
+            let process = cluster.spawn_storage(index)?;
             cluster.storage.push(process);
         }
         let router = cluster.spawn_router()?;
@@ -224,17 +241,38 @@ impl LocalCluster {
                 .await?;
         }
         cluster.wait_healthy(StorageOrRouter::Router).await?;
+        cluster.wait_router_ready().await?;
         Ok(cluster)
     }
 
     /// `http://127.0.0.1:PORT`, the router's base URL.
     pub fn router_url(&self) -> String {
-        format!("http://{}", self.router_address)
+        format!("http://{}", self.layout.router)
     }
 
-    /// The membership the cluster runs with.
-    pub fn membership(&self) -> &Membership {
-        &self.membership
+    /// The storage nodes' ids and addresses.
+    pub fn storage_nodes(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.layout
+            .storage
+            .iter()
+            .enumerate()
+            .map(|(i, address)| (NodeId(i as u64 + 1), *address))
+            .collect()
+    }
+
+    /// The address of one storage node.
+    pub fn storage_address(&self, node: NodeId) -> Result<SocketAddr, LaunchError> {
+        Ok(self.layout.storage[self.storage_index(node)?])
+    }
+
+    /// The metadata replicas.
+    pub fn metad(&self) -> &MetadGroup {
+        &self.metad
+    }
+
+    /// The metadata replicas, to kill or restart some.
+    pub fn metad_mut(&mut self) -> &mut MetadGroup {
+        &mut self.metad
     }
 
     /// Where process logs are written.
@@ -252,8 +290,7 @@ impl LocalCluster {
     pub async fn restart_storage(&mut self, node: NodeId) -> Result<(), LaunchError> {
         let index = self.storage_index(node)?;
         self.storage[index].kill().await?;
-        let info = self.membership.nodes[index].clone();
-        self.storage[index] = self.spawn_storage(&info)?;
+        self.storage[index] = self.spawn_storage(index)?;
         self.wait_healthy(StorageOrRouter::Storage(index)).await
     }
 
@@ -265,10 +302,10 @@ impl LocalCluster {
         for process in &mut self.storage {
             process.kill().await?;
         }
-        Ok(())
+        self.metad.kill_all().await
     }
 
-    /// Stops every process with SIGTERM (router first), waiting for each to exit.
+    /// Stops every process with SIGTERM (router, storage nodes, then metadata), waiting for each to exit.
     pub async fn stop(mut self) -> Result<(), LaunchError> {
         if let Some(router) = self.router.as_mut() {
             router.terminate().await?;
@@ -276,25 +313,40 @@ impl LocalCluster {
         for process in &mut self.storage {
             process.terminate().await?;
         }
-        Ok(())
+        self.metad.stop().await
     }
 
     fn storage_index(&self, node: NodeId) -> Result<usize, LaunchError> {
-        self.membership
-            .nodes
-            .iter()
-            .position(|n| n.id == node)
-            .ok_or(LaunchError::NoSuchNode(node))
+        let index = usize::try_from(node.0)
+            .unwrap_or(usize::MAX)
+            .wrapping_sub(1);
+        if index < self.layout.storage.len() {
+            Ok(index)
+        } else {
+            Err(LaunchError::NoSuchNode(node))
+        }
     }
 
-    fn spawn_storage(&self, node: &NodeInfo) -> Result<ManagedProcess, LaunchError> {
-        let name = format!("storage-{}", node.id);
+    fn metad_list(&self) -> String {
+        self.layout
+            .metad
+            .values()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn_storage(&self, index: usize) -> Result<ManagedProcess, LaunchError> {
+        let id = index + 1;
+        let name = format!("storage-{id}");
         let data = self.spec.data_dir.join(&name);
         let args = vec![
             "--node-id".to_owned(),
-            node.id.to_string(),
+            id.to_string(),
             "--listen".to_owned(),
-            node.address.clone(),
+            self.layout.storage[index].to_string(),
+            "--metad".to_owned(),
+            self.metad_list(),
             "--data-dir".to_owned(),
             data.display().to_string(),
         ];
@@ -310,13 +362,9 @@ impl LocalCluster {
     fn spawn_router(&self) -> Result<ManagedProcess, LaunchError> {
         let args = vec![
             "--listen".to_owned(),
-            self.router_address.to_string(),
-            "--membership".to_owned(),
-            self.spec
-                .data_dir
-                .join(MEMBERSHIP_FILE)
-                .display()
-                .to_string(),
+            self.layout.router.to_string(),
+            "--metad".to_owned(),
+            self.metad_list(),
         ];
         ManagedProcess::spawn(
             "router",
@@ -334,29 +382,50 @@ impl LocalCluster {
     async fn wait_healthy(&mut self, which: StorageOrRouter) -> Result<(), LaunchError> {
         let (address, process) = match which {
             StorageOrRouter::Storage(index) => (
-                self.membership.nodes[index].address.clone(),
+                self.layout.storage[index].to_string(),
                 &mut self.storage[index],
             ),
-            StorageOrRouter::Router => {
-                let address = self.router_address.to_string();
-                (
-                    address,
-                    self.router
-                        .as_mut()
-                        .ok_or(LaunchError::Invalid("router not started".into()))?,
-                )
-            }
+            StorageOrRouter::Router => (
+                self.layout.router.to_string(),
+                self.router
+                    .as_mut()
+                    .ok_or(LaunchError::Invalid("router not started".into()))?,
+            ),
         };
-        wait_healthy(&self.client, process, &address).await
+        wait_for(&self.client, process, &address, Probe::Healthy).await
+    }
+
+    /// Waits until the router routes by a partition map (every storage node registered).
+    pub async fn wait_router_ready(&mut self) -> Result<(), LaunchError> {
+        let address = self.layout.router.to_string();
+        let process = self
+            .router
+            .as_mut()
+            .ok_or(LaunchError::Invalid("router not started".into()))?;
+        wait_for(&self.client, process, &address, Probe::Ready).await
     }
 }
 
-/// Polls `/healthz` at `address` until it answers, the process exits, or the startup deadline passes.
-async fn wait_healthy(
+/// Which endpoint [`wait_for`] polls.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// `/healthz`: the process serves.
+    Healthy,
+    /// `/readyz`: the process can do its job.
+    Ready,
+}
+
+/// Polls `/healthz` or `/readyz` at `address` until it answers 200, the process exits, or the startup deadline passes.
+async fn wait_for(
     client: &HttpClient,
     process: &mut ManagedProcess,
     address: &str,
+    probe: Probe,
 ) -> Result<(), LaunchError> {
+    let (path, what) = match probe {
+        Probe::Healthy => ("/healthz", "healthy"),
+        Probe::Ready => ("/readyz", "ready"),
+    };
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
         if let Some(status) = process.exit_status()? {
@@ -367,11 +436,12 @@ async fn wait_healthy(
                 tail: log_tail(process.log(), 10),
             });
         }
-        if client.get_json::<Health>(address, "/healthz").await.is_ok() {
+        if client.get_json::<Health>(address, path).await.is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(LaunchError::NotHealthy {
+                what,
                 name: process.name().to_owned(),
                 log: process.log().to_owned(),
                 timeout: STARTUP_TIMEOUT,
@@ -381,38 +451,56 @@ async fn wait_healthy(
     }
 }
 
-/// A group of metadata replicas (`kvorum-metad`) on free ports; killed on drop.
+/// A group of metadata replicas (`kvorum-metad`); killed on drop.
 #[derive(Debug)]
 pub struct MetadGroup {
     dir: PathBuf,
     bin_dir: PathBuf,
+    log_filter: String,
+    settings: Option<ClusterSettings>,
     addresses: BTreeMap<u64, SocketAddr>,
     processes: BTreeMap<u64, ManagedProcess>,
     client: HttpClient,
 }
 
 impl MetadGroup {
-    /// Starts `replicas` metadata replicas with their data under `dir`, and waits until all are healthy.
+    /// Starts `replicas` metadata replicas on free ports with their data under
+    /// `dir` and the service's default cluster settings, and waits until all are healthy.
     pub async fn start(dir: &Path, replicas: u64, bin_dir: &Path) -> Result<Self, LaunchError> {
+        let addresses = (1..=replicas)
+            .map(|id| Ok((id, SocketAddr::from(([127, 0, 0, 1], free_port()?)))))
+            .collect::<Result<BTreeMap<_, _>, LaunchError>>()?;
+        Self::start_at(dir, addresses, None, bin_dir, "info").await
+    }
+
+    /// Starts one replica per entry of `addresses`, proposing `settings` (or the
+    /// service's defaults) as the cluster's shape, and waits until all are healthy.
+    pub async fn start_at(
+        dir: &Path,
+        addresses: BTreeMap<u64, SocketAddr>,
+        settings: Option<ClusterSettings>,
+        bin_dir: &Path,
+        log_filter: &str,
+    ) -> Result<Self, LaunchError> {
         let binary = bin_dir.join("kvorum-metad");
         if !binary.is_file() {
             return Err(LaunchError::MissingBinary(binary));
         }
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(io(format!("creating {}", dir.display())))?;
-        let addresses = (1..=replicas)
-            .map(|id| Ok((id, SocketAddr::from(([127, 0, 0, 1], free_port()?)))))
-            .collect::<Result<BTreeMap<_, _>, LaunchError>>()?;
         let client = HttpClient::new(ClientConfig::new("launcher"))
             .map_err(|e| LaunchError::Invalid(e.to_string()))?;
+        let ids: Vec<u64> = addresses.keys().copied().collect();
         let mut group = Self {
             dir: dir.to_owned(),
             bin_dir: bin_dir.to_owned(),
+            log_filter: log_filter.to_owned(),
+            settings,
             addresses,
             processes: BTreeMap::new(),
             client,
         };
-        for id in 1..=replicas {
+        for id in ids {
             group.restart(id).await?;
         }
         Ok(group)
@@ -431,6 +519,22 @@ impl MetadGroup {
         }
     }
 
+    /// Kills every replica with SIGKILL.
+    pub async fn kill_all(&mut self) -> Result<(), LaunchError> {
+        for process in self.processes.values_mut() {
+            process.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every replica with SIGTERM, waiting for each to exit.
+    pub async fn stop(&mut self) -> Result<(), LaunchError> {
+        for process in self.processes.values_mut() {
+            process.terminate().await?;
+        }
+        Ok(())
+    }
+
     /// Starts one replica (again), on its data directory and address, and waits until it is healthy.
     pub async fn restart(&mut self, id: u64) -> Result<(), LaunchError> {
         self.kill(id).await?;
@@ -444,7 +548,7 @@ impl MetadGroup {
             .map(|(id, a)| format!("{id}={a}"))
             .collect();
         let name = format!("metad-{id}");
-        let args = vec![
+        let mut args = vec![
             "--id".to_owned(),
             id.to_string(),
             "--peers".to_owned(),
@@ -454,15 +558,31 @@ impl MetadGroup {
             "--data-dir".to_owned(),
             self.dir.join(&name).display().to_string(),
         ];
+        if let Some(settings) = self.settings {
+            args.extend([
+                "--partitions".to_owned(),
+                settings.partitions.to_string(),
+                "--replication-factor".to_owned(),
+                settings.replication_factor.to_string(),
+                "--bootstrap-nodes".to_owned(),
+                settings.bootstrap_nodes.to_string(),
+            ]);
+        }
         let log = self.dir.join("logs").join(format!("{name}.log"));
         let mut process = ManagedProcess::spawn(
             &name,
             &self.bin_dir.join("kvorum-metad"),
             &args,
             &log,
-            "info",
+            &self.log_filter,
         )?;
-        wait_healthy(&self.client, &mut process, &address.to_string()).await?;
+        wait_for(
+            &self.client,
+            &mut process,
+            &address.to_string(),
+            Probe::Healthy,
+        )
+        .await?;
         self.processes.insert(id, process);
         Ok(())
     }
@@ -480,77 +600,118 @@ enum StorageOrRouter {
     Router,
 }
 
-/// Writes the membership file, or checks that an existing one matches the spec.
-fn prepare_membership(spec: &ClusterSpec) -> Result<Membership, LaunchError> {
-    let path = spec.data_dir.join(MEMBERSHIP_FILE);
-    let fixed_ports = spec.storage_base_port != 0;
+/// A local cluster's sizes and addresses, pinned in the data directory so that
+/// a restart finds every process where the others expect it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layout {
+    partitions: u32,
+    replication_factor: usize,
+    router: SocketAddr,
+    metad: BTreeMap<u64, SocketAddr>,
+    storage: Vec<SocketAddr>,
+}
+
+impl Layout {
+    /// The cluster settings the metadata replicas propose: the map waits for every node.
+    fn settings(&self) -> ClusterSettings {
+        ClusterSettings {
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            bootstrap_nodes: self.storage.len(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} storage nodes from {}, {} metadata replicas from {}, router {}, RF {}, {} partitions",
+            self.storage.len(),
+            self.storage
+                .first()
+                .map_or("?".to_owned(), ToString::to_string),
+            self.metad.len(),
+            self.metad
+                .values()
+                .next()
+                .map_or("?".to_owned(), ToString::to_string),
+            self.router,
+            self.replication_factor,
+            self.partitions
+        )
+    }
+}
+
+/// Writes the layout file, or checks that an existing one matches the spec.
+fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
+    let path = spec.data_dir.join(LAYOUT_FILE);
     if path.exists() {
         let text =
             std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-        let existing: Membership =
+        let existing: Layout =
             serde_json::from_str(&text).map_err(|e| LaunchError::ShapeMismatch {
                 path: path.clone(),
                 dir: spec.data_dir.clone(),
                 found: format!("unreadable: {e}"),
             })?;
-        let same_shape = existing.nodes.len() == spec.nodes
+        let fixed = |base: u16, index: usize| {
+            SocketAddr::from(([127, 0, 0, 1], base.saturating_add(index as u16)))
+        };
+        let same_shape = existing.storage.len() == spec.nodes
+            && existing.metad.len() as u64 == spec.metad_replicas
             && existing.partitions == spec.partitions
             && existing.replication_factor == spec.replication_factor;
-        let same_ports =
-            !fixed_ports
-                || existing.nodes.iter().enumerate().all(|(i, n)| {
-                    n.address == storage_address(spec.storage_base_port, i).to_string()
-                });
+        let same_ports = (spec.storage_base_port == 0
+            || existing
+                .storage
+                .iter()
+                .enumerate()
+                .all(|(i, a)| *a == fixed(spec.storage_base_port, i)))
+            && (spec.metad_base_port == 0
+                || existing
+                    .metad
+                    .values()
+                    .enumerate()
+                    .all(|(i, a)| *a == fixed(spec.metad_base_port, i)))
+            && (spec.router_port == 0 || existing.router.port() == spec.router_port);
         if same_shape && same_ports {
-            // Restarting on the same data: keep the same addresses, so the same map.
             return Ok(existing);
         }
         return Err(LaunchError::ShapeMismatch {
             path,
             dir: spec.data_dir.clone(),
-            found: format!(
-                "{} nodes from port {}, RF {}, {} partitions",
-                existing.nodes.len(),
-                existing
-                    .nodes
-                    .first()
-                    .map_or("?".to_owned(), |n| n.address.clone()),
-                existing.replication_factor,
-                existing.partitions
-            ),
+            found: existing.describe(),
         });
     }
-    let nodes = (0..spec.nodes)
-        .map(|i| {
-            let address = if fixed_ports {
-                storage_address(spec.storage_base_port, i)
-            } else {
-                SocketAddr::from(([127, 0, 0, 1], free_port()?))
-            };
-            Ok(NodeInfo {
-                id: NodeId(i as u64 + 1),
-                address: address.to_string(),
-                role: Default::default(),
-                state: Default::default(),
-            })
-        })
-        .collect::<Result<Vec<_>, LaunchError>>()?;
-    let membership = Membership {
+    let port = |base: u16, index: usize| -> Result<SocketAddr, LaunchError> {
+        let port = if base == 0 {
+            free_port()?
+        } else {
+            base.checked_add(u16::try_from(index).unwrap_or(u16::MAX))
+                .ok_or_else(|| {
+                    LaunchError::Invalid(format!("port {base} + {index} is above 65535"))
+                })?
+        };
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let layout = Layout {
         partitions: spec.partitions,
         replication_factor: spec.replication_factor,
-        nodes,
+        router: port(spec.router_port, 0)?,
+        metad: (0..spec.metad_replicas)
+            .map(|i| Ok((i + 1, port(spec.metad_base_port, i as usize)?)))
+            .collect::<Result<_, LaunchError>>()?,
+        storage: (0..spec.nodes)
+            .map(|i| port(spec.storage_base_port, i))
+            .collect::<Result<_, LaunchError>>()?,
     };
-    membership
+    layout
+        .settings()
         .validate()
         .map_err(|e| LaunchError::Invalid(e.to_string()))?;
-    let text = serde_json::to_string_pretty(&membership)
-        .map_err(|e| LaunchError::Invalid(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&layout).map_err(|e| LaunchError::Invalid(e.to_string()))?;
     std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
-    Ok(membership)
-}
-
-fn storage_address(base: u16, index: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], base.saturating_add(index as u16)))
+    Ok(layout)
 }
 
 #[cfg(test)]
@@ -561,24 +722,38 @@ mod tests {
         ClusterSpec {
             nodes,
             storage_base_port: 17_001,
+            metad_base_port: 17_101,
+            router_port: 17_200,
             ..ClusterSpec::for_tests(dir)
         }
     }
 
     #[test]
-    fn a_data_directory_keeps_its_membership_across_restarts() {
+    fn a_data_directory_keeps_its_layout_across_restarts() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = prepare_membership(&spec(dir.path(), 5)).expect("first start");
-        let again = prepare_membership(&spec(dir.path(), 5)).expect("restart");
+        let first = prepare_layout(&spec(dir.path(), 5)).expect("first start");
+        let again = prepare_layout(&spec(dir.path(), 5)).expect("restart");
         assert_eq!(first, again);
-        assert_eq!(first.nodes[4].address, "127.0.0.1:17005");
+        assert_eq!(first.storage[4].to_string(), "127.0.0.1:17005");
+        assert_eq!(first.metad[&3].to_string(), "127.0.0.1:17103");
+        assert_eq!(first.settings().bootstrap_nodes, 5);
+        // Free ports are picked once, then kept.
+        let free = tempfile::tempdir().expect("tempdir");
+        let picked = prepare_layout(&ClusterSpec::for_tests(free.path())).expect("free ports");
+        let kept = prepare_layout(&ClusterSpec::for_tests(free.path())).expect("restart");
+        assert_eq!(picked, kept);
     }
 
     #[test]
     fn a_data_directory_refuses_another_cluster_shape() {
         let dir = tempfile::tempdir().expect("tempdir");
-        prepare_membership(&spec(dir.path(), 5)).expect("first start");
-        let error = prepare_membership(&spec(dir.path(), 7)).expect_err("different shape");
+        prepare_layout(&spec(dir.path(), 5)).expect("first start");
+        let moved = ClusterSpec {
+            metad_base_port: 18_000,
+            ..spec(dir.path(), 5)
+        };
+        assert!(prepare_layout(&moved).is_err(), "other metadata ports");
+        let error = prepare_layout(&spec(dir.path(), 7)).expect_err("different shape");
         assert!(
             error.to_string().contains("describes a different cluster"),
             "{error}"

@@ -7,12 +7,12 @@
 //! client that retries after a timeout cannot apply a command twice.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 
+use kvorum_protocol::cluster::{NodeRole, NodeState, is_host_port};
 use kvorum_protocol::metadata::{
     Lease, MetadataCommand, MetadataError, MetadataOp, MetadataOutcome, MetadataState, RequestId,
 };
-use kvorum_protocol::{KeyspaceConfig, PartitionMap};
+use kvorum_protocol::{KeyspaceConfig, NodeId, PartitionMap};
 use serde::{Deserialize, Serialize};
 
 /// How many request ids are remembered for deduplication.
@@ -80,10 +80,42 @@ impl StateMachine {
         let state = &mut self.state;
         let mut lease = None;
         let changed = match &command.op {
+            MetadataOp::InitCluster { settings } => match &state.cluster {
+                Some(existing) if existing == settings => false,
+                Some(existing) => {
+                    return Err(conflict(format!(
+                        "the cluster was initialised with {} partitions, replication factor {} and {} bootstrap nodes; its shape cannot change",
+                        existing.partitions, existing.replication_factor, existing.bootstrap_nodes
+                    )));
+                }
+                None => {
+                    state.cluster = Some(*settings);
+                    bootstrap_partition_map(state);
+                    true
+                }
+            },
             MetadataOp::RegisterNode { node } => {
-                let changed = state.nodes.get(&node.id) != Some(node);
-                state.nodes.insert(node.id, node.clone());
-                changed
+                let registered = match state.nodes.get(&node.id) {
+                    Some(known) if known.state == NodeState::Decommissioned => {
+                        return Err(conflict(format!(
+                            "node {} was decommissioned and cannot rejoin under that id",
+                            node.id
+                        )));
+                    }
+                    // The cluster decides a known node's role (a standby may have been promoted).
+                    Some(known) => kvorum_protocol::NodeInfo {
+                        role: known.role,
+                        state: NodeState::Up,
+                        ..node.clone()
+                    },
+                    None => kvorum_protocol::NodeInfo {
+                        state: NodeState::Up,
+                        ..node.clone()
+                    },
+                };
+                let changed = state.nodes.get(&node.id) != Some(&registered);
+                state.nodes.insert(node.id, registered);
+                bootstrap_partition_map(state) || changed
             }
             MetadataOp::SetNodeState {
                 node,
@@ -98,6 +130,12 @@ impl StateMachine {
                 changed
             }
             MetadataOp::CreateKeyspace { keyspace } => {
+                let Some(settings) = &state.cluster else {
+                    return Err(conflict("the cluster is not initialised yet"));
+                };
+                keyspace
+                    .validate(settings.replication_factor)
+                    .map_err(|e| invalid(e.to_string()))?;
                 match state.keyspaces.get(keyspace.name.as_str()) {
                     Some(existing) if existing == keyspace => false,
                     Some(_) => {
@@ -117,6 +155,16 @@ impl StateMachine {
             MetadataOp::SetPartitionMap { map } => {
                 if let Some(current) = &state.partition_map {
                     check_epochs(current, map)?;
+                }
+                if let Some(unknown) = map
+                    .partitions
+                    .iter()
+                    .flat_map(|p| &p.replicas)
+                    .find(|id| !state.nodes.contains_key(id))
+                {
+                    return Err(invalid(format!(
+                        "the map names node {unknown}, which never registered"
+                    )));
                 }
                 let changed = state.partition_map.as_ref() != Some(map);
                 state.partition_map = Some(map.clone());
@@ -169,6 +217,37 @@ impl StateMachine {
     }
 }
 
+/// Makes the bootstrap partition map once the cluster is initialised and enough
+/// storage nodes have registered, along with the `default` keyspace; says whether it did.
+fn bootstrap_partition_map(state: &mut MetadataState) -> bool {
+    let Some(settings) = state.cluster else {
+        return false;
+    };
+    if state.partition_map.is_some() {
+        return false;
+    }
+    let storage: Vec<NodeId> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Storage && n.state != NodeState::Decommissioned)
+        .map(|n| n.id)
+        .collect();
+    if storage.len() < settings.bootstrap_nodes {
+        return false;
+    }
+    state.partition_map = Some(kvorum_placement::initial_partition_map(
+        settings.partitions,
+        &storage,
+        settings.replication_factor,
+    ));
+    let default = KeyspaceConfig::default_keyspace(settings.replication_factor);
+    state
+        .keyspaces
+        .entry(default.name.to_string())
+        .or_insert(default);
+    true
+}
+
 fn invalid(message: impl Into<String>) -> MetadataError {
     MetadataError::Invalid {
         message: message.into(),
@@ -196,19 +275,22 @@ pub fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
         )));
     }
     match &command.op {
+        MetadataOp::InitCluster { settings } => {
+            settings.validate().map_err(|e| invalid(e.to_string()))?;
+        }
         MetadataOp::RegisterNode { node } => {
             if node.id.0 == 0 {
                 return Err(invalid("node ids start at 1"));
             }
-            if node.address.parse::<SocketAddr>().is_err() {
+            if !is_host_port(&node.address) {
                 return Err(invalid(format!(
-                    "node address {:?} is not ip:port",
+                    "node address {:?} is not host:port",
                     node.address
                 )));
             }
         }
         MetadataOp::SetNodeState { .. } => {}
-        MetadataOp::CreateKeyspace { keyspace } => validate_keyspace(keyspace)?,
+        MetadataOp::CreateKeyspace { .. } => {}
         MetadataOp::SetPartitionMap { map } => validate_map(map)?,
         MetadataOp::AcquireLease {
             name,
@@ -228,13 +310,6 @@ pub fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
                 return Err(invalid("a lease needs a name and a holder"));
             }
         }
-    }
-    Ok(())
-}
-
-fn validate_keyspace(keyspace: &KeyspaceConfig) -> Result<(), MetadataError> {
-    if keyspace.replication_factor == 0 {
-        return Err(invalid("replication_factor must be at least 1"));
     }
     Ok(())
 }
@@ -300,8 +375,8 @@ fn check_epochs(current: &PartitionMap, proposed: &PartitionMap) -> Result<(), M
 
 #[cfg(test)]
 mod tests {
-    use kvorum_protocol::cluster::{NodeRole, NodeState, PartitionAssignment};
-    use kvorum_protocol::{Epoch, NodeId, NodeInfo, PartitionId};
+    use kvorum_protocol::cluster::PartitionAssignment;
+    use kvorum_protocol::{ClusterSettings, Epoch, NodeInfo, PartitionId};
 
     use super::*;
 
@@ -379,6 +454,14 @@ mod tests {
     fn partition_maps_change_only_with_the_next_epoch() {
         let mut machine = StateMachine::default();
         let set = |id: &str, m| command(id, MetadataOp::SetPartitionMap { map: m });
+        for id in 1..=5 {
+            machine
+                .apply(&command(
+                    &format!("r{id}"),
+                    MetadataOp::RegisterNode { node: node(id) },
+                ))
+                .expect("register");
+        }
         machine
             .apply(&set("1", map(&[(1, &[1, 2, 3]), (1, &[2, 3, 4])])))
             .expect("bootstrap");
@@ -519,9 +602,27 @@ mod tests {
         ));
     }
 
+    fn init(partitions: u32, replication_factor: usize, bootstrap_nodes: usize) -> MetadataOp {
+        MetadataOp::InitCluster {
+            settings: ClusterSettings {
+                partitions,
+                replication_factor,
+                bootstrap_nodes,
+            },
+        }
+    }
+
+    fn orders(replication_factor: usize) -> KeyspaceConfig {
+        KeyspaceConfig {
+            name: kvorum_protocol::KeyspaceName::parse("orders").expect("name"),
+            ..KeyspaceConfig::default_keyspace(replication_factor)
+        }
+    }
+
     #[test]
     fn snapshots_restore_state_and_remembered_requests() {
         let mut machine = StateMachine::default();
+        machine.apply(&command("i", init(8, 1, 1))).expect("init");
         machine
             .apply(&command("a", MetadataOp::RegisterNode { node: node(1) }))
             .expect("register");
@@ -529,7 +630,7 @@ mod tests {
             .apply(&command(
                 "b",
                 MetadataOp::CreateKeyspace {
-                    keyspace: KeyspaceConfig::default_keyspace(),
+                    keyspace: orders(1),
                 },
             ))
             .expect("keyspace");
@@ -540,15 +641,184 @@ mod tests {
             restored
                 .apply(&command("a", MetadataOp::RegisterNode { node: node(1) }))
                 .map(|o| o.version),
+            Ok(2)
+        );
+        assert_eq!(restored.state().version, 3);
+    }
+
+    #[test]
+    fn the_map_and_the_default_keyspace_appear_once_enough_storage_nodes_registered() {
+        let mut machine = StateMachine::default();
+        machine.apply(&command("i", init(16, 3, 4))).expect("init");
+        let standby = NodeInfo {
+            role: NodeRole::Standby,
+            ..node(9)
+        };
+        machine
+            .apply(&command("s", MetadataOp::RegisterNode { node: standby }))
+            .expect("standby");
+        for id in 1..=3 {
+            machine
+                .apply(&command(
+                    &format!("r{id}"),
+                    MetadataOp::RegisterNode { node: node(id) },
+                ))
+                .expect("register");
+            assert!(
+                machine.state().partition_map.is_none(),
+                "{id} storage nodes (and a standby) are not yet the 4 bootstrap nodes"
+            );
+            assert!(machine.state().keyspaces.is_empty());
+        }
+        machine
+            .apply(&command("r4", MetadataOp::RegisterNode { node: node(4) }))
+            .expect("register");
+        let map = machine.state().partition_map.clone().expect("bootstrapped");
+        assert_eq!(
+            map,
+            kvorum_placement::initial_partition_map(
+                16,
+                &[NodeId(1), NodeId(2), NodeId(3), NodeId(4)],
+                3
+            )
+        );
+        assert_eq!(
+            machine.state().keyspaces.get("default"),
+            Some(&KeyspaceConfig::default_keyspace(3))
+        );
+        // A later node joins without reshaping the map: moving partitions is recovery's job.
+        machine
+            .apply(&command("r5", MetadataOp::RegisterNode { node: node(5) }))
+            .expect("register");
+        assert_eq!(machine.state().partition_map.as_ref(), Some(&map));
+    }
+
+    #[test]
+    fn nodes_registered_before_init_bootstrap_the_map_when_it_comes() {
+        let mut machine = StateMachine::default();
+        for id in 1..=3 {
+            machine
+                .apply(&command(
+                    &format!("r{id}"),
+                    MetadataOp::RegisterNode { node: node(id) },
+                ))
+                .expect("register");
+        }
+        assert!(machine.state().partition_map.is_none());
+        machine.apply(&command("i", init(4, 3, 3))).expect("init");
+        assert_eq!(
+            machine
+                .state()
+                .partition_map
+                .as_ref()
+                .map(|m| m.partitions.len()),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn the_cluster_shape_is_set_once() {
+        let mut machine = StateMachine::default();
+        machine.apply(&command("a", init(8, 3, 3))).expect("init");
+        assert_eq!(
+            machine
+                .apply(&command("b", init(8, 3, 3)))
+                .map(|o| o.version),
             Ok(1)
         );
-        assert_eq!(restored.state().version, 2);
+        assert!(matches!(
+            machine.apply(&command("c", init(16, 3, 3))),
+            Err(MetadataError::Conflict { .. })
+        ));
+        assert!(matches!(
+            machine.apply(&command("d", init(8, 3, 2))),
+            Err(MetadataError::Invalid { .. })
+        ));
+        assert_eq!(machine.state().cluster.map(|c| c.partitions), Some(8));
+    }
+
+    #[test]
+    fn a_returning_node_updates_its_address_keeps_its_role_and_is_up() {
+        let mut machine = StateMachine::default();
+        let standby = NodeInfo {
+            role: NodeRole::Standby,
+            ..node(1)
+        };
+        machine
+            .apply(&command("a", MetadataOp::RegisterNode { node: standby }))
+            .expect("register");
+        let promoted = NodeInfo {
+            role: NodeRole::Storage,
+            state: NodeState::Down,
+            ..node(1)
+        };
+        // The cluster promoted it while it was down (the recovery controller's doing).
+        machine.state.nodes.insert(NodeId(1), promoted);
+        let moved = NodeInfo {
+            address: "storage-1.kvorum:7001".into(),
+            role: NodeRole::Standby,
+            ..node(1)
+        };
+        machine
+            .apply(&command("b", MetadataOp::RegisterNode { node: moved }))
+            .expect("re-register");
+        let known = &machine.state().nodes[&NodeId(1)];
+        assert_eq!(known.address, "storage-1.kvorum:7001");
+        assert_eq!(known.role, NodeRole::Storage);
+        assert_eq!(known.state, NodeState::Up);
+        machine
+            .apply(&command(
+                "c",
+                MetadataOp::SetNodeState {
+                    node: NodeId(1),
+                    state: NodeState::Decommissioned,
+                },
+            ))
+            .expect("decommission");
+        assert!(matches!(
+            machine.apply(&command("d", MetadataOp::RegisterNode { node: node(1) })),
+            Err(MetadataError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn keyspaces_are_checked_against_the_cluster() {
+        let mut machine = StateMachine::default();
+        let create = |id: &str, keyspace| command(id, MetadataOp::CreateKeyspace { keyspace });
+        assert!(matches!(
+            machine.apply(&create("a", orders(3))),
+            Err(MetadataError::Conflict { .. })
+        ));
+        machine.apply(&command("i", init(8, 3, 3))).expect("init");
+        assert!(matches!(
+            machine.apply(&create("b", orders(5))),
+            Err(MetadataError::Invalid { message }) if message.contains("cluster's 3")
+        ));
+        assert!(machine.state().keyspaces.is_empty());
+    }
+
+    #[test]
+    fn maps_may_name_only_registered_nodes() {
+        let mut machine = StateMachine::default();
+        machine
+            .apply(&command("a", MetadataOp::RegisterNode { node: node(1) }))
+            .expect("register");
+        assert!(matches!(
+            machine.apply(&command(
+                "b",
+                MetadataOp::SetPartitionMap {
+                    map: map(&[(1, &[1, 7])])
+                }
+            )),
+            Err(MetadataError::Invalid { message }) if message.contains("node 7")
+        ));
     }
 
     #[test]
     fn identical_keyspaces_are_idempotent_and_different_ones_conflict() {
         let mut machine = StateMachine::default();
-        let keyspace = KeyspaceConfig::default_keyspace();
+        machine.apply(&command("i", init(8, 3, 3))).expect("init");
+        let keyspace = orders(3);
         machine
             .apply(&command(
                 "a",
@@ -566,10 +836,10 @@ mod tests {
                     }
                 ))
                 .map(|o| o.version),
-            Ok(1)
+            Ok(2)
         );
         let other = KeyspaceConfig {
-            replication_factor: 5,
+            replication_factor: 1,
             ..keyspace
         };
         assert!(matches!(

@@ -1,10 +1,5 @@
-//! Membership, the partition map and the cluster view.
-//!
-//! Until the metadata service exists, membership comes from a file holding a
-//! [`Membership`]; the [`PartitionMap`] derived from it is the same type the
-//! metadata service will serve.
+//! Nodes, the cluster's settings, the partition map and the cluster view.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -56,99 +51,73 @@ pub struct NodeInfo {
     pub state: NodeState,
 }
 
-/// The cluster's bootstrap description: partition count, replication factor and nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The cluster's fixed shape, set once at bootstrap through the metadata service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Membership {
+pub struct ClusterSettings {
     /// The fixed number of partitions keys hash into.
     pub partitions: u32,
-    /// How many replicas each partition has.
+    /// How many replicas each partition has (a keyspace may use fewer).
     pub replication_factor: usize,
-    /// The storage nodes.
-    pub nodes: Vec<NodeInfo>,
+    /// How many storage nodes must have registered before the partition map is made.
+    pub bootstrap_nodes: usize,
 }
 
-/// Why a membership description is unusable.
+/// Why cluster settings are unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MembershipError {
+pub enum SettingsError {
     /// Partition count out of range.
     #[error("partitions must be between 1 and {MAX_PARTITIONS}, not {0}")]
     PartitionCount(u32),
     /// Replication factor of zero.
     #[error("replication_factor must be at least 1")]
     ZeroReplicationFactor,
-    /// Fewer storage nodes than the replication factor.
+    /// Fewer bootstrap nodes than the replication factor.
     #[error(
-        "replication_factor {replication_factor} needs at least that many storage nodes, but there are {nodes}"
+        "bootstrap_nodes {bootstrap_nodes} must be at least replication_factor {replication_factor}, or partitions could not have distinct replicas"
     )]
     TooFewNodes {
         /// The replication factor asked for.
         replication_factor: usize,
-        /// The storage nodes listed.
-        nodes: usize,
-    },
-    /// Two nodes share an id.
-    #[error("node id {0} appears more than once")]
-    DuplicateNodeId(NodeId),
-    /// Two nodes share an address.
-    #[error("address {0} appears more than once")]
-    DuplicateAddress(String),
-    /// An address that is not `ip:port`.
-    #[error("node {id} has address {address:?}, which is not ip:port")]
-    BadAddress {
-        /// The node.
-        id: NodeId,
-        /// Its address.
-        address: String,
+        /// The bootstrap node count asked for.
+        bootstrap_nodes: usize,
     },
 }
 
-impl Membership {
-    /// Checks every rule a usable membership obeys.
-    pub fn validate(&self) -> Result<(), MembershipError> {
+impl ClusterSettings {
+    /// Checks every rule usable settings obey.
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
-            return Err(MembershipError::PartitionCount(self.partitions));
+            return Err(SettingsError::PartitionCount(self.partitions));
         }
         if self.replication_factor == 0 {
-            return Err(MembershipError::ZeroReplicationFactor);
+            return Err(SettingsError::ZeroReplicationFactor);
         }
-        let storage_nodes = self.storage_nodes().count();
-        if storage_nodes < self.replication_factor {
-            return Err(MembershipError::TooFewNodes {
+        if self.bootstrap_nodes < self.replication_factor {
+            return Err(SettingsError::TooFewNodes {
                 replication_factor: self.replication_factor,
-                nodes: storage_nodes,
+                bootstrap_nodes: self.bootstrap_nodes,
             });
-        }
-        let mut ids = HashSet::new();
-        let mut addresses = HashSet::new();
-        for node in &self.nodes {
-            if !ids.insert(node.id) {
-                return Err(MembershipError::DuplicateNodeId(node.id));
-            }
-            if node.address.parse::<SocketAddr>().is_err() {
-                return Err(MembershipError::BadAddress {
-                    id: node.id,
-                    address: node.address.clone(),
-                });
-            }
-            if !addresses.insert(node.address.as_str()) {
-                return Err(MembershipError::DuplicateAddress(node.address.clone()));
-            }
         }
         Ok(())
     }
+}
 
-    /// The nodes that hold replicas (not standbys, not decommissioned).
-    pub fn storage_nodes(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.nodes
-            .iter()
-            .filter(|n| n.role == NodeRole::Storage && n.state != NodeState::Decommissioned)
+/// Whether `address` is `host:port` with a non-empty host and a non-zero port
+/// (hosts may be names, as in Kubernetes, or IP literals).
+pub fn is_host_port(address: &str) -> bool {
+    if address.parse::<SocketAddr>().is_ok() {
+        return true;
     }
-
-    /// The node with this id.
-    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
-        self.nodes.iter().find(|n| n.id == id)
-    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 /// One partition's ordered replica set and the epoch it was assigned in.
@@ -242,65 +211,70 @@ pub struct ClusterView {
 mod tests {
     use super::*;
 
-    fn node(id: u64, port: u16) -> NodeInfo {
-        NodeInfo {
-            id: NodeId(id),
-            address: format!("127.0.0.1:{port}"),
-            role: NodeRole::Storage,
-            state: NodeState::Up,
-        }
-    }
-
-    fn membership(nodes: Vec<NodeInfo>) -> Membership {
-        Membership {
-            partitions: 64,
-            replication_factor: 3,
-            nodes,
+    fn settings(
+        partitions: u32,
+        replication_factor: usize,
+        bootstrap_nodes: usize,
+    ) -> ClusterSettings {
+        ClusterSettings {
+            partitions,
+            replication_factor,
+            bootstrap_nodes,
         }
     }
 
     #[test]
-    fn a_sound_membership_validates() {
-        let m = membership(vec![node(1, 1), node(2, 2), node(3, 3)]);
-        assert_eq!(m.validate(), Ok(()));
-    }
-
-    #[test]
-    fn each_broken_rule_is_named() {
-        let mut m = membership(vec![node(1, 1), node(2, 2)]);
+    fn sound_settings_validate_and_each_broken_rule_is_named() {
+        assert_eq!(settings(64, 3, 5).validate(), Ok(()));
+        assert_eq!(settings(1, 1, 1).validate(), Ok(()));
         assert_eq!(
-            m.validate(),
-            Err(MembershipError::TooFewNodes {
+            settings(0, 3, 3).validate(),
+            Err(SettingsError::PartitionCount(0))
+        );
+        assert_eq!(
+            settings(MAX_PARTITIONS + 1, 3, 3).validate(),
+            Err(SettingsError::PartitionCount(MAX_PARTITIONS + 1))
+        );
+        assert_eq!(
+            settings(8, 0, 3).validate(),
+            Err(SettingsError::ZeroReplicationFactor)
+        );
+        assert_eq!(
+            settings(8, 3, 2).validate(),
+            Err(SettingsError::TooFewNodes {
                 replication_factor: 3,
-                nodes: 2
+                bootstrap_nodes: 2
             })
         );
-        m.nodes.push(node(1, 3));
-        assert_eq!(
-            m.validate(),
-            Err(MembershipError::DuplicateNodeId(NodeId(1)))
-        );
-        m.nodes[2] = node(3, 2);
-        assert!(matches!(
-            m.validate(),
-            Err(MembershipError::DuplicateAddress(_))
-        ));
-        m.nodes[2].address = "localhost".into();
-        assert!(matches!(
-            m.validate(),
-            Err(MembershipError::BadAddress { .. })
-        ));
-        m.nodes[2] = node(3, 3);
-        m.partitions = 0;
-        assert_eq!(m.validate(), Err(MembershipError::PartitionCount(0)));
-        m.partitions = 8;
-        m.replication_factor = 0;
-        assert_eq!(m.validate(), Err(MembershipError::ZeroReplicationFactor));
     }
 
     #[test]
-    fn unknown_fields_in_a_membership_file_are_refused() {
-        let text = r#"{"partitions":8,"replication_factor":1,"nodes":[],"extra":1}"#;
-        assert!(serde_json::from_str::<Membership>(text).is_err());
+    fn addresses_are_host_and_port() {
+        for good in [
+            "127.0.0.1:7001",
+            "[::1]:7001",
+            "kvorum-storage-0.kvorum-storage:7001",
+            "localhost:1",
+        ] {
+            assert!(is_host_port(good), "{good}");
+        }
+        for bad in [
+            "",
+            "7001",
+            ":7001",
+            "host:",
+            "host:0",
+            "host:70000",
+            "a b:1",
+            "host:port",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_in_settings_are_refused() {
+        let text = r#"{"partitions":8,"replication_factor":1,"bootstrap_nodes":1,"extra":1}"#;
+        assert!(serde_json::from_str::<ClusterSettings>(text).is_err());
     }
 }

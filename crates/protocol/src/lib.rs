@@ -5,7 +5,7 @@
 //! - [`version`]: record versions and the records storage nodes hold.
 //! - [`consistency`]: consistency levels and quorum arithmetic.
 //! - [`keyspace`]: keyspace settings.
-//! - [`cluster`]: membership, the partition map and the cluster view.
+//! - [`cluster`]: nodes, cluster settings, the partition map and the cluster view.
 //! - [`metadata`]: the metadata service's commands and state.
 //! - [`paxos`]: the metadata service's Multi-Paxos messages.
 //! - [`storage`]: the storage node's internal API.
@@ -27,11 +27,11 @@ pub mod storage;
 pub mod version;
 
 pub use cluster::{
-    ClusterView, Membership, MembershipError, NodeInfo, PartitionAssignment, PartitionMap,
+    ClusterSettings, ClusterView, NodeInfo, PartitionAssignment, PartitionMap, SettingsError,
 };
 pub use consistency::{ConsistencyLevel, UnknownConsistency};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{Epoch, NodeId, PartitionId};
 pub use key::{Key, KeyError, KeyspaceName, MAX_KEY_BYTES};
-pub use keyspace::{ConflictStrategy, KeyspaceConfig, KeyspaceMode};
+pub use keyspace::{ConflictStrategy, InvalidKeyspace, KeyspaceConfig, KeyspaceMode, KeyspaceSpec};
 pub use version::{Record, Version, VersionTokenError};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{NodeInfo, NodeState, PartitionMap};
+use crate::cluster::{ClusterSettings, NodeInfo, NodeState, PartitionMap};
 use crate::ids::NodeId;
 use crate::keyspace::KeyspaceConfig;
 
@@ -30,7 +30,13 @@ pub struct MetadataCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MetadataOp {
-    /// Adds a node, or updates its address and role.
+    /// Fixes the cluster's shape, once (idempotent for identical settings).
+    InitCluster {
+        /// The settings.
+        settings: ClusterSettings,
+    },
+    /// Adds a node, or updates the address of a known one and marks it up; a
+    /// known node keeps the role the cluster gave it.
     RegisterNode {
         /// The node.
         node: NodeInfo,
@@ -121,9 +127,12 @@ pub enum MetadataError {
 pub struct MetadataState {
     /// Grows by one with every command that changes something.
     pub version: u64,
+    /// The cluster's shape, once initialised.
+    #[serde(default)]
+    pub cluster: Option<ClusterSettings>,
     /// Members, by id.
     pub nodes: BTreeMap<NodeId, NodeInfo>,
-    /// The partition map, once bootstrapped.
+    /// The partition map, made once enough storage nodes registered.
     pub partition_map: Option<PartitionMap>,
     /// Keyspaces, by name.
     pub keyspaces: BTreeMap<String, KeyspaceConfig>,
@@ -157,4 +166,7 @@ pub struct MetadStatus {
     pub version: u64,
     /// A hash of its whole state, to compare replicas.
     pub state_digest: u64,
+    /// Every replica of the group (this one included): id and address.
+    #[serde(default)]
+    pub peers: BTreeMap<u64, String>,
 }

@@ -57,6 +57,53 @@ pub async fn healthz() -> axum::Json<Health> {
     })
 }
 
+/// A service's readiness check: `Ok` when it can do its job, or why not.
+#[derive(Clone)]
+pub struct Readiness(std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl Readiness {
+    /// A check that runs `probe` on every `GET /readyz`.
+    pub fn new(probe: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(probe))
+    }
+
+    /// A service that is ready as soon as it serves.
+    pub fn always() -> Self {
+        Self::new(|| Ok(()))
+    }
+
+    /// Runs the check.
+    pub fn check(&self) -> Result<(), String> {
+        (self.0)()
+    }
+
+    /// `GET /readyz`: 200 `{"status":"ready"}`, or 503 with the reason as a JSON error.
+    pub fn route<S: Clone + Send + Sync + 'static>(&self) -> axum::routing::MethodRouter<S> {
+        let readiness = self.clone();
+        axum::routing::get(move || {
+            let result = readiness.check();
+            async move {
+                match result {
+                    Ok(()) => axum::Json(Health {
+                        status: "ready".to_owned(),
+                    })
+                    .into_response(),
+                    Err(reason) => error_response(ErrorDetail::new(
+                        ErrorCode::Unavailable,
+                        format!("not ready: {reason}"),
+                    )),
+                }
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness")
+    }
+}
+
 /// `GET /readyz` for a service whose readiness is having started: it serves once bound.
 pub async fn ready() -> axum::Json<Health> {
     axum::Json(Health {

@@ -1,4 +1,4 @@
-//! `kvorum-local`: starts a local cluster (storage nodes and a router) and stops it on Ctrl-C.
+//! `kvorum-local`: starts a local cluster (metadata replicas, storage nodes and a router) and stops it on Ctrl-C.
 
 use std::path::PathBuf;
 
@@ -31,6 +31,14 @@ struct LocalConfig {
     #[arg(long, env = "KVORUM_STORAGE_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1..))]
     storage_port: u16,
 
+    /// Metadata (Multi-Paxos) replicas to run.
+    #[arg(long, env = "KVORUM_METAD_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    metad_replicas: u64,
+
+    /// Port of metadata replica 1; replica i listens on this + i - 1.
+    #[arg(long, env = "KVORUM_METAD_PORT", default_value_t = 9001, value_parser = clap::value_parser!(u16).range(1..))]
+    metad_port: u16,
+
     /// Directory for data and logs; kept across runs.
     #[arg(long, env = "KVORUM_DATA_DIR", default_value = "data", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     data_dir: PathBuf,
@@ -59,17 +67,34 @@ async fn main() -> anyhow::Result<()> {
             config.nodes
         );
     }
-    let last_storage_port = u64::from(config.storage_port) + config.nodes - 1;
-    let storage_ports = u64::from(config.storage_port)..=last_storage_port;
-    if last_storage_port > u64::from(u16::MAX) || storage_ports.contains(&u64::from(config.port)) {
-        anyhow::bail!(
-            "--storage-port {} with {} nodes needs ports {}..={}, which must be valid and must not include --port {}",
-            config.storage_port,
+    let ranges = [
+        ("--port", u64::from(config.port), 1),
+        (
+            "--storage-port",
+            u64::from(config.storage_port),
             config.nodes,
-            config.storage_port,
-            last_storage_port,
-            config.port
-        );
+        ),
+        (
+            "--metad-port",
+            u64::from(config.metad_port),
+            config.metad_replicas,
+        ),
+    ];
+    for (i, (flag, first, count)) in ranges.iter().enumerate() {
+        let last = first + count - 1;
+        if last > u64::from(u16::MAX) {
+            anyhow::bail!(
+                "{flag} {first} with {count} processes needs ports up to {last}, above 65535"
+            );
+        }
+        for (other, other_first, other_count) in &ranges[i + 1..] {
+            let other_last = other_first + other_count - 1;
+            if *first <= other_last && *other_first <= last {
+                anyhow::bail!(
+                    "{flag} needs ports {first}..={last}, which overlap the ports {other} needs ({other_first}..={other_last})"
+                );
+            }
+        }
     }
     let spec = ClusterSpec {
         nodes: usize::try_from(config.nodes)?,
@@ -77,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
         partitions: config.partitions,
         router_port: config.port,
         storage_base_port: config.storage_port,
+        metad_replicas: config.metad_replicas,
+        metad_base_port: config.metad_port,
         data_dir: std::path::absolute(&config.data_dir)?,
         bin_dir: config.bin_dir.unwrap_or_else(default_bin_dir),
         log_filter: config.cluster_log,
@@ -85,7 +112,8 @@ async fn main() -> anyhow::Result<()> {
     let cluster = LocalCluster::start(spec).await?;
     tracing::info!(
         router = %cluster.router_url(),
-        storage_nodes = cluster.membership().nodes.len(),
+        storage_nodes = cluster.storage_nodes().len(),
+        metad = ?cluster.metad().addresses().values().collect::<Vec<_>>(),
         logs = %cluster.log_dir().display(),
         "Kvorum is up; press Ctrl-C to stop"
     );

@@ -210,5 +210,11 @@ async fn watch(
 async fn status(State(state): State<Arc<AppState>>) -> Result<Json<MetadStatus>, ApiError> {
     let (reply, answer) = oneshot::channel();
     state.submit(Input::Status(reply))?;
-    state.wait(answer).await.map(Json)
+    let mut status = state.wait(answer).await?;
+    status.peers = state
+        .peers
+        .iter()
+        .map(|(id, address)| (*id, address.to_string()))
+        .collect();
+    Ok(Json(status))
 }

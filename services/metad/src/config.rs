@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
+use kvorum_protocol::ClusterSettings;
 use kvorum_telemetry::LogArgs;
 
 /// `kvorum-metad`: one replica of the metadata service.
@@ -36,6 +37,18 @@ pub struct MetadConfig {
     /// How long a client request waits for its command to be decided, in milliseconds.
     #[arg(long, env = "KVORUM_REQUEST_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
+
+    /// Partitions keys hash into, fixed when the cluster is first initialised.
+    #[arg(long, env = "KVORUM_PARTITIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=i64::from(kvorum_protocol::cluster::MAX_PARTITIONS)))]
+    pub partitions: u32,
+
+    /// Replicas per partition, fixed when the cluster is first initialised.
+    #[arg(long, env = "KVORUM_REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub replication_factor: u64,
+
+    /// Storage nodes that must register before the partition map is made (default: the replication factor).
+    #[arg(long, env = "KVORUM_BOOTSTRAP_NODES", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub bootstrap_nodes: Option<u64>,
 
     /// Logging.
     #[command(flatten)]
@@ -76,7 +89,21 @@ impl MetadConfig {
         if !self.peers.0.contains_key(&self.id) {
             return Err(format!("--id {} does not appear in --peers", self.id));
         }
-        Ok(())
+        self.cluster_settings()
+            .validate()
+            .map_err(|e| format!("--partitions/--replication-factor/--bootstrap-nodes: {e}"))
+    }
+
+    /// The cluster shape this replica proposes if the cluster is not initialised yet.
+    pub fn cluster_settings(&self) -> ClusterSettings {
+        let replication_factor = usize::try_from(self.replication_factor).unwrap_or(usize::MAX);
+        ClusterSettings {
+            partitions: self.partitions,
+            replication_factor,
+            bootstrap_nodes: self.bootstrap_nodes.map_or(replication_factor, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        }
     }
 
     /// One consensus tick.
@@ -126,5 +153,39 @@ mod tests {
                 .expect_err("not a member")
                 .contains("--id 4")
         );
+    }
+
+    #[test]
+    fn cluster_settings_default_sensibly_and_bad_ones_are_named() {
+        let base = ["--id", "1", "--peers", "1=127.0.0.1:1", "--data-dir", "d"];
+        let config = parse(&base).expect("parses");
+        assert_eq!(
+            config.cluster_settings(),
+            ClusterSettings {
+                partitions: 64,
+                replication_factor: 3,
+                bootstrap_nodes: 3
+            }
+        );
+        for (extra, flag) in [
+            (&["--partitions", "0"][..], "--partitions"),
+            (&["--partitions", "70000"][..], "--partitions"),
+            (&["--replication-factor", "0"][..], "--replication-factor"),
+            (&["--bootstrap-nodes", "none"][..], "--bootstrap-nodes"),
+        ] {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let error = parse(&args).expect_err("refused");
+            assert!(error.contains(flag), "{extra:?}: {error}");
+        }
+        let args: Vec<&str> = base
+            .iter()
+            .chain(&["--replication-factor", "5", "--bootstrap-nodes", "3"])
+            .copied()
+            .collect();
+        let error = parse(&args)
+            .expect("parses")
+            .validate()
+            .expect_err("too few");
+        assert!(error.contains("bootstrap_nodes 3"), "{error}");
     }
 }

@@ -14,13 +14,16 @@ use std::sync::Arc;
 use kvorum_consensus::Envelope;
 use kvorum_http_client::{ClientConfig, HttpClient, Idempotency};
 use kvorum_paxos_store::PaxosStore;
+use kvorum_protocol::ClusterSettings;
+use kvorum_protocol::metadata::{MetadataCommand, MetadataOp, RequestId};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use config::MetadConfig;
 
 use crate::api::AppState;
+use crate::node::Input;
 
 /// How many inputs may wait for the consensus loop before callers are refused.
 const INPUT_QUEUE: usize = 4_096;
@@ -81,6 +84,11 @@ pub async fn run(
         .name("consensus".into())
         .spawn(move || node::run(core, store, queue, outbound, version_sender, tick))?;
 
+    let initialiser = tokio::spawn(initialise_cluster(
+        inputs.clone(),
+        config.cluster_settings(),
+        config.tick() * 5,
+    ));
     let state = Arc::new(AppState {
         id: config.id,
         peers,
@@ -91,6 +99,8 @@ pub async fn run(
     let app = api::router(state);
     tracing::info!(id = config.id, address = %listener.local_addr()?, "metadata replica serving");
     kvorum_server::serve(listener, app, shutdown).await?;
+    initialiser.abort();
+    let _ = initialiser.await;
     // The router held the last input sender: the consensus loop now ends.
     if tokio::task::spawn_blocking(move || consensus.join())
         .await
@@ -101,6 +111,59 @@ pub async fn run(
     sender.abort();
     tracing::info!(id = config.id, "metadata replica stopped");
     Ok(())
+}
+
+/// Initialises the cluster's shape from this replica's flags unless it already is.
+///
+/// Every replica runs this; only the leader's proposal gets into the log, and
+/// the fixed request id makes concurrent proposals apply once. A replica whose
+/// flags differ from the settings the cluster holds says so and changes nothing.
+async fn initialise_cluster(
+    inputs: std::sync::mpsc::SyncSender<Input>,
+    settings: ClusterSettings,
+    retry: std::time::Duration,
+) {
+    loop {
+        let (reply, answer) = oneshot::channel();
+        if inputs.try_send(Input::LocalState(reply)).is_err() {
+            tokio::time::sleep(retry).await;
+            continue;
+        }
+        let Ok(state) = answer.await else { return };
+        match state.cluster {
+            Some(cluster) if cluster == settings => return,
+            Some(cluster) => {
+                tracing::warn!(
+                    flags = ?settings,
+                    cluster = ?cluster,
+                    "this replica's cluster flags differ from the settings the cluster was initialised with; the cluster's settings stand"
+                );
+                return;
+            }
+            None => {}
+        }
+        let command = MetadataCommand {
+            request_id: RequestId("init-cluster".to_owned()),
+            expected_version: None,
+            op: MetadataOp::InitCluster { settings },
+        };
+        let (reply, answer) = oneshot::channel();
+        if inputs.try_send(Input::Command(command, reply)).is_ok() {
+            match answer.await {
+                Ok(Ok(Ok(_))) => {
+                    tracing::info!(?settings, "cluster initialised");
+                    continue;
+                }
+                Ok(Ok(Err(refused))) => {
+                    tracing::error!(%refused, "the cluster settings were refused");
+                    return;
+                }
+                // Not the leader (or the loop is stopping): look again later.
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
 }
 
 /// Delivers each batch of messages to its peers, one HTTP call per peer.

@@ -168,6 +168,8 @@ impl Node {
                     decided_upto: self.replica.decided_upto(),
                     version: state.version,
                     state_digest: digest,
+                    // The HTTP shell knows the addresses; it fills them in.
+                    peers: Default::default(),
                 });
             }
         }

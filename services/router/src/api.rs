@@ -12,26 +12,30 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use kvorum_metad_client::MetadClientError;
+use kvorum_protocol::metadata::MetadataError;
 use kvorum_protocol::{
-    ClusterView, ConsistencyLevel, ErrorCode, ErrorDetail, Key, KeyError, KeyspaceConfig,
-    UnknownConsistency, Version, VersionTokenError, headers,
+    ClusterView, ConsistencyLevel, ErrorCode, ErrorDetail, InvalidKeyspace, Key, KeyError,
+    KeyspaceConfig, KeyspaceName, KeyspaceSpec, UnknownConsistency, Version, VersionTokenError,
+    headers,
 };
 use kvorum_server::{PathParam, error_response, with_standard_layers};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use crate::coordinator::{Coordinator, CoordinatorError, Receipt};
-use crate::keyspaces::{KeyspaceError, Keyspaces, Operation, effective_level};
-use crate::topology::Topology;
+use crate::keyspaces::{KeyspaceError, Operation, effective_level};
+use crate::metadata::{Metadata, NotReady, Snapshot};
 use crate::transport::HttpReplicas;
+
+/// How long a request fenced off by a storage node waits for a newer partition map before its one retry.
+const REFRESH_WAIT: Duration = Duration::from_secs(2);
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// Nodes and the partition map.
-    pub topology: Topology,
-    /// Keyspaces and their settings.
-    pub keyspaces: Keyspaces,
+    /// The cluster metadata requests route by.
+    pub metadata: Metadata,
     /// Quorum coordination over HTTP.
     pub coordinator: Coordinator<HttpReplicas>,
     /// Largest value a client may PUT.
@@ -78,9 +82,21 @@ pub enum ApiError {
     /// The level could not be met.
     #[error(transparent)]
     Coordinator(#[from] CoordinatorError),
-    /// A feature that arrives with a later part of the system.
-    #[error("{0}")]
-    NotImplemented(&'static str),
+    /// The router has no partition map to route by yet.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    /// A keyspace name that breaks the naming rules.
+    #[error(transparent)]
+    KeyspaceName(KeyError),
+    /// Keyspace settings that break a rule.
+    #[error(transparent)]
+    InvalidKeyspace(#[from] InvalidKeyspace),
+    /// A keyspace of that name exists with other settings.
+    #[error("keyspace {0:?} already exists with other settings; GET /v1/keyspaces/{0} shows them")]
+    KeyspaceExists(String),
+    /// The metadata service refused a command or did not answer.
+    #[error(transparent)]
+    Metad(#[from] MetadClientError),
 }
 
 impl ApiError {
@@ -103,7 +119,24 @@ impl ApiError {
             ApiError::Coordinator(CoordinatorError::VersionsExhausted { .. }) => {
                 ErrorCode::Conflict
             }
-            ApiError::NotImplemented(_) => ErrorCode::NotImplemented,
+            ApiError::NotReady(_) | ApiError::Metad(MetadClientError::Unavailable { .. }) => {
+                ErrorCode::Unavailable
+            }
+            ApiError::KeyspaceName(_)
+            | ApiError::Metad(MetadClientError::Refused(MetadataError::Invalid { .. })) => {
+                ErrorCode::BadRequest
+            }
+            ApiError::InvalidKeyspace(InvalidKeyspace::EventualNotSupported) => {
+                ErrorCode::NotImplemented
+            }
+            ApiError::InvalidKeyspace(_) => ErrorCode::BadRequest,
+            ApiError::KeyspaceExists(_)
+            | ApiError::Metad(MetadClientError::Refused(MetadataError::Conflict { .. })) => {
+                ErrorCode::Conflict
+            }
+            ApiError::Metad(MetadClientError::Refused(MetadataError::NotFound { .. })) => {
+                ErrorCode::NotFound
+            }
         };
         let mut detail = ErrorDetail::new(code, self.to_string());
         if let ApiError::Coordinator(CoordinatorError::QuorumNotReached {
@@ -155,7 +188,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     let kv = get(get_key).put(put_key).delete(delete_key);
     let routes = Router::new()
         .route("/healthz", get(kvorum_server::healthz))
-        .route("/readyz", get(kvorum_server::ready))
+        .route("/readyz", state.metadata.readiness().route())
         // The bare prefix routes exist so that an empty key is a clear 400, not a 404.
         .route("/v1/kv", kv.clone())
         .route("/v1/kv/", kv.clone())
@@ -188,7 +221,7 @@ struct KvRequest<'a> {
 }
 
 impl<'a> KvRequest<'a> {
-    fn parse(state: &'a AppState, uri: &Uri, operation: Operation) -> Result<Self, ApiError> {
+    fn parse(snapshot: &'a Snapshot, uri: &Uri, operation: Operation) -> Result<Self, ApiError> {
         // The key is taken from the raw path so that percent-encoded bytes that are
         // not UTF-8 get Kvorum's error rather than the framework's.
         let raw = uri.path().strip_prefix("/v1/kv").unwrap_or_default();
@@ -197,7 +230,7 @@ impl<'a> KvRequest<'a> {
         let key = Key::from_bytes(&bytes)?;
         let query: KvQuery = serde_urlencoded::from_str(uri.query().unwrap_or_default())
             .map_err(|e| ApiError::BadQuery(e.to_string()))?;
-        let keyspace = state.keyspaces.get(
+        let keyspace = snapshot.keyspaces.get(
             query
                 .keyspace
                 .as_deref()
@@ -291,9 +324,39 @@ async fn read_value(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec
     }
 }
 
+impl ApiError {
+    /// Whether a storage node fenced the request off as routed by an old map,
+    /// and retrying it with a newer map cannot apply a write twice.
+    fn retry_with_newer_map(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Coordinator(CoordinatorError::QuorumNotReached {
+                fenced: true,
+                outcome_unknown: None | Some(false),
+                ..
+            })
+        )
+    }
+}
+
 async fn get_key(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
-    let request = KvRequest::parse(&state, &uri, Operation::Read)?;
-    let route = state.topology.route(&request.keyspace.name, &request.key);
+    let mut snapshot = state.metadata.current()?;
+    let mut retried = false;
+    loop {
+        match read(&state, &snapshot, &uri).await {
+            Err(error) if !retried && error.retry_with_newer_map() => {
+                retried = true;
+                state.metadata.refresh(snapshot.version, REFRESH_WAIT).await;
+                snapshot = state.metadata.current()?;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn read(state: &AppState, snapshot: &Snapshot, uri: &Uri) -> Result<Response, ApiError> {
+    let request = KvRequest::parse(snapshot, uri, Operation::Read)?;
+    let route = snapshot.topology.route(request.keyspace, &request.key);
     let outcome = state
         .coordinator
         .read(&route, &request.keyspace.name, &request.key, request.level)
@@ -327,10 +390,11 @@ async fn put_key(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let request = KvRequest::parse(&state, &uri, Operation::Write)?;
+    // Refuse a bad request before reading its body.
+    KvRequest::parse(&*state.metadata.current()?, &uri, Operation::Write)?;
     check_context(&headers)?;
     let value = read_value(body, &headers, state.max_value_bytes).await?;
-    write(&state, request, Some(value)).await
+    write(&state, &uri, Some(&value)).await
 }
 
 async fn delete_key(
@@ -338,48 +402,83 @@ async fn delete_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let request = KvRequest::parse(&state, &uri, Operation::Write)?;
     check_context(&headers)?;
-    write(&state, request, None).await
+    write(&state, &uri, None).await
 }
 
-async fn write(
-    state: &AppState,
-    request: KvRequest<'_>,
-    value: Option<Vec<u8>>,
-) -> Result<Response, ApiError> {
-    let route = state.topology.route(&request.keyspace.name, &request.key);
-    let outcome = state
-        .coordinator
-        .write(
-            &route,
-            &request.keyspace.name,
-            &request.key,
-            value,
-            request.level,
-        )
-        .await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    add_receipt(response.headers_mut(), &outcome.receipt);
-    add_version(response.headers_mut(), outcome.version);
-    Ok(response)
+async fn write(state: &AppState, uri: &Uri, value: Option<&[u8]>) -> Result<Response, ApiError> {
+    let mut snapshot = state.metadata.current()?;
+    let mut retried = false;
+    loop {
+        let request = KvRequest::parse(&snapshot, uri, Operation::Write)?;
+        let route = snapshot.topology.route(request.keyspace, &request.key);
+        let written = state
+            .coordinator
+            .write(
+                &route,
+                &request.keyspace.name,
+                &request.key,
+                value,
+                request.level,
+            )
+            .await
+            .map_err(ApiError::from);
+        match written {
+            Err(error) if !retried && error.retry_with_newer_map() => {
+                retried = true;
+                state.metadata.refresh(snapshot.version, REFRESH_WAIT).await;
+                snapshot = state.metadata.current()?;
+            }
+            Err(error) => return Err(error),
+            Ok(outcome) => {
+                let mut response = StatusCode::NO_CONTENT.into_response();
+                add_receipt(response.headers_mut(), &outcome.receipt);
+                add_version(response.headers_mut(), outcome.version);
+                return Ok(response);
+            }
+        }
+    }
 }
 
-async fn list_keyspaces(State(state): State<Arc<AppState>>) -> Json<Vec<KeyspaceConfig>> {
-    Json(state.keyspaces.list())
+async fn list_keyspaces(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<KeyspaceConfig>>, ApiError> {
+    Ok(Json(state.metadata.current()?.keyspaces.list()))
 }
 
 async fn get_keyspace(
     State(state): State<Arc<AppState>>,
     PathParam(name): PathParam<String>,
 ) -> Result<Json<KeyspaceConfig>, ApiError> {
-    Ok(Json(state.keyspaces.get(&name)?.clone()))
+    Ok(Json(
+        state.metadata.current()?.keyspaces.get(&name)?.clone(),
+    ))
 }
 
-async fn create_keyspace() -> ApiError {
-    ApiError::NotImplemented(
-        "keyspaces are created through the metadata service, which this cluster does not run yet; only `default` exists",
-    )
+/// `PUT /v1/keyspaces/{name}`: 201 with the settings when created, 200 when an
+/// identical keyspace exists, 409 when one exists with other settings.
+///
+/// The body is read as JSON whatever its `Content-Type`, so that a plain
+/// `curl -d '{"mode":"strong"}'` works.
+async fn create_keyspace(
+    State(state): State<Arc<AppState>>,
+    PathParam(name): PathParam<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<KeyspaceConfig>), ApiError> {
+    let name = KeyspaceName::parse(&name).map_err(ApiError::KeyspaceName)?;
+    let spec: KeyspaceSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadBody(format!("not a keyspace description: {e}")))?;
+    let snapshot = state.metadata.current()?;
+    let keyspace = KeyspaceConfig::from_spec(name, &spec, snapshot.settings.replication_factor)?;
+    if let Ok(existing) = snapshot.keyspaces.get(keyspace.name.as_str()) {
+        return if *existing == keyspace {
+            Ok((StatusCode::OK, Json(keyspace)))
+        } else {
+            Err(ApiError::KeyspaceExists(keyspace.name.to_string()))
+        };
+    }
+    state.metadata.create_keyspace(keyspace.clone()).await?;
+    Ok((StatusCode::CREATED, Json(keyspace)))
 }
 
 /// The OpenAPI 3.1 description of this API, kept beside the code and checked against the routes by a test.
@@ -392,40 +491,61 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-async fn cluster(State(state): State<Arc<AppState>>) -> Json<ClusterView> {
-    Json(state.topology.view())
+async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<ClusterView>, ApiError> {
+    let snapshot = state.metadata.current()?;
+    let metad = state.metadata.metad_view().await;
+    Ok(Json(snapshot.topology.view(metad)))
 }
 
 #[cfg(test)]
 mod tests {
     use axum::http::Request;
     use kvorum_http_client::{ClientConfig, HttpClient};
-    use kvorum_protocol::{Membership, NodeId, NodeInfo};
+    use kvorum_metad_client::{Follower, MetadAddresses, MetadClient};
+    use kvorum_protocol::metadata::MetadataState;
+    use kvorum_protocol::{ClusterSettings, NodeId, NodeInfo};
     use tower::ServiceExt;
 
     use super::*;
 
-    /// A router whose three replicas are addresses nobody listens on.
+    /// A router whose three replicas and metadata service are addresses nobody listens on.
     fn app() -> Router {
-        // Ports 1..=3 on loopback: privileged and unused, so connections are refused at once.
-        let nodes = (1..=3)
-            .map(|i| NodeInfo {
-                id: NodeId(i),
-                address: format!("127.0.0.1:{i}"),
-                role: Default::default(),
-                state: Default::default(),
-            })
-            .collect();
-        let membership = Membership {
+        // Ports 1..=4 on loopback: privileged and unused, so connections are refused at once.
+        let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        let settings = ClusterSettings {
             partitions: 8,
             replication_factor: 3,
-            nodes,
+            bootstrap_nodes: 3,
         };
+        let default = KeyspaceConfig::default_keyspace(3);
+        let metadata = MetadataState {
+            version: 4,
+            cluster: Some(settings),
+            nodes: ids
+                .iter()
+                .map(|&id| {
+                    (
+                        id,
+                        NodeInfo {
+                            id,
+                            address: format!("127.0.0.1:{}", id.0),
+                            role: Default::default(),
+                            state: Default::default(),
+                        },
+                    )
+                })
+                .collect(),
+            partition_map: Some(kvorum_placement::initial_partition_map(8, &ids, 3)),
+            keyspaces: [(default.name.to_string(), default)].into(),
+            leases: Default::default(),
+        };
+        let metad = MetadClient::new("test", MetadAddresses(vec!["127.0.0.1:4".to_owned()]))
+            .expect("client")
+            .with_deadline(Duration::from_millis(100));
         let mut config = ClientConfig::new("test");
         config.retries = 0;
         let state = AppState {
-            keyspaces: Keyspaces::bootstrap(3),
-            topology: Topology::from_membership(membership),
+            metadata: Metadata::new(metad, Follower::fixed(metadata)),
             coordinator: Coordinator::new(
                 HttpReplicas::new(HttpClient::new(config).expect("client")),
                 1,
@@ -524,9 +644,51 @@ mod tests {
                 "keyspace_not_found",
             ),
             (
-                request("PUT", "/v1/keyspaces/new", "{\"mode\":\"strong\"}"),
+                request("PUT", "/v1/keyspaces/new", "{\"mode\":\"eventual\"}"),
                 StatusCode::NOT_IMPLEMENTED,
                 "not_implemented",
+            ),
+            (
+                request(
+                    "PUT",
+                    "/v1/keyspaces/new",
+                    "{\"mode\":\"strong\",\"replication_factor\":5}",
+                ),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request(
+                    "PUT",
+                    "/v1/keyspaces/new",
+                    "{\"mode\":\"strong\",\"conflict\":\"siblings\"}",
+                ),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request("PUT", "/v1/keyspaces/new", "{\"replication_factor\":3}"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request("PUT", "/v1/keyspaces/no%20spaces", "{\"mode\":\"strong\"}"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                request(
+                    "PUT",
+                    "/v1/keyspaces/default",
+                    "{\"mode\":\"strong\",\"replication_factor\":1}",
+                ),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                request("PUT", "/v1/keyspaces/new", "{\"mode\":\"strong\"}"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
             ),
             (
                 request("POST", "/v1/kv/k", ""),
@@ -683,7 +845,10 @@ mod tests {
             body["partitions"][0]["replicas"].as_array().map(Vec::len),
             Some(3)
         );
-        assert!(body["metad"]["leader"].is_null());
+        assert!(
+            body["metad"]["leader"].is_null(),
+            "no metadata replica answers here"
+        );
         assert!(body["moves"].as_array().is_some());
     }
 }

@@ -102,6 +102,8 @@ pub enum CoordinatorError {
         outcome_unknown: Option<bool>,
         /// The last replica error seen, for the operator.
         last_error: Option<String>,
+        /// Whether a replica refused the request as routed by an outdated partition map.
+        fenced: bool,
         /// What was asked and acknowledged.
         receipt: Box<Receipt>,
     },
@@ -152,6 +154,10 @@ struct Gathered<R> {
 impl<R> Gathered<R> {
     fn pending(&self) -> usize {
         self.asked - self.ok.len() - self.failed.len()
+    }
+
+    fn fenced(&self) -> bool {
+        self.failed.iter().any(|(_, e)| e.stale_epoch.is_some())
     }
 
     fn last_error(&self) -> Option<String> {
@@ -296,6 +302,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 required,
                 outcome_unknown: None,
                 last_error: gathered.last_error(),
+                fenced: gathered.fenced(),
                 receipt: Box::new(receipt),
             });
         }
@@ -346,6 +353,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 required,
                 outcome_unknown: None,
                 last_error: repaired.last_error(),
+                fenced: repaired.fenced(),
                 receipt: Box::new(receipt),
             });
         }
@@ -362,7 +370,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         route: &Route,
         keyspace: &KeyspaceName,
         key: &Key,
-        value: Option<Vec<u8>>,
+        value: Option<&[u8]>,
         level: ConsistencyLevel,
     ) -> Result<WriteOutcome, CoordinatorError> {
         let mut receipt = Self::receipt(route, level);
@@ -383,6 +391,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 required: prepare_quorum,
                 outcome_unknown: Some(false),
                 last_error: prepared.last_error(),
+                fenced: prepared.fenced(),
                 receipt: Box::new(receipt),
             });
         }
@@ -396,7 +405,10 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let required = level.required(replication_factor);
         let request = CommitRequest {
             target,
-            record: Record { version, value },
+            record: Record {
+                version,
+                value: value.map(<[u8]>::to_vec),
+            },
         };
         let committed = fan_out(&self.background, &route.replicas, required, |r| {
             transport.commit(r, request.clone())
@@ -414,6 +426,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 required,
                 outcome_unknown: Some(outcome_unknown),
                 last_error: committed.last_error(),
+                fenced: committed.fenced(),
                 receipt: Box::new(receipt),
             });
         }
@@ -616,7 +629,7 @@ mod tests {
             value: Option<&str>,
             level: ConsistencyLevel,
         ) -> Result<WriteOutcome, CoordinatorError> {
-            let value = value.map(|v| v.as_bytes().to_vec());
+            let value = value.map(str::as_bytes);
             let key = Key::parse("k").expect("key");
             within(self.coordinator.write(
                 &route(),

@@ -1,7 +1,5 @@
-//! The keyspaces a router serves, and which consistency levels each accepts.
-//!
-//! Until the metadata service stores keyspaces, the only one is `default`:
-//! strong, with the cluster's replication factor and QUORUM reads and writes.
+//! The keyspaces a router serves, as the metadata service holds them, and which
+//! consistency levels each accepts.
 
 use std::collections::BTreeMap;
 
@@ -41,13 +39,9 @@ pub struct Keyspaces {
 }
 
 impl Keyspaces {
-    /// The bootstrap set: the `default` keyspace at the cluster's replication factor.
-    pub fn bootstrap(replication_factor: usize) -> Self {
-        let mut default = KeyspaceConfig::default_keyspace();
-        default.replication_factor = replication_factor;
-        Self {
-            by_name: BTreeMap::from([(default.name.to_string(), default)]),
-        }
+    /// The keyspaces of one metadata version.
+    pub fn new(by_name: BTreeMap<String, KeyspaceConfig>) -> Self {
+        Self { by_name }
     }
 
     /// The keyspace named `name`.
@@ -93,7 +87,7 @@ mod tests {
 
     #[test]
     fn strong_keyspaces_take_one_for_reads_only() {
-        let default = KeyspaceConfig::default_keyspace();
+        let default = KeyspaceConfig::default_keyspace(3);
         let table = [
             (None, Operation::Read, Ok(ConsistencyLevel::Quorum)),
             (None, Operation::Write, Ok(ConsistencyLevel::Quorum)),
@@ -126,8 +120,9 @@ mod tests {
     }
 
     #[test]
-    fn only_the_default_keyspace_exists_at_bootstrap() {
-        let keyspaces = Keyspaces::bootstrap(3);
+    fn keyspaces_are_found_by_name() {
+        let default = KeyspaceConfig::default_keyspace(3);
+        let keyspaces = Keyspaces::new(BTreeMap::from([("default".to_owned(), default)]));
         assert_eq!(
             keyspaces.get("default").map(|k| k.replication_factor),
             Ok(3)

@@ -1,6 +1,7 @@
 //! `kvorum-router`: the client REST API, routing keys to replicas and coordinating quorums.
 //!
-//! - [`config`]: flags, environment and the membership file.
+//! - [`config`]: flags and environment.
+//! - [`metadata`]: following the metadata service; the snapshot requests route by.
 //! - [`topology`]: nodes, the partition map and the route of a key.
 //! - [`keyspaces`]: keyspace settings and the levels each accepts.
 //! - [`quorum`]: pure quorum arithmetic and read resolution.
@@ -12,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod coordinator;
 pub mod keyspaces;
+pub mod metadata;
 pub mod quorum;
 pub mod topology;
 pub mod transport;
@@ -27,8 +29,7 @@ pub use config::RouterConfig;
 use crate::api::AppState;
 use crate::config::ConfigError;
 use crate::coordinator::Coordinator;
-use crate::keyspaces::Keyspaces;
-use crate::topology::Topology;
+use crate::metadata::Metadata;
 use crate::transport::HttpReplicas;
 
 /// Why the router stopped with an error.
@@ -51,14 +52,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
-    let membership = config.validate()?;
+    config.validate()?;
+    let metad = kvorum_metad_client::MetadClient::new("router", config.metad.clone())
+        .map_err(RouterError::Client)?;
+    let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
     let mut client_config = ClientConfig::new("router");
     client_config.request_timeout = config.replica_timeout();
     client_config.retries = config.replica_retries;
     let client = HttpClient::new(client_config).map_err(|e| RouterError::Client(e.to_string()))?;
     let state = Arc::new(AppState {
-        keyspaces: Keyspaces::bootstrap(membership.replication_factor),
-        topology: Topology::from_membership(membership),
+        metadata: Metadata::new(metad, follower),
         coordinator: Coordinator::new(HttpReplicas::new(client), rand::random()),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
     });

@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kvorum_placement::{initial_partition_map, partition_for};
+use kvorum_placement::partition_for;
 use kvorum_protocol::cluster::{MetadView, NodeView};
+use kvorum_protocol::metadata::MetadataState;
 use kvorum_protocol::{
-    ClusterView, Epoch, Key, KeyspaceName, Membership, NodeId, PartitionId, PartitionMap,
+    ClusterView, Epoch, Key, KeyspaceConfig, NodeId, NodeInfo, PartitionId, PartitionMap,
 };
 
 /// One replica a request goes to.
@@ -25,42 +26,37 @@ pub struct Route {
     pub partition: PartitionId,
     /// The partition's epoch in the map used.
     pub epoch: Epoch,
-    /// The partition's replicas.
+    /// The replicas the key's keyspace uses: the first RF of the partition's set.
     pub replicas: Vec<Replica>,
 }
 
-/// The membership and the partition map derived from it.
+/// The nodes and the partition map of one metadata version.
 #[derive(Debug, Clone)]
 pub struct Topology {
-    membership: Membership,
+    nodes: Vec<NodeInfo>,
     map: PartitionMap,
     addresses: HashMap<NodeId, Arc<str>>,
 }
 
 impl Topology {
-    /// Builds the topology of a validated membership, with the bootstrap partition map.
-    pub fn from_membership(membership: Membership) -> Self {
-        let storage: Vec<NodeId> = membership.storage_nodes().map(|n| n.id).collect();
-        let map = initial_partition_map(
-            membership.partitions,
-            &storage,
-            membership.replication_factor,
-        );
-        let addresses = membership
+    /// The topology the metadata state describes, or `None` before the partition map exists.
+    pub fn from_state(state: &MetadataState) -> Option<Self> {
+        let map = state.partition_map.clone()?;
+        let addresses = state
             .nodes
-            .iter()
+            .values()
             .map(|n| (n.id, Arc::from(n.address.as_str())))
             .collect();
-        Self {
-            membership,
+        Some(Self {
+            nodes: state.nodes.values().cloned().collect(),
             map,
             addresses,
-        }
+        })
     }
 
-    /// The route of `key` in `keyspace`.
-    pub fn route(&self, keyspace: &KeyspaceName, key: &Key) -> Route {
-        let partition = partition_for(keyspace, key, self.map.partition_count());
+    /// The route of `key` in `keyspace`: a keyspace with RF r uses the first r replicas of the partition.
+    pub fn route(&self, keyspace: &KeyspaceConfig, key: &Key) -> Route {
+        let partition = partition_for(&keyspace.name, key, self.map.partition_count());
         let assignment = self
             .map
             .assignment(partition)
@@ -68,6 +64,7 @@ impl Topology {
         let replicas = assignment
             .replicas
             .iter()
+            .take(keyspace.replication_factor)
             .filter_map(|id| {
                 self.addresses.get(id).map(|address| Replica {
                     id: *id,
@@ -87,12 +84,11 @@ impl Topology {
         &self.map
     }
 
-    /// The cluster as `GET /v1/cluster` reports it.
-    pub fn view(&self) -> ClusterView {
+    /// The cluster as `GET /v1/cluster` reports it, with the metadata service as last seen.
+    pub fn view(&self, metad: MetadView) -> ClusterView {
         ClusterView {
-            metad: MetadView::default(),
+            metad,
             nodes: self
-                .membership
                 .nodes
                 .iter()
                 .map(|n| NodeView {
@@ -111,27 +107,37 @@ impl Topology {
 
 #[cfg(test)]
 mod tests {
-    use kvorum_protocol::NodeInfo;
+    use kvorum_protocol::KeyspaceName;
 
     use super::*;
 
+    fn state() -> MetadataState {
+        let ids: Vec<NodeId> = (1..=5).map(NodeId).collect();
+        MetadataState {
+            nodes: ids
+                .iter()
+                .map(|&id| {
+                    (
+                        id,
+                        NodeInfo {
+                            id,
+                            address: format!("127.0.0.1:{}", 7000 + id.0),
+                            role: Default::default(),
+                            state: Default::default(),
+                        },
+                    )
+                })
+                .collect(),
+            partition_map: Some(kvorum_placement::initial_partition_map(16, &ids, 3)),
+            ..MetadataState::default()
+        }
+    }
+
     #[test]
     fn a_route_names_the_assigned_replicas_with_their_addresses() {
-        let nodes = (1..=5)
-            .map(|i| NodeInfo {
-                id: NodeId(i),
-                address: format!("127.0.0.1:{}", 7000 + i),
-                role: Default::default(),
-                state: Default::default(),
-            })
-            .collect();
-        let topology = Topology::from_membership(Membership {
-            partitions: 16,
-            replication_factor: 3,
-            nodes,
-        });
+        let topology = Topology::from_state(&state()).expect("has a map");
         let key = Key::parse("hello").expect("key");
-        let route = topology.route(&KeyspaceName::default_keyspace(), &key);
+        let route = topology.route(&KeyspaceConfig::default_keyspace(3), &key);
         let assignment = topology
             .partition_map()
             .assignment(route.partition)
@@ -145,5 +151,27 @@ mod tests {
                 format!("127.0.0.1:{}", 7000 + replica.id.0)
             );
         }
+    }
+
+    #[test]
+    fn a_keyspace_with_a_smaller_rf_uses_the_first_replicas_of_the_set() {
+        let topology = Topology::from_state(&state()).expect("has a map");
+        let key = Key::parse("hello").expect("key");
+        let small = KeyspaceConfig {
+            name: KeyspaceName::default_keyspace(),
+            ..KeyspaceConfig::default_keyspace(1)
+        };
+        let full = topology.route(&KeyspaceConfig::default_keyspace(3), &key);
+        let one = topology.route(&small, &key);
+        assert_eq!(one.replicas, full.replicas[..1]);
+    }
+
+    #[test]
+    fn there_is_no_topology_before_the_map_exists() {
+        let state = MetadataState {
+            partition_map: None,
+            ..state()
+        };
+        assert!(Topology::from_state(&state).is_none());
     }
 }

@@ -27,7 +27,9 @@ pub struct AppState {
     /// The group-commit writer, for writes.
     pub writer: Writer,
     /// Refuses requests routed by an outdated partition map.
-    pub fence: EpochFence,
+    pub fence: Arc<EpochFence>,
+    /// What `GET /readyz` checks.
+    pub readiness: kvorum_server::Readiness,
 }
 
 /// Why a storage request failed; maps to the JSON error body.
@@ -96,7 +98,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes: usize) -> Router {
     let routes = Router::new()
         .route("/healthz", get(kvorum_server::healthz))
-        .route("/readyz", get(kvorum_server::ready))
+        .route("/readyz", state.readiness.route())
         .route("/internal/v1/read", post(read))
         .route("/internal/v1/read/batch", post(read_batch))
         .route("/internal/v1/prepare", post(prepare))

@@ -21,6 +21,18 @@ pub struct StorageConfig {
     #[arg(long, env = "KVORUM_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
 
+    /// The metadata service's replicas, comma-separated `host:port`; the node registers there and follows the partition map.
+    #[arg(long, env = "KVORUM_METAD", value_parser = kvorum_metad_client::parse_addresses)]
+    pub metad: kvorum_metad_client::MetadAddresses,
+
+    /// The `host:port` other services reach this node at (default: --listen, which must then not be a wildcard address).
+    #[arg(long, env = "KVORUM_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// Register as a warm standby rather than a node that holds replicas.
+    #[arg(long, env = "KVORUM_STANDBY")]
+    pub standby: bool,
+
     /// Directory holding the node's database.
     #[arg(long, env = "KVORUM_DATA_DIR", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     pub data_dir: PathBuf,
@@ -43,6 +55,19 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
+    /// The address this node registers under, checked.
+    pub fn advertised(&self) -> Result<String, String> {
+        match &self.advertise_address {
+            Some(address) if kvorum_protocol::cluster::is_host_port(address) => Ok(address.clone()),
+            Some(address) => Err(format!("--advertise-address {address:?} is not host:port")),
+            None if self.listen.ip().is_unspecified() => Err(format!(
+                "--listen {} is a wildcard address that other services cannot reach; set --advertise-address",
+                self.listen
+            )),
+            None => Ok(self.listen.to_string()),
+        }
+    }
+
     /// The node id as its newtype.
     pub fn node(&self) -> NodeId {
         NodeId(self.node_id)
@@ -67,9 +92,40 @@ mod tests {
 
     #[test]
     fn sound_flags_parse() {
-        let config = parse(&["--node-id", "3", "--data-dir", "/tmp/x"]).expect("valid");
+        let config = parse(&[
+            "--node-id",
+            "3",
+            "--data-dir",
+            "/tmp/x",
+            "--metad",
+            "127.0.0.1:9001",
+        ])
+        .expect("valid");
         assert_eq!(config.node(), NodeId(3));
         assert_eq!(config.max_batch, 1024);
+        assert_eq!(config.advertised(), Ok("127.0.0.1:7001".to_owned()));
+    }
+
+    #[test]
+    fn the_advertised_address_must_be_reachable() {
+        let base = ["--node-id", "3", "--data-dir", "d", "--metad", "m:1"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse(&args).expect("parses").advertised()
+        };
+        assert!(
+            with(&["--listen", "0.0.0.0:7001"]).is_err_and(|e| e.contains("--advertise-address"))
+        );
+        assert_eq!(
+            with(&[
+                "--listen",
+                "0.0.0.0:7001",
+                "--advertise-address",
+                "storage-3.kvorum:7001"
+            ]),
+            Ok("storage-3.kvorum:7001".to_owned())
+        );
+        assert!(with(&["--advertise-address", "storage-3"]).is_err());
     }
 
     #[test]
@@ -82,6 +138,11 @@ mod tests {
     #[test]
     fn each_bad_flag_is_named_in_the_error() {
         let cases: &[(&[&str], &str)] = &[
+            (&["--node-id", "1", "--data-dir", "d"], "--metad"),
+            (
+                &["--node-id", "1", "--data-dir", "d", "--metad", "x"],
+                "--metad",
+            ),
             (&["--node-id", "0", "--data-dir", "d"], "--node-id"),
             (&["--node-id", "x", "--data-dir", "d"], "--node-id"),
             (&["--node-id", "1", "--data-dir", ""], "--data-dir"),

@@ -32,6 +32,16 @@ impl EpochFence {
         *known = epoch;
         Ok(())
     }
+
+    /// Raises a partition's fence to `epoch` (never lowers it), as the partition map moves on.
+    pub fn raise(&self, partition: PartitionId, epoch: Epoch) {
+        let mut highest = self
+            .highest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let known = highest.entry(partition).or_insert(epoch);
+        *known = (*known).max(epoch);
+    }
 }
 
 #[cfg(test)]
@@ -47,5 +57,9 @@ mod tests {
         assert_eq!(fence.admit(PartitionId(1), Epoch(4)), Err(Epoch(5)));
         // Partitions are fenced independently.
         assert_eq!(fence.admit(PartitionId(2), Epoch(1)), Ok(()));
+        // The map raises a fence; it never lowers one.
+        fence.raise(PartitionId(2), Epoch(4));
+        fence.raise(PartitionId(2), Epoch(3));
+        assert_eq!(fence.admit(PartitionId(2), Epoch(3)), Err(Epoch(4)));
     }
 }

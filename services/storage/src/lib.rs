@@ -5,11 +5,13 @@
 //! - [`record_codec`]: the on-disk record layout.
 //! - [`writer`]: group commit of concurrent writes into one fsync'd transaction.
 //! - [`fence`]: refusing requests routed by an old epoch.
+//! - [`membership`]: registering with the metadata service and following the partition map.
 //! - [`api`]: the internal HTTP API.
 
 pub mod api;
 pub mod config;
 pub mod fence;
+pub mod membership;
 pub mod record_codec;
 pub mod store;
 pub mod writer;
@@ -23,8 +25,10 @@ pub use config::StorageConfig;
 
 use crate::api::AppState;
 use crate::fence::EpochFence;
+use crate::membership::Membership;
 use crate::store::{Store, StoreError};
 use crate::writer::Writer;
+use kvorum_metad_client::MetadClient;
 
 /// Why the node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,9 @@ pub enum StorageError {
         /// The cause.
         source: StoreError,
     },
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
     /// Serving failed.
     #[error("server failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -48,6 +55,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StorageError> {
+    let address = config.advertised().map_err(StorageError::Config)?;
+    let metad = MetadClient::new("storage", config.metad.clone()).map_err(StorageError::Config)?;
     let open = |dir: &std::path::Path| Store::open(dir, config.node());
     let store = Arc::new(open(&config.data_dir).map_err(|source| StorageError::Open {
         dir: config.data_dir.display().to_string(),
@@ -63,10 +72,18 @@ pub async fn run(
         store.clone(),
         usize::try_from(config.max_batch).unwrap_or(usize::MAX),
     );
+    let fence = Arc::new(EpochFence::new(epochs));
+    let membership = Membership::start(
+        metad,
+        membership::node_info(config.node(), address, config.standby),
+        fence.clone(),
+        shutdown.clone(),
+    );
     let state = Arc::new(AppState {
         store,
         writer,
-        fence: EpochFence::new(epochs),
+        fence,
+        readiness: membership.readiness(),
     });
     let app = api::router(
         state,

@@ -27,7 +27,8 @@ fn node() -> Node {
     let state = Arc::new(AppState {
         store,
         writer,
-        fence: EpochFence::default(),
+        fence: Arc::new(EpochFence::default()),
+        readiness: kvorum_server::Readiness::always(),
     });
     Node {
         app: router(state, Duration::from_secs(5), 1 << 20),

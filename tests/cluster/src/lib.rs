@@ -59,12 +59,7 @@ impl TestCluster {
         partition: PartitionId,
         epoch: Epoch,
     ) -> anyhow::Result<ReadResponse> {
-        let address = &self
-            .cluster
-            .membership()
-            .node(node)
-            .ok_or_else(|| anyhow::anyhow!("no node {node}"))?
-            .address;
+        let address = self.cluster.storage_address(node)?;
         let target = ReplicaKey {
             partition,
             epoch,

@@ -86,12 +86,7 @@ async fn put_get_delete_round_trip() -> anyhow::Result<()> {
     );
     // A replica that acknowledged the first write has surely committed something.
     let acked = put.nodes("x-kvorum-replicas-acked")[0];
-    let node = &cluster
-        .cluster
-        .membership()
-        .node(acked)
-        .expect("a member")
-        .address;
+    let node = cluster.cluster.storage_address(acked)?;
     let storage_metrics = reqwest::get(format!("http://{node}/metrics"))
         .await?
         .text()

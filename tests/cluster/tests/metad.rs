@@ -149,6 +149,8 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
     let client = Client::new()?;
     let all: Vec<SocketAddr> = group.addresses().values().copied().collect();
     let leader = client.leader(&group, &[1, 2, 3]).await?;
+    // The first leader initialises the cluster's shape (version 1) before anything else here.
+    client.converged(&group, &[1, 2, 3], 1).await?;
 
     // A steady stream of commands, through a follower (redirected) as well as the leader.
     let mut latencies = Vec::new();
@@ -184,13 +186,13 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
     // A retry with the same request id applies nothing twice.
     let (_, retried) = client.submit(all[0], &register("steady-7", 8)).await?;
     assert_eq!(
-        retried["version"], 8,
-        "the retry returns the outcome of the original, the 8th command"
+        retried["version"], 9,
+        "the retry returns the outcome of the original, the 8th command after the init"
     );
     let leader_status = client.status(group.addresses()[&leader]).await;
     assert_eq!(
         leader_status.map(|s| s.version),
-        Some(100),
+        Some(101),
         "the retry applied nothing"
     );
 
@@ -200,7 +202,7 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
         let address = all[1];
         tokio::spawn(async move {
             let response = http
-                .get(format!("http://{address}/v1/watch?after=100&wait_ms=5000"))
+                .get(format!("http://{address}/v1/watch?after=101&wait_ms=5000"))
                 .send()
                 .await?;
             anyhow::Ok(response.json::<serde_json::Value>().await?)
@@ -211,7 +213,7 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
         .await?;
     assert_eq!(status, StatusCode::OK);
     let woken = watcher.await??;
-    assert_eq!(woken["version"], 101, "the watcher saw the new command");
+    assert_eq!(woken["version"], 102, "the watcher saw the new command");
     let bad_watch = client
         .http
         .get(format!("http://{}/v1/watch?after=x", all[0]))
@@ -242,13 +244,13 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
         killed.elapsed()
     );
     assert_eq!(
-        after["version"], 102,
+        after["version"], 103,
         "every acknowledged command is still there"
     );
 
     // The old leader comes back and catches up to identical state.
     group.restart(leader).await?;
-    client.converged(&group, &[1, 2, 3], 102).await?;
+    client.converged(&group, &[1, 2, 3], 103).await?;
 
     // Two down: the survivor answers status, and commands fail with a clear 503.
     let (down_a, down_b) = (survivors[0], survivors[1]);

@@ -1,0 +1,178 @@
+//! The router's copy of the cluster metadata: it follows the metadata service
+//! and derives, once per version, the topology and keyspaces requests route by.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvorum_metad_client::{Follower, MetadClient, MetadClientError};
+use kvorum_protocol::cluster::{MetadReplica, MetadView};
+use kvorum_protocol::metadata::{MetadataOp, MetadataState};
+use kvorum_protocol::{ClusterSettings, KeyspaceConfig, NodeId};
+use kvorum_server::Readiness;
+
+use crate::keyspaces::Keyspaces;
+use crate::topology::Topology;
+
+/// How long the router may go without hearing from the metadata service and still call itself ready.
+const READY_CONTACT: Duration = Duration::from_secs(15);
+
+/// How long `GET /v1/cluster` waits for the metadata replicas' status.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Everything a request routes by, derived from one metadata version.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The metadata version it was derived from.
+    pub version: u64,
+    /// The cluster's shape.
+    pub settings: ClusterSettings,
+    /// Nodes and the partition map.
+    pub topology: Topology,
+    /// Keyspaces.
+    pub keyspaces: Keyspaces,
+}
+
+impl Snapshot {
+    /// The snapshot of `state`, or why requests cannot be routed yet.
+    pub fn from_state(state: &MetadataState) -> Result<Self, NotReady> {
+        let settings = state.cluster.ok_or(NotReady::NotInitialised)?;
+        let topology = Topology::from_state(state).ok_or(NotReady::NoMap {
+            registered: state.nodes.len(),
+            needed: settings.bootstrap_nodes,
+        })?;
+        Ok(Self {
+            version: state.version,
+            settings,
+            topology,
+            keyspaces: Keyspaces::new(state.keyspaces.clone()),
+        })
+    }
+}
+
+/// Why the router cannot route requests yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// No answer from the metadata service yet.
+    #[error("the router has not reached the metadata service yet")]
+    NoContact,
+    /// The cluster's shape is not set yet.
+    #[error(
+        "the cluster is not initialised yet (the metadata service has no leader, or is starting)"
+    )]
+    NotInitialised,
+    /// Too few storage nodes registered for the partition map to exist.
+    #[error(
+        "the cluster has no partition map yet: {registered} nodes registered, {needed} storage nodes needed"
+    )]
+    NoMap {
+        /// Nodes registered so far.
+        registered: usize,
+        /// Storage nodes the bootstrap waits for.
+        needed: usize,
+    },
+}
+
+/// Why creating a keyspace failed at the metadata service.
+pub type CreateError = MetadClientError;
+
+/// The router's link to the metadata service.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    client: MetadClient,
+    follower: Follower,
+    cache: Arc<Mutex<Option<Arc<Snapshot>>>>,
+}
+
+impl Metadata {
+    /// Metadata followed through `follower`, with commands sent through `client`.
+    pub fn new(client: MetadClient, follower: Follower) -> Self {
+        Self {
+            client,
+            follower,
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The snapshot of the newest metadata seen.
+    pub fn current(&self) -> Result<Arc<Snapshot>, NotReady> {
+        let state = self.follower.current().ok_or(NotReady::NoContact)?;
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(snapshot) = cache.as_ref()
+            && snapshot.version == state.version
+        {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = Arc::new(Snapshot::from_state(&state)?);
+        *cache = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Asks for a linearizable read and waits (up to `timeout`) for a version newer than `than`.
+    pub async fn refresh(&self, than: u64, timeout: Duration) -> bool {
+        self.follower.wait_for_version(than + 1, timeout).await
+    }
+
+    /// Creates a keyspace and waits until this router routes by a version that has it.
+    pub async fn create_keyspace(&self, keyspace: KeyspaceConfig) -> Result<(), CreateError> {
+        let outcome = self
+            .client
+            .submit(MetadataOp::CreateKeyspace { keyspace })
+            .await?;
+        if !self
+            .follower
+            .wait_for_version(outcome.version, Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(
+                version = outcome.version,
+                "the keyspace is created, but this router has not seen it yet"
+            );
+        }
+        Ok(())
+    }
+
+    /// The metadata service as `GET /v1/cluster` reports it: its replicas and the leader they name.
+    pub async fn metad_view(&self) -> MetadView {
+        let statuses = self.client.statuses(STATUS_TIMEOUT).await;
+        let answered: Vec<_> = statuses.into_iter().filter_map(|(_, s)| s).collect();
+        let leader = answered
+            .iter()
+            .find(|s| s.is_leader)
+            .map(|s| s.id)
+            .or_else(|| answered.iter().find_map(|s| s.leader));
+        let replicas = match answered.first() {
+            Some(status) => status
+                .peers
+                .iter()
+                .map(|(id, address)| MetadReplica {
+                    id: NodeId(*id),
+                    address: address.clone(),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        MetadView {
+            leader: leader.map(NodeId),
+            replicas,
+        }
+    }
+
+    /// Ready while it routes by a partition map and heard from the metadata service recently.
+    pub fn readiness(&self) -> Readiness {
+        let metadata = self.clone();
+        Readiness::new(move || {
+            metadata.current().map_err(|e| e.to_string())?;
+            match metadata.follower.since_last_contact() {
+                Some(since) if since <= READY_CONTACT => Ok(()),
+                Some(since) => Err(format!(
+                    "no answer from the metadata service for {}s",
+                    since.as_secs()
+                )),
+                None => Err(NotReady::NoContact.to_string()),
+            }
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! The node's place in the cluster: it registers with the metadata service at
+//! start and follows the partition map, raising its epoch fence as the map moves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kvorum_metad_client::{Follower, MetadClient, MetadClientError};
+use kvorum_protocol::cluster::NodeRole;
+use kvorum_protocol::metadata::{MetadataCommand, MetadataOp};
+use kvorum_protocol::{NodeId, NodeInfo};
+use kvorum_server::Readiness;
+use tokio_util::sync::CancellationToken;
+
+use crate::fence::EpochFence;
+
+/// A running membership: the follower of the metadata state and whether registration succeeded.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    follower: Follower,
+    registered: Arc<AtomicBool>,
+}
+
+impl Membership {
+    /// Registers `node` (retrying under one request id until it is applied) and follows the map.
+    pub fn start(
+        client: MetadClient,
+        node: NodeInfo,
+        fence: Arc<EpochFence>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let follower = kvorum_metad_client::follow(client.clone(), shutdown.clone());
+        let registered = Arc::new(AtomicBool::new(false));
+        tokio::spawn(register(client, node, registered.clone(), shutdown.clone()));
+        tokio::spawn(raise_fences(follower.clone(), fence, shutdown));
+        Self {
+            follower,
+            registered,
+        }
+    }
+
+    /// Ready once registered and holding a partition map.
+    pub fn readiness(&self) -> Readiness {
+        let membership = self.clone();
+        Readiness::new(move || {
+            if !membership.registered.load(Ordering::Relaxed) {
+                return Err("not registered with the metadata service yet".to_owned());
+            }
+            match membership.follower.current() {
+                Some(state) if state.partition_map.is_some() => Ok(()),
+                Some(_) => Err(
+                    "the cluster has no partition map yet (too few storage nodes registered)"
+                        .to_owned(),
+                ),
+                None => Err("no answer from the metadata service yet".to_owned()),
+            }
+        })
+    }
+}
+
+async fn register(
+    client: MetadClient,
+    node: NodeInfo,
+    registered: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let command = MetadataCommand {
+        request_id: client.new_request_id(),
+        expected_version: None,
+        op: MetadataOp::RegisterNode { node: node.clone() },
+    };
+    loop {
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return,
+            attempt = client.submit_command(&command) => attempt,
+        };
+        match attempt {
+            Ok(outcome) => {
+                tracing::info!(node = %node.id, address = %node.address, version = outcome.version, "registered with the metadata service");
+                registered.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(MetadClientError::Refused(refused)) => {
+                tracing::error!(node = %node.id, %refused, "the metadata service refused this node's registration; it will not become ready");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot register with the metadata service yet; retrying");
+            }
+        }
+    }
+}
+
+/// Raises the fence to each partition's epoch in the newest map, so that a
+/// router still using an older map is refused even before it sends a newer epoch.
+async fn raise_fences(follower: Follower, fence: Arc<EpochFence>, shutdown: CancellationToken) {
+    let mut states = follower.subscribe();
+    loop {
+        if let Some(map) = states
+            .borrow_and_update()
+            .as_ref()
+            .and_then(|s| s.partition_map.clone())
+        {
+            for assignment in &map.partitions {
+                fence.raise(assignment.id, assignment.epoch);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = states.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The description this node registers with.
+pub fn node_info(id: NodeId, address: String, standby: bool) -> NodeInfo {
+    NodeInfo {
+        id,
+        address,
+        role: if standby {
+            NodeRole::Standby
+        } else {
+            NodeRole::Storage
+        },
+        state: Default::default(),
+    }
+}
