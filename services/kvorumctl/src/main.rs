@@ -12,7 +12,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kvorum_protocol::{ClusterView, ErrorBody, KeyspaceConfig};
+use kvorum_protocol::{
+    ClusterView, ConflictStrategy, ConsistencyLevel, ErrorBody, KeyspaceConfig, KeyspaceMode,
+    KeyspaceSpec,
+};
 use reqwest::{Method, StatusCode};
 
 /// Talks to a Kvorum cluster through its router.
@@ -78,19 +81,25 @@ enum KeyspaceCommand {
         /// Its name.
         name: String,
     },
-    /// Create a keyspace.
+    /// Create a keyspace (unset settings take the cluster's defaults).
     Create {
         /// Its name.
         name: String,
         /// strong or eventual.
+        #[arg(long, value_parser = parse_word::<KeyspaceMode>)]
+        mode: KeyspaceMode,
+        /// Replicas per key (at most the cluster's replication factor).
         #[arg(long)]
-        mode: String,
-        /// Replicas per key.
-        #[arg(long)]
-        replication_factor: Option<u64>,
+        replication_factor: Option<usize>,
         /// lww, merge or siblings (eventual keyspaces).
+        #[arg(long, value_parser = parse_word::<ConflictStrategy>)]
+        conflict: Option<ConflictStrategy>,
+        /// Default read level: one, quorum or all.
         #[arg(long)]
-        conflict: Option<String>,
+        read_consistency: Option<ConsistencyLevel>,
+        /// Default write level: quorum or all (one only for eventual keyspaces).
+        #[arg(long)]
+        write_consistency: Option<ConsistencyLevel>,
     },
 }
 
@@ -158,6 +167,12 @@ impl Client {
 }
 
 /// `/v1/kv/{key}?keyspace=..&consistency=..`, with the key's bytes percent-encoded but its slashes kept.
+/// Parses a lowercase word such as `strong` or `siblings` into the protocol enum it names.
+fn parse_word<T: serde::de::DeserializeOwned + 'static>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|e| format!("{text:?}: {e}"))
+}
+
 fn key_path(args: &KeyArgs) -> String {
     let mut path = String::from("/v1/kv/");
     for byte in args.key.bytes() {
@@ -236,22 +251,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mode,
             replication_factor,
             conflict,
+            read_consistency,
+            write_consistency,
         }) => {
-            let mut body = serde_json::json!({ "mode": mode });
-            if let Some(rf) = replication_factor {
-                body["replication_factor"] = rf.into();
-            }
-            if let Some(conflict) = conflict {
-                body["conflict"] = conflict.into();
-            }
+            let spec = KeyspaceSpec {
+                mode,
+                replication_factor,
+                conflict,
+                read_consistency,
+                write_consistency,
+            };
             let answer = client
                 .call(
                     Method::PUT,
                     &format!("/v1/keyspaces/{name}"),
-                    serde_json::to_vec(&body)?,
+                    serde_json::to_vec(&spec)?,
                 )
                 .await?;
             anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
+            let keyspace: KeyspaceConfig = serde_json::from_slice(&answer.body)?;
+            if answer.status == StatusCode::OK {
+                println!(
+                    "keyspace {} already exists with these settings",
+                    keyspace.name
+                );
+            }
+            print!("{}", table::keyspaces(&[keyspace]));
         }
         Command::Cluster(ClusterCommand::Status) => {
             let answer = client.call(Method::GET, "/v1/cluster", Vec::new()).await?;

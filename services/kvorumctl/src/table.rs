@@ -66,8 +66,19 @@ pub fn cluster(view: &ClusterView) -> String {
         .metad
         .leader
         .map_or_else(|| "none".to_owned(), |l| l.to_string());
+    let metad: Vec<String> = view
+        .metad
+        .replicas
+        .iter()
+        .map(|r| format!("{}={}", r.id, r.address))
+        .collect();
     let mut out = format!(
-        "metadata leader: {leader}   partitions: {}   moves under way: {}\n\n",
+        "metadata leader: {leader}   replicas: {}   partitions: {}   moves under way: {}\n\n",
+        if metad.is_empty() {
+            "unreachable".to_owned()
+        } else {
+            metad.join(" ")
+        },
         view.partitions.len(),
         view.moves.len()
     );

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use kvorum_launcher::{ClusterSpec, LocalCluster};
+use kvorum_metad_client::{MetadAddresses, MetadClient};
 use kvorum_protocol::storage::{ReadResponse, ReplicaKey};
 use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId};
 use reqwest::StatusCode;
@@ -49,6 +50,18 @@ impl TestCluster {
             dir,
             client,
         })
+    }
+
+    /// A client of the cluster's metadata service.
+    pub fn metad_client(&self) -> anyhow::Result<MetadClient> {
+        let addresses = self
+            .cluster
+            .metad()
+            .addresses()
+            .values()
+            .map(ToString::to_string)
+            .collect();
+        MetadClient::new("tests", MetadAddresses(addresses)).map_err(anyhow::Error::msg)
     }
 
     /// Reads a key straight from one storage node's internal API, bypassing the router.
@@ -140,6 +153,13 @@ impl Client {
             .timeout(Duration::from_secs(30))
             .build()?;
         Ok(Self { base, http })
+    }
+
+    /// `GET {path}` on the router, decoded as JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let answer = self.send(reqwest::Method::GET, path, Vec::new()).await?;
+        anyhow::ensure!(answer.status.is_success(), "GET {path}: {}", answer.status);
+        Ok(answer.json())
     }
 
     /// Sends `method` to `path` (with its query) with `body`.

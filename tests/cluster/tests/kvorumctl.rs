@@ -80,6 +80,53 @@ async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()
         text(&refused.stderr)
     );
 
+    let created = kvorumctl(
+        &cluster,
+        &[
+            "keyspace",
+            "create",
+            "orders",
+            "--mode",
+            "strong",
+            "--replication-factor",
+            "1",
+            "--read-consistency",
+            "one",
+        ],
+        None,
+    )
+    .await?;
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    assert!(
+        text(&created.stdout).contains("orders"),
+        "{}",
+        text(&created.stdout)
+    );
+    let unsupported = kvorumctl(
+        &cluster,
+        &["keyspace", "create", "later", "--mode", "eventual"],
+        None,
+    )
+    .await?;
+    assert!(!unsupported.status.success());
+    assert!(
+        text(&unsupported.stderr).contains("not_implemented"),
+        "{}",
+        text(&unsupported.stderr)
+    );
+    let misspelt = kvorumctl(
+        &cluster,
+        &["keyspace", "create", "x", "--mode", "fast"],
+        None,
+    )
+    .await?;
+    assert!(!misspelt.status.success());
+    assert!(
+        text(&misspelt.stderr).contains("--mode"),
+        "{}",
+        text(&misspelt.stderr)
+    );
+
     let keyspaces = text(
         &kvorumctl(&cluster, &["keyspace", "list"], None)
             .await?
@@ -88,6 +135,7 @@ async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()
     assert!(
         keyspaces.starts_with("KEYSPACE")
             && keyspaces.contains("default")
+            && keyspaces.contains("orders")
             && keyspaces.contains("strong"),
         "{keyspaces}"
     );
@@ -103,6 +151,12 @@ async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()
         .skip(1)
         .collect();
     assert_eq!(rows.len(), 5, "{status}");
+    assert!(
+        status.starts_with("metadata leader: ")
+            && !status.starts_with("metadata leader: none")
+            && status.contains("3=127.0.0.1:"),
+        "{status}"
+    );
     // REPLICAS is the 6th column; over all nodes it adds up to partitions × RF.
     let replicas: usize = rows
         .iter()
