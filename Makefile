@@ -6,6 +6,8 @@ RF           ?= 3
 PARTITIONS   ?= 64
 PORT         ?= 8080
 STORAGE_PORT ?= 7001
+METAD        ?= 3
+METAD_PORT   ?= 9001
 DATA_DIR     ?= data
 
 CARGO ?= cargo
@@ -28,6 +30,7 @@ release: tools
 run: release ## start a local cluster in ./data until Ctrl-C
 	./target/release/kvorum-local --nodes $(NODES) --replication-factor $(RF) \
 		--partitions $(PARTITIONS) --port $(PORT) --storage-port $(STORAGE_PORT) \
+		--metad-replicas $(METAD) --metad-port $(METAD_PORT) \
 		--data-dir $(DATA_DIR) --bin-dir target/release
 
 test: build ## unit, handler and whole-cluster tests

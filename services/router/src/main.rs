@@ -1,4 +1,4 @@
-//! `kvorum-router` binary: parse flags, start telemetry, check the membership, bind, run.
+//! `kvorum-router` binary: parse flags, start telemetry, check the flags, bind, run.
 
 use clap::Parser;
 use kvorum_router::RouterConfig;
