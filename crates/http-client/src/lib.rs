@@ -14,6 +14,7 @@ use kvorum_protocol::{ErrorBody, ErrorDetail};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 /// Timeouts and retry policy of a [`HttpClient`].
 #[derive(Debug, Clone)]
@@ -113,6 +114,18 @@ impl CallError {
             // A 4xx is a refusal before anything took effect; a 5xx (a deadline that
             // fired after a write was queued, say) promises nothing.
             CallError::Status { status, .. } => *status >= 500,
+        }
+    }
+
+    /// A short name of the failure, for the `error.type` span attribute.
+    fn kind(&self) -> &'static str {
+        match self {
+            CallError::Connect { .. } => "connect",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Transport { .. } => "transport",
+            CallError::Status { .. } => "status",
+            CallError::Decode { .. } => "decode",
+            CallError::Encode(_) => "encode",
         }
     }
 
@@ -224,13 +237,65 @@ impl HttpClient {
         }
     }
 
+    /// One attempt, as a client span whose context travels in `traceparent`.
+    ///
+    /// Calls made outside any span (peer heartbeats, metadata watches) are
+    /// housekeeping with no cause to link to, and are not traced: as roots they
+    /// would flood the trace store with one-span traces.
     async fn attempt<Resp: DeserializeOwned>(
         &self,
         method: &reqwest::Method,
         url: &str,
         body: Option<Bytes>,
     ) -> Result<Resp, CallError> {
-        let mut request = self.inner.request(method.clone(), url);
+        if tracing::Span::current().is_none() {
+            return self.send(method, url, body).await;
+        }
+        let target = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let (host, port) = target.rsplit_once(':').unwrap_or((target, "80"));
+        let span = tracing::info_span!(
+            "http.client",
+            otel.name = %method,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            server.address = host,
+            server.port = port.parse::<u16>().unwrap_or(80),
+            url.full = url,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result = self.send(method, url, body).instrument(span.clone()).await;
+        match &result {
+            Ok(_) => {}
+            Err(CallError::Status { status, .. }) => {
+                span.record("http.response.status_code", status);
+                span.record("error.type", status.to_string());
+                span.record("otel.status_code", "ERROR");
+            }
+            Err(error) => {
+                span.record("error.type", error.kind());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        if result.is_ok() {
+            span.record("http.response.status_code", 200u16);
+        }
+        result
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        method: &reqwest::Method,
+        url: &str,
+        body: Option<Bytes>,
+    ) -> Result<Resp, CallError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        kvorum_telemetry::inject_context(&mut headers);
+        let mut request = self.inner.request(method.clone(), url).headers(headers);
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))

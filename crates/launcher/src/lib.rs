@@ -46,6 +46,8 @@ pub struct ClusterSpec {
     pub bin_dir: PathBuf,
     /// Log filter passed to every process as `RUST_LOG`.
     pub log_filter: String,
+    /// Extra environment for every process, such as `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub env: BTreeMap<String, String>,
 }
 
 impl ClusterSpec {
@@ -63,6 +65,7 @@ impl ClusterSpec {
             data_dir: data_dir.to_owned(),
             bin_dir: default_bin_dir(),
             log_filter: "info".to_owned(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +222,7 @@ impl LocalCluster {
             Some(layout.settings()),
             &spec.bin_dir,
             &spec.log_filter,
+            &spec.env,
         )
         .await?;
         let mut cluster = Self {
@@ -356,6 +360,7 @@ impl LocalCluster {
             &args,
             &self.log_path(&name),
             &self.spec.log_filter,
+            &self.spec.env,
         )
     }
 
@@ -372,6 +377,7 @@ impl LocalCluster {
             &args,
             &self.log_path("router"),
             &self.spec.log_filter,
+            &self.spec.env,
         )
     }
 
@@ -457,6 +463,7 @@ pub struct MetadGroup {
     dir: PathBuf,
     bin_dir: PathBuf,
     log_filter: String,
+    env: BTreeMap<String, String>,
     settings: Option<ClusterSettings>,
     addresses: BTreeMap<u64, SocketAddr>,
     processes: BTreeMap<u64, ManagedProcess>,
@@ -470,7 +477,7 @@ impl MetadGroup {
         let addresses = (1..=replicas)
             .map(|id| Ok((id, SocketAddr::from(([127, 0, 0, 1], free_port()?)))))
             .collect::<Result<BTreeMap<_, _>, LaunchError>>()?;
-        Self::start_at(dir, addresses, None, bin_dir, "info").await
+        Self::start_at(dir, addresses, None, bin_dir, "info", &BTreeMap::new()).await
     }
 
     /// Starts one replica per entry of `addresses`, proposing `settings` (or the
@@ -481,6 +488,7 @@ impl MetadGroup {
         settings: Option<ClusterSettings>,
         bin_dir: &Path,
         log_filter: &str,
+        env: &BTreeMap<String, String>,
     ) -> Result<Self, LaunchError> {
         let binary = bin_dir.join("kvorum-metad");
         if !binary.is_file() {
@@ -495,6 +503,7 @@ impl MetadGroup {
             dir: dir.to_owned(),
             bin_dir: bin_dir.to_owned(),
             log_filter: log_filter.to_owned(),
+            env: env.clone(),
             settings,
             addresses,
             processes: BTreeMap::new(),
@@ -575,6 +584,7 @@ impl MetadGroup {
             &args,
             &log,
             &self.log_filter,
+            &self.env,
         )?;
         wait_for(
             &self.client,

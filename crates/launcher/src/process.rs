@@ -1,5 +1,6 @@
 //! One child process: spawned in its own process group with its output in a log file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -27,6 +28,7 @@ impl ManagedProcess {
         args: &[String],
         log: &Path,
         log_filter: &str,
+        env: &BTreeMap<String, String>,
     ) -> Result<Self, LaunchError> {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -40,6 +42,7 @@ impl ManagedProcess {
         command
             .args(args)
             .env("RUST_LOG", log_filter)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(stderr))
@@ -47,6 +50,13 @@ impl ManagedProcess {
             // Its own group: a Ctrl-C in the terminal reaches the launcher only,
             // which then stops the children in order.
             .process_group(0);
+        // Each process is its own instance of its service in the traces.
+        if !env.contains_key("OTEL_RESOURCE_ATTRIBUTES") {
+            command.env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                format!("service.instance.id={name}"),
+            );
+        }
         die_with_parent(&mut command);
         let child = command
             .spawn()

@@ -18,3 +18,5 @@ pub const REPLICAS_ACKED: &str = "x-kvorum-replicas-acked";
 pub const READ_REPAIR: &str = "x-kvorum-read-repair";
 /// `true` when a write left a hint for a replica that was down.
 pub const HINTED: &str = "x-kvorum-hinted";
+/// The id of the trace a request's spans belong to, when spans are exported.
+pub const TRACE_ID: &str = "x-kvorum-trace-id";

@@ -158,7 +158,12 @@ pub fn with_standard_layers(router: Router, request_timeout: Duration) -> Router
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(axum::middleware::from_fn(metrics::record))
-                .layer(TraceLayer::new_for_http())
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(server_span)
+                        .on_response(record_response),
+                )
+                .layer(axum::middleware::from_fn(trace_id_header))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(
                     |_panic: Box<dyn std::any::Any + Send>| {
@@ -173,6 +178,81 @@ pub fn with_standard_layers(router: Router, request_timeout: Duration) -> Router
                     deadline,
                 )),
         )
+}
+
+/// The server span of one request, named and attributed as the OpenTelemetry
+/// HTTP conventions say, and a child of the caller's `traceparent` if it sent one.
+fn server_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let method = request.method().as_str();
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok());
+    macro_rules! span_at {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "http.server",
+                otel.name = %name,
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                http.request.method = %method,
+                http.route = route.as_deref(),
+                url.path = %request.uri().path(),
+                http.response.status_code = tracing::field::Empty,
+                request_id,
+            )
+        };
+    }
+    // Probes, scrapes, watches and Paxos peer traffic arrive many times a second
+    // with no trace to join; at info level each would be a trace of its own.
+    let housekeeping = matches!(
+        route.as_deref(),
+        Some(
+            "/healthz" | "/readyz" | "/metrics" | "/v1/watch" | "/v1/status" | "/internal/v1/paxos"
+        )
+    ) && !request.headers().contains_key("traceparent");
+    let span = if housekeeping {
+        span_at!(tracing::Level::DEBUG)
+    } else {
+        span_at!(tracing::Level::INFO)
+    };
+    kvorum_telemetry::set_parent_from(&span, request.headers());
+    span
+}
+
+fn record_response<B>(
+    response: &axum::http::Response<B>,
+    _latency: Duration,
+    span: &tracing::Span,
+) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    // Server spans are errors for 5xx only: a 4xx is the client's mistake.
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Tells the caller which trace its request is, so an error can be looked up in Jaeger.
+async fn trace_id_header(request: Request, next: Next) -> Response {
+    let trace_id = kvorum_telemetry::trace_id(&tracing::Span::current());
+    let mut response = next.run(request).await;
+    if let Some(value) = trace_id.and_then(|id| axum::http::HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(
+            HeaderName::from_static(kvorum_protocol::headers::TRACE_ID),
+            value,
+        );
+    }
+    response
 }
 
 /// Answers 504 with a JSON error when the inner service runs past `timeout`.

@@ -1,18 +1,30 @@
 //! Telemetry for every Kvorum binary, initialised once in `main`.
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`), in a human or a
-//! JSON format. This is also the one place where span export by OTLP is
-//! switched on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! JSON format. Spans are exported by OTLP/HTTP when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//! set; the other `OTEL_*` variables (`OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`) apply as the
+//! OpenTelemetry SDK defines them. W3C `traceparent` is injected into every
+//! outgoing call ([`inject_context`]) and extracted from every incoming one
+//! ([`set_parent_from`]), so one client request is one trace across services.
 
 use std::io::IsTerminal;
 
 use clap::{Args, ValueEnum};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The standard OpenTelemetry variable naming the OTLP collector.
 pub const OTLP_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// The standard variable naming the collector for traces alone.
+pub const OTLP_TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,15 +52,67 @@ pub enum TelemetryError {
     /// A global subscriber was already installed.
     #[error("telemetry was already initialised: {0}")]
     AlreadyInitialised(#[from] tracing_subscriber::util::TryInitError),
+    /// The OTLP exporter could not be built from the `OTEL_*` variables.
+    #[error("cannot export spans by OTLP: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// Installs the global subscriber for `service`; call once, first thing in `main`.
-pub fn init(service: &'static str, args: &LogArgs) -> Result<(), TelemetryError> {
+/// Keeps span export running; dropping it flushes the spans not yet sent.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops span export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "spans may have been lost at exit");
+        }
+    }
+}
+
+fn otlp_endpoint() -> Option<String> {
+    [OTLP_TRACES_ENDPOINT_VAR, OTLP_ENDPOINT_VAR]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+}
+
+/// The tracer provider exporting to the configured collector, named `service`
+/// unless `OTEL_SERVICE_NAME` says otherwise.
+fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Installs the global subscriber for `service`; call once, first thing in
+/// `main`, and keep the returned guard until the process ends.
+pub fn init(service: &'static str, args: &LogArgs) -> Result<Telemetry, TelemetryError> {
     let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
         _ => EnvFilter::new("info"),
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let endpoint = otlp_endpoint();
+    let provider = endpoint
+        .as_ref()
+        .map(|_| tracer_provider(service))
+        .transpose()?;
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     match args.log_format {
         LogFormat::Human => registry
             .with(
@@ -66,17 +130,42 @@ pub fn init(service: &'static str, args: &LogArgs) -> Result<(), TelemetryError>
             )
             .try_init()?,
     }
-    if let Ok(endpoint) = std::env::var(OTLP_ENDPOINT_VAR) {
-        // Span export is wired in here (observability issue); until then say so
-        // plainly rather than let a user wait for traces that never come.
-        tracing::warn!(%endpoint, "{OTLP_ENDPOINT_VAR} is set, but this build does not export spans yet");
-    }
     tracing::info!(
         service,
         version = env!("CARGO_PKG_VERSION"),
+        otlp = endpoint.as_deref().unwrap_or("off"),
         "telemetry ready"
     );
-    Ok(())
+    Ok(Telemetry { provider })
+}
+
+/// Writes the current span's trace context into `headers` as W3C `traceparent`.
+pub fn inject_context(headers: &mut http::HeaderMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
+    });
+}
+
+/// Makes `span` a child of the trace context `headers` carry, if any.
+pub fn set_parent_from(span: &tracing::Span, headers: &http::HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    use opentelemetry::trace::TraceContextExt as _;
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The trace id of `span` in hex, when it is being traced.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
 }
 
 /// Panics naming every flag of `command` that has no environment variable.

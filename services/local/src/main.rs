@@ -59,7 +59,7 @@ struct LocalConfig {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = LocalConfig::parse();
-    kvorum_telemetry::init("kvorum-local", &config.log)?;
+    let _telemetry = kvorum_telemetry::init("kvorum-local", &config.log)?;
     if config.replication_factor > config.nodes {
         anyhow::bail!(
             "--replication-factor {} needs at least that many --nodes, not {}",
@@ -107,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
         data_dir: std::path::absolute(&config.data_dir)?,
         bin_dir: config.bin_dir.unwrap_or_else(default_bin_dir),
         log_filter: config.cluster_log,
+        // Children inherit this process's environment, OTEL_* included.
+        env: Default::default(),
     };
     let shutdown = kvorum_server::shutdown_on_signal();
     let cluster = LocalCluster::start(spec).await?;

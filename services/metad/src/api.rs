@@ -161,7 +161,7 @@ async fn command(
     // Malformed commands never reach the log.
     kvorum_metadata::validate(&command)?;
     let (reply, answer) = oneshot::channel();
-    state.submit(Input::Command(command, reply))?;
+    state.submit(Input::Command(command, reply, tracing::Span::current()))?;
     match state.wait(answer).await? {
         Ok(Ok(outcome)) => Ok((StatusCode::OK, Json(outcome))),
         Ok(Err(refused)) => Err(ApiError::Refused(refused)),

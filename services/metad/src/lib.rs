@@ -148,7 +148,11 @@ async fn initialise_cluster(
             op: MetadataOp::InitCluster { settings },
         };
         let (reply, answer) = oneshot::channel();
-        if inputs.try_send(Input::Command(command, reply)).is_ok() {
+        let span = tracing::info_span!("init_cluster");
+        if inputs
+            .try_send(Input::Command(command, reply, span))
+            .is_ok()
+        {
             match answer.await {
                 Ok(Ok(Ok(_))) => {
                     tracing::info!(?settings, "cluster initialised");

@@ -6,7 +6,7 @@ use kvorum_metad::MetadConfig;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = MetadConfig::parse();
-    kvorum_telemetry::init("kvorum-metad", &config.log)?;
+    let _telemetry = kvorum_telemetry::init("kvorum-metad", &config.log)?;
     config.validate().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -34,15 +34,37 @@ pub enum ProposeError {
 /// The answer to a command: its outcome once decided and applied.
 pub type CommandReply = Result<Result<MetadataOutcome, MetadataError>, ProposeError>;
 
+/// A client waiting for its command to be applied, and the span of its Paxos round.
+#[derive(Debug)]
+struct Waiter {
+    reply: oneshot::Sender<CommandReply>,
+    round: tracing::Span,
+}
+
+impl Waiter {
+    /// Answers the client; the round's span ends here.
+    fn send(self, reply: CommandReply) -> Result<(), CommandReply> {
+        if reply.is_err() {
+            self.round.record("otel.status_code", "ERROR");
+        }
+        self.reply.send(reply)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
 /// Work for the consensus loop.
 #[derive(Debug)]
 pub enum Input {
     /// Messages from peers.
     Messages(Vec<Envelope>),
-    /// A client command to replicate.
+    /// A client command to replicate, with the span of the request that submitted it.
     Command(
         kvorum_protocol::metadata::MetadataCommand,
         oneshot::Sender<CommandReply>,
+        tracing::Span,
     ),
     /// A linearizable read: the state once a barrier is applied.
     Read(oneshot::Sender<Result<MetadataState, ProposeError>>),
@@ -115,7 +137,7 @@ struct Node {
     store: PaxosStore,
     machine: StateMachine,
     applied_upto: u64,
-    commands: HashMap<RequestId, Vec<oneshot::Sender<CommandReply>>>,
+    commands: HashMap<RequestId, Vec<Waiter>>,
     reads: HashMap<u64, oneshot::Sender<Result<MetadataState, ProposeError>>>,
     next_barrier: u64,
     outbound: mpsc::UnboundedSender<Vec<Envelope>>,
@@ -133,10 +155,23 @@ impl Node {
                     self.replica.step(envelope);
                 }
             }
-            Input::Command(command, reply) => {
+            Input::Command(command, reply, caller) => {
                 let request_id = command.request_id.clone();
+                // The Paxos round of this command, traced from proposal to application
+                // as a child of the request that caused it.
+                let round = tracing::info_span!(
+                    parent: &caller,
+                    "paxos.round",
+                    kvorum.request_id = %request_id.0,
+                    paxos.leader = self.id,
+                    otel.status_code = tracing::field::Empty,
+                );
                 match self.propose(&LogCommand::Apply(command)) {
-                    Ok(()) => self.commands.entry(request_id).or_default().push(reply),
+                    Ok(()) => self
+                        .commands
+                        .entry(request_id)
+                        .or_default()
+                        .push(Waiter { reply, round }),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }

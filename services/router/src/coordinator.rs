@@ -167,6 +167,12 @@ impl<R> Gathered<R> {
     }
 }
 
+/// Records on the current span how many replicas acknowledged, success or not.
+fn record_acked(receipt: Result<&Receipt, &CoordinatorError>) {
+    let receipt = receipt.unwrap_or_else(|error| error.receipt());
+    tracing::Span::current().record("kvorum.replicas_acked", receipt.acked.len());
+}
+
 /// Calls every replica at once and gathers replies until `required` succeed or cannot.
 ///
 /// Calls are tasks on `background`, so those still in flight when the level is
@@ -277,8 +283,20 @@ impl<T: ReplicaTransport> Coordinator<T> {
     }
 
     /// Reads a key at `level`, writing the newest version back where replicas disagree.
-    #[tracing::instrument(name = "strong_read", skip_all, fields(keyspace = %keyspace, partition = %route.partition, consistency = %level))]
+    #[tracing::instrument(name = "strong_read", skip_all, fields(kvorum.keyspace = %keyspace, kvorum.partition = route.partition.0, kvorum.consistency = %level, kvorum.replicas_acked = tracing::field::Empty))]
     pub async fn read(
+        &self,
+        route: &Route,
+        keyspace: &KeyspaceName,
+        key: &Key,
+        level: ConsistencyLevel,
+    ) -> Result<ReadOutcome, CoordinatorError> {
+        let result = self.read_quorum(route, keyspace, key, level).await;
+        record_acked(result.as_ref().map(|o| &o.receipt));
+        result
+    }
+
+    async fn read_quorum(
         &self,
         route: &Route,
         keyspace: &KeyspaceName,
@@ -364,8 +382,23 @@ impl<T: ReplicaTransport> Coordinator<T> {
     }
 
     /// Writes `value` (or a tombstone for `None`) at `level` in two phases.
-    #[tracing::instrument(name = "strong_write", skip_all, fields(keyspace = %keyspace, partition = %route.partition, consistency = %level))]
+    #[tracing::instrument(name = "strong_write", skip_all, fields(kvorum.keyspace = %keyspace, kvorum.partition = route.partition.0, kvorum.consistency = %level, kvorum.replicas_acked = tracing::field::Empty))]
     pub async fn write(
+        &self,
+        route: &Route,
+        keyspace: &KeyspaceName,
+        key: &Key,
+        value: Option<&[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<WriteOutcome, CoordinatorError> {
+        let result = self
+            .write_two_phases(route, keyspace, key, value, level)
+            .await;
+        record_acked(result.as_ref().map(|o| &o.receipt));
+        result
+    }
+
+    async fn write_two_phases(
         &self,
         route: &Route,
         keyspace: &KeyspaceName,

@@ -6,7 +6,7 @@ use kvorum_router::RouterConfig;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = RouterConfig::parse();
-    kvorum_telemetry::init("kvorum-router", &config.log)?;
+    let _telemetry = kvorum_telemetry::init("kvorum-router", &config.log)?;
     // Refuse bad settings before binding, so nothing half-starts.
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -6,7 +6,7 @@ use kvorum_storage::StorageConfig;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = StorageConfig::parse();
-    kvorum_telemetry::init("kvorum-storage", &config.log)?;
+    let _telemetry = kvorum_telemetry::init("kvorum-storage", &config.log)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on --listen {}: {e}", config.listen))?;

@@ -10,6 +10,7 @@ use kvorum_protocol::metadata::{MetadataCommand, MetadataOp};
 use kvorum_protocol::{NodeId, NodeInfo};
 use kvorum_server::Readiness;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::fence::EpochFence;
 
@@ -30,7 +31,8 @@ impl Membership {
     ) -> Self {
         let follower = kvorum_metad_client::follow(client.clone(), shutdown.clone());
         let registered = Arc::new(AtomicBool::new(false));
-        tokio::spawn(register(client, node, registered.clone(), shutdown.clone()));
+        let span = tracing::info_span!("register_node", node = node.id.0);
+        tokio::spawn(register(client, node, registered.clone(), shutdown.clone()).instrument(span));
         tokio::spawn(raise_fences(follower.clone(), fence, shutdown));
         Self {
             follower,

@@ -1,5 +1,6 @@
 //! Helpers for the cluster tests: start a local cluster in a temporary directory and talk to its router.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kvorum_launcher::{ClusterSpec, LocalCluster};
@@ -41,9 +42,24 @@ impl TestCluster {
         Self::start_in(dir).await
     }
 
+    /// Starts the test-sized cluster with extra environment for every process (such as `OTEL_*`).
+    pub async fn start_with_env(env: BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let spec = ClusterSpec {
+            env,
+            ..ClusterSpec::for_tests(dir.path())
+        };
+        Self::start_spec(dir, spec).await
+    }
+
     /// Starts the cluster on `dir`, fresh or holding an earlier run's data.
     async fn start_in(dir: TempDir) -> anyhow::Result<Self> {
-        let cluster = LocalCluster::start(ClusterSpec::for_tests(dir.path())).await?;
+        let spec = ClusterSpec::for_tests(dir.path());
+        Self::start_spec(dir, spec).await
+    }
+
+    async fn start_spec(dir: TempDir, spec: ClusterSpec) -> anyhow::Result<Self> {
+        let cluster = LocalCluster::start(spec).await?;
         let client = Client::new(cluster.router_url())?;
         Ok(Self {
             cluster,
