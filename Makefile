@@ -14,7 +14,13 @@ CARGO ?= cargo
 # A toolchain that ensure-tools.sh installed with rustup lives here.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all tools build release run test lint fmt clean clean-data
+VERSION := $(shell scripts/version.sh)
+KIND_CLUSTER ?= kvorum
+# The one list of images is in scripts/build-images.sh.
+IMAGES := $(shell sed -n 's/^SERVICES=(\(.*\))$$/\1/p' scripts/build-images.sh)
+
+.PHONY: all tools build release run test lint fmt clean clean-data images test-docker \
+	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy
 
 all: build
 
@@ -48,3 +54,35 @@ clean-data: ## forget the local cluster's data
 
 clean: clean-data
 	$(CARGO) clean
+
+images: tools ## container images FROM scratch, tagged $(VERSION)
+	scripts/build-images.sh
+
+test-docker: tools ## the Compose cluster end to end: PUT/GET, kill a storage container, QUORUM still works
+	scripts/test-docker.sh
+
+validate-k8s: ## render every kustomize overlay and validate it offline (kubernetes-validate --strict)
+	scripts/validate-k8s.sh
+
+kind-up: ## a kind cluster with the router on localhost:8080 and Jaeger on localhost:16686
+	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io/docs/user/quick-start/#installation"; exit 1; }
+	kind create cluster --config k8s/kind-config.yaml --name $(KIND_CLUSTER)
+
+kind-load: images ## load the images into the kind cluster (they are never pulled)
+	@command -v kind >/dev/null || { echo "kind is not installed"; exit 1; }
+	for image in $(IMAGES); do kind load docker-image --name $(KIND_CLUSTER) $$image:$(VERSION); done
+
+kind-deploy: ## deploy the kind overlay and wait for the router
+	kubectl apply -k k8s/overlays/kind
+	kubectl -n kvorum rollout status statefulset/kvorum-metad --timeout=180s
+	kubectl -n kvorum rollout status statefulset/kvorum-storage --timeout=180s
+	kubectl -n kvorum rollout status deployment/kvorum-router --timeout=180s
+
+kind-down: ## delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+minikube-deploy: images ## load the images into minikube and deploy the minikube overlay
+	@command -v minikube >/dev/null || { echo "minikube is not installed: see https://minikube.sigs.k8s.io/docs/start/"; exit 1; }
+	for image in $(IMAGES); do minikube image load $$image:$(VERSION); done
+	kubectl apply -k k8s/overlays/minikube
+	kubectl -n kvorum rollout status deployment/kvorum-router --timeout=300s

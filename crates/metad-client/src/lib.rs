@@ -87,8 +87,9 @@ impl MetadClient {
             return Err("no metadata replicas given".to_owned());
         }
         let mut config = ClientConfig::new(service);
-        // Long enough for a watch's wait (the service caps it at its own request timeout).
-        config.request_timeout = Duration::from_secs(15);
+        // Past a watch's wait and a command's decision (the service caps both
+        // at its own request timeout, 5 s by default), short of the deadline.
+        config.request_timeout = Duration::from_secs(8);
         config.retries = 0;
         let http = HttpClient::new(config).map_err(|e| e.to_string())?;
         Ok(Self {

@@ -161,7 +161,12 @@ pub fn with_standard_layers(router: Router, request_timeout: Duration) -> Router
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(server_span)
-                        .on_response(record_response),
+                        .on_response(record_response)
+                        // A 5xx is recorded on the span and, where it matters, logged by
+                        // the handler; a not-ready probe is not an error worth a log line.
+                        .on_failure(
+                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                        ),
                 )
                 .layer(axum::middleware::from_fn(trace_id_header))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))

@@ -168,6 +168,36 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
         .then(|| span_context.trace_id().to_string())
 }
 
+/// The flag value that asks for a member id derived from the host name.
+pub const FROM_HOSTNAME: &str = "from-hostname";
+
+/// Parses a member id flag (`--id`, `--node-id`): a number from 1, or
+/// `from-hostname`, which takes a StatefulSet pod's ordinal (the number after
+/// the last `-` of `$HOSTNAME`, as in `kvorum-storage-2`) plus one, so that one
+/// pod template gives every replica its own id.
+pub fn parse_member_id(text: &str) -> Result<u64, String> {
+    if text == FROM_HOSTNAME {
+        let hostname = std::env::var("HOSTNAME").unwrap_or_default();
+        return id_from_pod_name(&hostname);
+    }
+    match text.parse::<u64>() {
+        Ok(id) if id >= 1 => Ok(id),
+        _ => Err(format!(
+            "{text:?} is not an id of 1 or more, nor {FROM_HOSTNAME}"
+        )),
+    }
+}
+
+/// The member id of the StatefulSet pod `name`: its ordinal plus one.
+pub fn id_from_pod_name(name: &str) -> Result<u64, String> {
+    name.rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse::<u64>().ok())
+        .and_then(|ordinal| ordinal.checked_add(1))
+        .ok_or_else(|| {
+            format!("host name {name:?} does not end in -<ordinal> as a StatefulSet pod's does")
+        })
+}
+
 /// Panics naming every flag of `command` that has no environment variable.
 ///
 /// Each binary's tests call it, so that "every flag can also be set by an
@@ -184,4 +214,21 @@ pub fn assert_every_flag_has_an_env(command: &clap::Command) {
         "{} flags without an environment variable: {missing:?}",
         command.get_name()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_are_numbers_or_a_pod_ordinal_plus_one() {
+        assert_eq!(parse_member_id("3"), Ok(3));
+        assert!(parse_member_id("0").is_err());
+        assert!(parse_member_id("three").is_err());
+        assert_eq!(id_from_pod_name("kvorum-storage-0"), Ok(1));
+        assert_eq!(id_from_pod_name("kvorum-metad-2"), Ok(3));
+        for bad in ["", "kvorum", "kvorum-storage-x", "storage-"] {
+            assert!(id_from_pod_name(bad).is_err(), "{bad}");
+        }
+    }
 }

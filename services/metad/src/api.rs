@@ -1,7 +1,6 @@
 //! The metadata service's HTTP API: `router(state)` and its handlers.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
@@ -28,7 +27,7 @@ pub struct AppState {
     /// This replica's id.
     pub id: u64,
     /// Every replica's address.
-    pub peers: BTreeMap<u64, SocketAddr>,
+    pub peers: BTreeMap<u64, String>,
     /// The consensus loop's input.
     pub inputs: SyncSender<Input>,
     /// The applied state's version, as it changes.
@@ -45,7 +44,7 @@ pub enum ApiError {
     Refused(#[from] MetadataError),
     /// Another replica leads: the client is sent there.
     #[error("replica {0} leads")]
-    NotLeader(SocketAddr, Uri),
+    NotLeader(String, Uri),
     /// No leader is known (an election is under way, or too few replicas are up).
     #[error(
         "no leader is known yet (an election is under way, or a majority of replicas is down); retry with the same request_id"
@@ -125,7 +124,7 @@ impl AppState {
             .filter(|l| *l != self.id)
             .and_then(|l| self.peers.get(&l))
         {
-            Some(address) => ApiError::NotLeader(*address, uri),
+            Some(address) => ApiError::NotLeader(address.clone(), uri),
             None => ApiError::NoLeader,
         }
     }
@@ -211,10 +210,6 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<MetadStatus>,
     let (reply, answer) = oneshot::channel();
     state.submit(Input::Status(reply))?;
     let mut status = state.wait(answer).await?;
-    status.peers = state
-        .peers
-        .iter()
-        .map(|(id, address)| (*id, address.to_string()))
-        .collect();
+    status.peers = state.peers.clone();
     Ok(Json(status))
 }

@@ -14,11 +14,11 @@ use kvorum_telemetry::LogArgs;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvorum-metad", version, about)]
 pub struct MetadConfig {
-    /// This replica's id; it must appear in --peers.
-    #[arg(long, env = "KVORUM_METAD_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    /// This replica's id; it must appear in --peers (`from-hostname`: a StatefulSet pod's ordinal + 1).
+    #[arg(long, env = "KVORUM_METAD_ID", value_parser = kvorum_telemetry::parse_member_id)]
     pub id: u64,
 
-    /// Every replica of the group, this one included: `1=127.0.0.1:9001,2=...`.
+    /// Every replica of the group, this one included: `1=127.0.0.1:9001,2=metad-2:9001,...`.
     #[arg(long, env = "KVORUM_METAD_PEERS", value_parser = parse_peers)]
     pub peers: Peers,
 
@@ -57,22 +57,23 @@ pub struct MetadConfig {
 
 /// The group's replicas, by id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peers(pub BTreeMap<u64, SocketAddr>);
+pub struct Peers(pub BTreeMap<u64, String>);
 
 fn parse_peers(text: &str) -> Result<Peers, String> {
     let mut peers = BTreeMap::new();
     for part in text.split(',').filter(|p| !p.trim().is_empty()) {
         let (id, address) = part
             .split_once('=')
-            .ok_or_else(|| format!("{part:?} is not id=ip:port"))?;
+            .ok_or_else(|| format!("{part:?} is not id=host:port"))?;
         let id: u64 = id
             .trim()
             .parse()
             .map_err(|_| format!("{id:?} is not a replica id"))?;
-        let address: SocketAddr = address
-            .trim()
-            .parse()
-            .map_err(|_| format!("{address:?} is not ip:port"))?;
+        let address = address.trim();
+        if !kvorum_protocol::cluster::is_host_port(address) {
+            return Err(format!("{address:?} is not host:port"));
+        }
+        let address = address.to_owned();
         if id == 0 || peers.insert(id, address).is_some() {
             return Err(format!("replica id {id} is zero or appears twice"));
         }
@@ -137,6 +138,7 @@ mod tests {
     fn bad_peers_and_ids_are_named() {
         for (peers, expected) in [
             ("1=x", "--peers"),
+            ("1=host:0", "--peers"),
             ("1:127.0.0.1:1", "--peers"),
             ("1=127.0.0.1:1,1=127.0.0.1:2", "--peers"),
             ("", "--peers"),

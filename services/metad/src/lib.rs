@@ -61,7 +61,7 @@ pub async fn run(
             source,
         }
     })?;
-    let peers: BTreeMap<u64, std::net::SocketAddr> = config.peers.0.clone();
+    let peers: BTreeMap<u64, String> = config.peers.0.clone();
     let core = kvorum_consensus::Config {
         id: config.id,
         members: peers.keys().copied().collect(),
@@ -175,7 +175,7 @@ async fn initialise_cluster(
 /// Paxos tolerates lost and duplicated messages, so a failed call is only logged.
 async fn send_messages(
     client: HttpClient,
-    peers: BTreeMap<u64, std::net::SocketAddr>,
+    peers: BTreeMap<u64, String>,
     mut batches: mpsc::UnboundedReceiver<Vec<Envelope>>,
 ) {
     while let Some(batch) = batches.recv().await {
@@ -184,7 +184,7 @@ async fn send_messages(
             by_peer.entry(envelope.to).or_default().push(envelope);
         }
         for (peer, envelopes) in by_peer {
-            let Some(address) = peers.get(&peer).map(ToString::to_string) else {
+            let Some(address) = peers.get(&peer).cloned() else {
                 continue;
             };
             let client = client.clone();

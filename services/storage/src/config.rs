@@ -13,8 +13,8 @@ use kvorum_telemetry::LogArgs;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvorum-storage", version, about)]
 pub struct StorageConfig {
-    /// This node's id in the cluster (1 or more); its data directory is bound to it.
-    #[arg(long, env = "KVORUM_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    /// This node's id in the cluster (1 or more, or `from-hostname`: a StatefulSet pod's ordinal + 1); its data directory is bound to it.
+    #[arg(long, env = "KVORUM_NODE_ID", value_parser = kvorum_telemetry::parse_member_id)]
     pub node_id: u64,
 
     /// Address to serve the internal API on.
