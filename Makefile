@@ -8,6 +8,8 @@ PORT         ?= 8080
 STORAGE_PORT ?= 7001
 METAD        ?= 3
 METAD_PORT   ?= 9001
+DETECTORS    ?= 1
+DETECTOR_PORT ?= 7300
 DATA_DIR     ?= data
 
 CARGO ?= cargo
@@ -37,6 +39,7 @@ run: release ## start a local cluster in ./data until Ctrl-C
 	./target/release/kvorum-local --nodes $(NODES) --replication-factor $(RF) \
 		--partitions $(PARTITIONS) --port $(PORT) --storage-port $(STORAGE_PORT) \
 		--metad-replicas $(METAD) --metad-port $(METAD_PORT) \
+		--detectors $(DETECTORS) --detector-port $(DETECTOR_PORT) \
 		--data-dir $(DATA_DIR) --bin-dir target/release
 
 test: build ## unit, handler and whole-cluster tests

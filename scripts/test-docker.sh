@@ -2,7 +2,8 @@
 # The Compose cluster end to end: build the images, start deploy/docker-compose.yml
 # under a project name of its own with the router on a free port, PUT and GET
 # through the router container, kill a storage container holding the key, check
-# that QUORUM still succeeds, and tear everything down (volumes too), even on failure.
+# that QUORUM still succeeds and that the detector marks the node down, and
+# tear everything down (volumes too), even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,4 +61,14 @@ acked=$(header x-kvorum-replicas-acked <<<"$answer")
 [[ "$(get docker-key)" == second ]] || fail "QUORUM GET with storage-$victim down did not return the new value"
 status=$(curl -s -o /dev/null -w '%{http_code}' "$router/v1/kv/docker-key?consistency=all")
 [[ $status == 503 ]] || fail "ALL with a node down answered $status, not 503"
-log "PASSED: QUORUM PUT and GET carry on with storage-$victim down (acked by $acked); ALL says 503"
+
+# The failure detector container sees it too, and metad records it.
+node_state() {
+    curl -s "$router/v1/cluster" | python3 -c "import json, sys; print(next(n['state'] for n in json.load(sys.stdin)['nodes'] if n['id'] == $victim))"
+}
+deadline=$((SECONDS + 20))
+until [[ "$(node_state)" == down ]]; do
+    (( SECONDS < deadline )) || fail "storage-$victim was not marked down within 20 s"
+    sleep 0.5
+done
+log "PASSED: QUORUM PUT and GET carry on with storage-$victim down (acked by $acked); ALL says 503; the detector marked it down"

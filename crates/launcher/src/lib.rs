@@ -38,6 +38,10 @@ pub struct ClusterSpec {
     pub storage_base_port: u16,
     /// Metadata replicas to start.
     pub metad_replicas: u64,
+    /// Failure detectors to start (one holds the lease, the others stand by).
+    pub detectors: usize,
+    /// Port of detector 1 (detector i gets base + i - 1); 0 picks free ones.
+    pub detector_base_port: u16,
     /// Port of metadata replica 1 (replica i gets base + i - 1); 0 picks free ones.
     pub metad_base_port: u16,
     /// Where data, logs and the layout file go.
@@ -62,6 +66,8 @@ impl ClusterSpec {
             storage_base_port: 0,
             metad_replicas: 3,
             metad_base_port: 0,
+            detectors: 1,
+            detector_base_port: 0,
             data_dir: data_dir.to_owned(),
             bin_dir: default_bin_dir(),
             log_filter: "info".to_owned(),
@@ -187,6 +193,7 @@ pub struct LocalCluster {
     metad: MetadGroup,
     storage: Vec<ManagedProcess>,
     router: Option<ManagedProcess>,
+    detectors: Vec<ManagedProcess>,
     client: HttpClient,
 }
 
@@ -205,7 +212,12 @@ impl LocalCluster {
                 "at least one metadata replica is needed".to_owned(),
             ));
         }
-        for binary in ["kvorum-storage", "kvorum-router", "kvorum-metad"] {
+        for binary in [
+            "kvorum-storage",
+            "kvorum-router",
+            "kvorum-metad",
+            "kvorum-detector",
+        ] {
             let path = spec.bin_dir.join(binary);
             if !path.is_file() {
                 return Err(LaunchError::MissingBinary(path));
@@ -231,6 +243,7 @@ impl LocalCluster {
             metad,
             storage: Vec::new(),
             router: None,
+            detectors: Vec::new(),
             client,
         };
         for index in 0..cluster.layout.storage.len() {
@@ -239,12 +252,26 @@ impl LocalCluster {
         }
         let router = cluster.spawn_router()?;
         cluster.router = Some(router);
+        for index in 0..cluster.layout.detectors.len() {
+            let detector = cluster.spawn_detector(index)?;
+            cluster.detectors.push(detector);
+        }
         for index in 0..cluster.storage.len() {
             cluster
                 .wait_healthy(StorageOrRouter::Storage(index))
                 .await?;
         }
         cluster.wait_healthy(StorageOrRouter::Router).await?;
+        for index in 0..cluster.detectors.len() {
+            let address = cluster.layout.detectors[index].to_string();
+            wait_for(
+                &cluster.client,
+                &mut cluster.detectors[index],
+                &address,
+                Probe::Healthy,
+            )
+            .await?;
+        }
         cluster.wait_router_ready().await?;
         Ok(cluster)
     }
@@ -298,8 +325,36 @@ impl LocalCluster {
         self.wait_healthy(StorageOrRouter::Storage(index)).await
     }
 
+    /// Freezes a storage node with SIGSTOP (a long pause, not a crash).
+    pub fn pause_storage(&self, node: NodeId) -> Result<(), LaunchError> {
+        self.storage[self.storage_index(node)?].pause();
+        Ok(())
+    }
+
+    /// Lets a paused storage node run again with SIGCONT.
+    pub fn resume_storage(&self, node: NodeId) -> Result<(), LaunchError> {
+        self.storage[self.storage_index(node)?].resume();
+        Ok(())
+    }
+
+    /// The failure detectors' addresses, in start order.
+    pub fn detector_addresses(&self) -> &[SocketAddr] {
+        &self.layout.detectors
+    }
+
+    /// Kills failure detector `index` (0-based) with SIGKILL.
+    pub async fn kill_detector(&mut self, index: usize) -> Result<(), LaunchError> {
+        match self.detectors.get_mut(index) {
+            Some(detector) => detector.kill().await,
+            None => Err(LaunchError::Invalid(format!("no detector {index}"))),
+        }
+    }
+
     /// Kills every process with SIGKILL, as a power cut would, and waits until all are gone.
     pub async fn kill_all(mut self) -> Result<(), LaunchError> {
+        for detector in &mut self.detectors {
+            detector.kill().await?;
+        }
         if let Some(router) = self.router.as_mut() {
             router.kill().await?;
         }
@@ -309,8 +364,11 @@ impl LocalCluster {
         self.metad.kill_all().await
     }
 
-    /// Stops every process with SIGTERM (router, storage nodes, then metadata), waiting for each to exit.
+    /// Stops every process with SIGTERM (detectors, router, storage nodes, then metadata), waiting for each to exit.
     pub async fn stop(mut self) -> Result<(), LaunchError> {
+        for detector in &mut self.detectors {
+            detector.terminate().await?;
+        }
         if let Some(router) = self.router.as_mut() {
             router.terminate().await?;
         }
@@ -376,6 +434,24 @@ impl LocalCluster {
             &self.spec.bin_dir.join("kvorum-router"),
             &args,
             &self.log_path("router"),
+            &self.spec.log_filter,
+            &self.spec.env,
+        )
+    }
+
+    fn spawn_detector(&self, index: usize) -> Result<ManagedProcess, LaunchError> {
+        let name = format!("detector-{}", index + 1);
+        let args = vec![
+            "--listen".to_owned(),
+            self.layout.detectors[index].to_string(),
+            "--metad".to_owned(),
+            self.metad_list(),
+        ];
+        ManagedProcess::spawn(
+            &name,
+            &self.spec.bin_dir.join("kvorum-detector"),
+            &args,
+            &self.log_path(&name),
             &self.spec.log_filter,
             &self.spec.env,
         )
@@ -620,6 +696,8 @@ struct Layout {
     router: SocketAddr,
     metad: BTreeMap<u64, SocketAddr>,
     storage: Vec<SocketAddr>,
+    #[serde(default)]
+    detectors: Vec<SocketAddr>,
 }
 
 impl Layout {
@@ -634,7 +712,7 @@ impl Layout {
 
     fn describe(&self) -> String {
         format!(
-            "{} storage nodes from {}, {} metadata replicas from {}, router {}, RF {}, {} partitions",
+            "{} storage nodes from {}, {} metadata replicas from {}, {} detectors, router {}, RF {}, {} partitions",
             self.storage.len(),
             self.storage
                 .first()
@@ -644,6 +722,7 @@ impl Layout {
                 .values()
                 .next()
                 .map_or("?".to_owned(), ToString::to_string),
+            self.detectors.len(),
             self.router,
             self.replication_factor,
             self.partitions
@@ -667,6 +746,7 @@ fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
             SocketAddr::from(([127, 0, 0, 1], base.saturating_add(index as u16)))
         };
         let same_shape = existing.storage.len() == spec.nodes
+            && existing.detectors.len() == spec.detectors
             && existing.metad.len() as u64 == spec.metad_replicas
             && existing.partitions == spec.partitions
             && existing.replication_factor == spec.replication_factor;
@@ -682,7 +762,13 @@ fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
                     .values()
                     .enumerate()
                     .all(|(i, a)| *a == fixed(spec.metad_base_port, i)))
-            && (spec.router_port == 0 || existing.router.port() == spec.router_port);
+            && (spec.router_port == 0 || existing.router.port() == spec.router_port)
+            && (spec.detector_base_port == 0
+                || existing
+                    .detectors
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| *a == fixed(spec.detector_base_port, i)));
         if same_shape && same_ports {
             return Ok(existing);
         }
@@ -713,6 +799,9 @@ fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
         storage: (0..spec.nodes)
             .map(|i| port(spec.storage_base_port, i))
             .collect::<Result<_, LaunchError>>()?,
+        detectors: (0..spec.detectors)
+            .map(|i| port(spec.detector_base_port, i))
+            .collect::<Result<_, LaunchError>>()?,
     };
     layout
         .settings()
@@ -734,6 +823,7 @@ mod tests {
             storage_base_port: 17_001,
             metad_base_port: 17_101,
             router_port: 17_200,
+            detector_base_port: 17_300,
             ..ClusterSpec::for_tests(dir)
         }
     }

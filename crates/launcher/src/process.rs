@@ -99,13 +99,27 @@ impl ManagedProcess {
         Ok(())
     }
 
+    /// Freezes the process with SIGSTOP, as a long GC pause or a stalled VM would.
+    pub fn pause(&self) {
+        if let Some(pid) = self.child.id() {
+            send_signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// Lets a paused process run again with SIGCONT.
+    pub fn resume(&self) {
+        if let Some(pid) = self.child.id() {
+            send_signal(pid, libc::SIGCONT);
+        }
+    }
+
     /// SIGTERM, wait for a clean exit, and SIGKILL past the grace period.
     pub async fn terminate(&mut self) -> Result<(), LaunchError> {
         if self.exit_status()?.is_some() {
             return Ok(());
         }
         if let Some(pid) = self.child.id() {
-            send_sigterm(pid);
+            send_signal(pid, libc::SIGTERM);
         }
         match tokio::time::timeout(TERMINATE_GRACE, self.child.wait()).await {
             Ok(status) => {
@@ -121,13 +135,13 @@ impl ManagedProcess {
 }
 
 #[allow(unsafe_code)]
-fn send_sigterm(pid: u32) {
+fn send_signal(pid: u32, signal: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
     };
     // SAFETY: kill(2) takes any pid and signal number; on a stale pid it fails with ESRCH.
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, signal);
     }
 }
 

@@ -102,10 +102,12 @@ impl StateMachine {
                             node.id
                         )));
                     }
-                    // The cluster decides a known node's role (a standby may have been promoted).
+                    // The cluster decides a known node's role (a standby may have been
+                    // promoted) and its state (the failure detector's verdict): a node
+                    // that restarts only updates its address.
                     Some(known) => kvorum_protocol::NodeInfo {
                         role: known.role,
-                        state: NodeState::Up,
+                        state: known.state,
                         ..node.clone()
                     },
                     None => kvorum_protocol::NodeInfo {
@@ -738,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn a_returning_node_updates_its_address_keeps_its_role_and_is_up() {
+    fn a_returning_node_updates_its_address_and_keeps_its_role_and_state() {
         let mut machine = StateMachine::default();
         let standby = NodeInfo {
             role: NodeRole::Standby,
@@ -765,7 +767,11 @@ mod tests {
         let known = &machine.state().nodes[&NodeId(1)];
         assert_eq!(known.address, "storage-1.kvorum:7001");
         assert_eq!(known.role, NodeRole::Storage);
-        assert_eq!(known.state, NodeState::Up);
+        assert_eq!(
+            known.state,
+            NodeState::Down,
+            "the detector, not the node, says when it is up"
+        );
         machine
             .apply(&command(
                 "c",

@@ -162,16 +162,22 @@ pub struct PartitionMove {
 }
 
 /// A metadata service replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetadReplica {
     /// Its id.
     pub id: NodeId,
     /// Its address.
     pub address: String,
+    /// The failure detector's suspicion level, once a detector runs.
+    #[serde(default)]
+    pub phi: Option<f64>,
+    /// The failure detector's verdict, once a detector runs.
+    #[serde(default)]
+    pub state: Option<NodeState>,
 }
 
 /// The metadata service as the cluster view reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetadView {
     /// The current leader, if known.
     pub leader: Option<NodeId>,

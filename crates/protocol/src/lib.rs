@@ -6,6 +6,7 @@
 //! - [`consistency`]: consistency levels and quorum arithmetic.
 //! - [`keyspace`]: keyspace settings.
 //! - [`cluster`]: nodes, cluster settings, the partition map and the cluster view.
+//! - [`detector`]: the failure detector's report.
 //! - [`metadata`]: the metadata service's commands and state.
 //! - [`paxos`]: the metadata service's Multi-Paxos messages.
 //! - [`storage`]: the storage node's internal API.
@@ -15,6 +16,7 @@
 
 pub mod cluster;
 pub mod consistency;
+pub mod detector;
 pub mod error;
 pub mod headers;
 pub mod health;

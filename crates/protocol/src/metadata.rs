@@ -35,8 +35,8 @@ pub enum MetadataOp {
         /// The settings.
         settings: ClusterSettings,
     },
-    /// Adds a node, or updates the address of a known one and marks it up; a
-    /// known node keeps the role the cluster gave it.
+    /// Adds a node (up), or updates the address of a known one, which keeps the
+    /// role and the state the cluster gave it.
     RegisterNode {
         /// The node.
         node: NodeInfo,

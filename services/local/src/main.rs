@@ -39,6 +39,14 @@ struct LocalConfig {
     #[arg(long, env = "KVORUM_METAD_PORT", default_value_t = 9001, value_parser = clap::value_parser!(u16).range(1..))]
     metad_port: u16,
 
+    /// Failure detectors to run (one reports, the others stand by).
+    #[arg(long, env = "KVORUM_DETECTORS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=5))]
+    detectors: u64,
+
+    /// Port of detector 1; detector i listens on this + i - 1.
+    #[arg(long, env = "KVORUM_DETECTOR_PORT", default_value_t = 7300, value_parser = clap::value_parser!(u16).range(1..))]
+    detector_port: u16,
+
     /// Directory for data and logs; kept across runs.
     #[arg(long, env = "KVORUM_DATA_DIR", default_value = "data", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     data_dir: PathBuf,
@@ -104,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
         storage_base_port: config.storage_port,
         metad_replicas: config.metad_replicas,
         metad_base_port: config.metad_port,
+        detectors: usize::try_from(config.detectors)?,
+        detector_base_port: config.detector_port,
         data_dir: std::path::absolute(&config.data_dir)?,
         bin_dir: config.bin_dir.unwrap_or_else(default_bin_dir),
         log_filter: config.cluster_log,

@@ -493,8 +493,24 @@ async fn openapi() -> impl IntoResponse {
 
 async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<ClusterView>, ApiError> {
     let snapshot = state.metadata.current()?;
-    let metad = state.metadata.metad_view().await;
-    Ok(Json(snapshot.topology.view(metad)))
+    let (metad, suspicion) = tokio::join!(state.metadata.metad_view(), state.metadata.suspicion());
+    let mut view = snapshot.topology.view(metad);
+    if let Some(report) = suspicion {
+        for node in &mut view.nodes {
+            node.phi = report
+                .nodes
+                .iter()
+                .find(|s| s.node == Some(node.id))
+                .map(|s| s.phi);
+        }
+        for replica in &mut view.metad.replicas {
+            if let Some(seen) = report.metad.iter().find(|s| s.address == replica.address) {
+                replica.phi = Some(seen.phi);
+                replica.state = Some(seen.state);
+            }
+        }
+    }
+    Ok(Json(view))
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kvorum_http_client::{ClientConfig, HttpClient};
 use kvorum_metad_client::{Follower, MetadClient, MetadClientError};
 use kvorum_protocol::cluster::{MetadReplica, MetadView};
+use kvorum_protocol::detector::{DETECTOR_LEASE, SuspicionReport};
 use kvorum_protocol::metadata::{MetadataOp, MetadataState};
 use kvorum_protocol::{ClusterSettings, KeyspaceConfig, NodeId};
 use kvorum_server::Readiness;
@@ -75,22 +77,44 @@ pub enum NotReady {
 /// Why creating a keyspace failed at the metadata service.
 pub type CreateError = MetadClientError;
 
-/// The router's link to the metadata service.
+/// The router's link to the metadata service (and, through it, to the active failure detector).
 #[derive(Debug, Clone)]
 pub struct Metadata {
     client: MetadClient,
     follower: Follower,
     cache: Arc<Mutex<Option<Arc<Snapshot>>>>,
+    detector: HttpClient,
 }
 
 impl Metadata {
     /// Metadata followed through `follower`, with commands sent through `client`.
     pub fn new(client: MetadClient, follower: Follower) -> Self {
+        let mut config = ClientConfig::new("router");
+        config.request_timeout = STATUS_TIMEOUT;
+        config.connect_timeout = STATUS_TIMEOUT;
+        config.retries = 0;
         Self {
             client,
             follower,
             cache: Arc::new(Mutex::new(None)),
+            detector: HttpClient::new(config).expect("a client with timeouts always builds"),
         }
+    }
+
+    /// The active failure detector's report: the holder of its lease is its address.
+    pub async fn suspicion(&self) -> Option<SuspicionReport> {
+        let holder = self
+            .follower
+            .current()?
+            .leases
+            .get(DETECTOR_LEASE)?
+            .holder
+            .clone();
+        self.detector
+            .get_json(&holder, "/v1/suspicion")
+            .await
+            .map_err(|error| tracing::debug!(%error, "no report from the failure detector"))
+            .ok()
     }
 
     /// The snapshot of the newest metadata seen.
@@ -150,6 +174,8 @@ impl Metadata {
                 .map(|(id, address)| MetadReplica {
                     id: NodeId(*id),
                     address: address.clone(),
+                    phi: None,
+                    state: None,
                 })
                 .collect(),
             None => Vec::new(),

@@ -49,16 +49,17 @@ impl TestCluster {
             env,
             ..ClusterSpec::for_tests(dir.path())
         };
-        Self::start_spec(dir, spec).await
+        Self::start_spec_in(dir, spec).await
     }
 
     /// Starts the cluster on `dir`, fresh or holding an earlier run's data.
     async fn start_in(dir: TempDir) -> anyhow::Result<Self> {
         let spec = ClusterSpec::for_tests(dir.path());
-        Self::start_spec(dir, spec).await
+        Self::start_spec_in(dir, spec).await
     }
 
-    async fn start_spec(dir: TempDir, spec: ClusterSpec) -> anyhow::Result<Self> {
+    /// Starts the cluster `spec` describes, with its data in `dir`.
+    pub async fn start_spec_in(dir: TempDir, spec: ClusterSpec) -> anyhow::Result<Self> {
         let cluster = LocalCluster::start(spec).await?;
         let client = Client::new(cluster.router_url())?;
         Ok(Self {
