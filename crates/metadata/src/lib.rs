@@ -161,7 +161,11 @@ impl StateMachine {
                 if let Some(unknown) = map
                     .partitions
                     .iter()
-                    .flat_map(|p| &p.replicas)
+                    .flat_map(|p| {
+                        p.replicas
+                            .iter()
+                            .chain(p.pending.iter().map(|r| &r.joining))
+                    })
                     .find(|id| !state.nodes.contains_key(id))
                 {
                     return Err(invalid(format!(
@@ -333,6 +337,16 @@ fn validate_map(map: &PartitionMap) -> Result<(), MetadataError> {
                 assignment.id
             )));
         }
+        for replacement in &assignment.pending {
+            if !assignment.replicas.contains(&replacement.leaving)
+                || assignment.replicas.contains(&replacement.joining)
+            {
+                return Err(invalid(format!(
+                    "partition {}: a replacement must take a replica's place with a node outside the set",
+                    assignment.id
+                )));
+            }
+        }
     }
     if map.partitions.is_empty() {
         return Err(invalid("a partition map has at least one partition"));
@@ -352,7 +366,8 @@ fn check_epochs(current: &PartitionMap, proposed: &PartitionMap) -> Result<(), M
         )));
     }
     for (old, new) in current.partitions.iter().zip(&proposed.partitions) {
-        let expected = if old.replicas == new.replicas {
+        let unchanged = old.replicas == new.replicas && old.pending == new.pending;
+        let expected = if unchanged {
             old.epoch
         } else {
             kvorum_protocol::Epoch(old.epoch.0 + 1)
@@ -362,7 +377,7 @@ fn check_epochs(current: &PartitionMap, proposed: &PartitionMap) -> Result<(), M
                 "partition {} is at epoch {}; a {} needs epoch {}, not {}",
                 old.id,
                 old.epoch,
-                if old.replicas == new.replicas {
+                if unchanged {
                     "map that keeps its replicas"
                 } else {
                     "replica change"
@@ -408,6 +423,7 @@ mod tests {
                     id: PartitionId(i as u32),
                     epoch: Epoch(*epoch),
                     replicas: replicas.iter().copied().map(NodeId).collect(),
+                    pending: Vec::new(),
                 })
                 .collect(),
         }

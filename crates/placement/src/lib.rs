@@ -67,6 +67,7 @@ pub fn initial_partition_map(
                 id: PartitionId(p),
                 epoch: Epoch(1),
                 replicas: replicas_for(PartitionId(p), nodes, replication_factor),
+                pending: Vec::new(),
             })
             .collect(),
     }

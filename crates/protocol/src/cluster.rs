@@ -129,6 +129,20 @@ pub struct PartitionAssignment {
     pub epoch: Epoch,
     /// The replicas, in preference order; distinct nodes.
     pub replicas: Vec<NodeId>,
+    /// Replacements under way: each joining node receives every write (and
+    /// counts towards it) while it is streamed the partition, then takes the
+    /// leaving node's place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Replacement>,
+}
+
+/// A node about to take another's place in a partition's replica set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    /// The replica that leaves.
+    pub leaving: NodeId,
+    /// The node that joins in its place.
+    pub joining: NodeId,
 }
 
 /// Every partition's assignment, indexed by partition id.

@@ -6,7 +6,8 @@
 //! | `POST /internal/v1/prepare` | [`ReplicaKey`] | [`PrepareResponse`] |
 //! | `POST /internal/v1/commit` | [`CommitRequest`] | [`CommitResponse`] |
 //! | `POST /internal/v1/{read,prepare,commit}/batch` | [`Batch`] of the above | [`Batch`] of [`ItemOutcome`] |
-//! | `GET /internal/v1/partitions/{id}` | | [`PartitionExport`] |
+//! | `GET /internal/v1/partitions/{id}[?after_keyspace=&after_key=&limit=]` | | [`PartitionExport`] (a page, with `next`) |
+//! | `POST /internal/v1/partitions/{id}/fence` | [`FenceRequest`] | [`FenceResponse`] |
 //! | `PUT /internal/v1/partitions/{id}` | [`PartitionExport`] | [`ImportResponse`] |
 //! | `DELETE /internal/v1/partitions/{id}` | | [`DropResponse`] |
 
@@ -94,7 +95,46 @@ pub struct ExportedRecord {
     pub record: Record,
 }
 
-/// Every record a node holds for one partition.
+/// Where a page of a partition export ends: the last record's keyspace and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportCursor {
+    /// The keyspace of the last record sent.
+    pub keyspace: KeyspaceName,
+    /// Its key.
+    pub key: Key,
+}
+
+/// The query of a paged export: `?after_keyspace=..&after_key=..&limit=..`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// Start after this keyspace (with `after_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_keyspace: Option<KeyspaceName>,
+    /// Start after this key (with `after_keyspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_key: Option<Key>,
+    /// At most this many records (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `POST /internal/v1/partitions/{id}/fence`: raise the partition's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceRequest {
+    /// The epoch below which requests are refused from now on.
+    pub epoch: Epoch,
+}
+
+/// What a fence did: the epoch the node now records for the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceResponse {
+    /// The partition's epoch after the fence (higher if the node had seen a newer one).
+    pub epoch: Epoch,
+}
+
+/// Every record a node holds for one partition (or one page of them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionExport {
@@ -102,6 +142,9 @@ pub struct PartitionExport {
     pub partition: PartitionId,
     /// Its records, ordered by keyspace then key.
     pub records: Vec<ExportedRecord>,
+    /// Where the next page starts, when the page was cut short by its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ExportCursor>,
 }
 
 /// What an import did: records are kept only where newer than what the node holds.

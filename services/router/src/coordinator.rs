@@ -266,7 +266,12 @@ impl<T: ReplicaTransport> Coordinator<T> {
             partition: route.partition,
             epoch: route.epoch,
             consistency,
-            asked: route.replicas.iter().map(|r| r.id).collect(),
+            asked: route
+                .replicas
+                .iter()
+                .chain(&route.joining)
+                .map(|r| r.id)
+                .collect(),
             acked: Vec::new(),
             read_repair: false,
             hinted: false,
@@ -339,13 +344,13 @@ impl<T: ReplicaTransport> Coordinator<T> {
         };
         // The newest record must be on `required` replicas before anyone is told of
         // it, or a later read could miss it (a new-old inversion).
+        // Joining nodes are never read, so they are always among the laggards.
         let laggards: Vec<Replica> = route
-            .replicas
-            .iter()
+            .commit_targets()
+            .into_iter()
             .filter(|r| !resolution.holders.contains(&r.id))
-            .cloned()
             .collect();
-        let need = required.saturating_sub(resolution.holders.len());
+        let need = (required + route.joining.len()).saturating_sub(resolution.holders.len());
         let request = CommitRequest {
             target,
             record: newest.clone(),
@@ -367,7 +372,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
             return Err(CoordinatorError::QuorumNotReached {
                 phase: Phase::WriteBack,
                 answered: receipt.acked.len(),
-                asked: route.replicas.len(),
+                asked: route.replicas.len() + route.joining.len(),
                 required,
                 outcome_unknown: None,
                 last_error: repaired.last_error(),
@@ -435,7 +440,10 @@ impl<T: ReplicaTransport> Coordinator<T> {
             }
         })?;
 
-        let required = level.required(replication_factor);
+        // A node joining the set must hold the write too, or the switch to the new
+        // set could leave it on fewer than a quorum (Cassandra's pending ranges):
+        // each joining node adds one to the acknowledgements required.
+        let required = level.required(replication_factor) + route.joining.len();
         let request = CommitRequest {
             target,
             record: Record {
@@ -443,7 +451,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 value: value.map(<[u8]>::to_vec),
             },
         };
-        let committed = fan_out(&self.background, &route.replicas, required, |r| {
+        let committed = fan_out(&self.background, &route.commit_targets(), required, |r| {
             transport.commit(r, request.clone())
         })
         .await;
@@ -631,6 +639,7 @@ mod tests {
             partition: PartitionId(0),
             epoch: Epoch(1),
             replicas,
+            joining: Vec::new(),
         }
     }
 
@@ -911,5 +920,61 @@ mod tests {
             highest,
             "the read returns the highest version"
         );
+    }
+
+    #[tokio::test]
+    async fn a_joining_node_takes_every_write_and_counts_one_more_ack() {
+        let harness = Harness::new();
+        let moving = Route {
+            joining: vec![Replica {
+                id: NodeId(4),
+                address: Arc::from("node-4"),
+            }],
+            ..route()
+        };
+        let key = Key::parse("k").expect("key");
+        let keyspace = KeyspaceName::default_keyspace();
+        let write = |value: &'static str| {
+            within(harness.coordinator.write(
+                &moving,
+                &keyspace,
+                &key,
+                Some(value.as_bytes()),
+                Quorum,
+            ))
+        };
+        // Replica 3 is the one being replaced and is down: 1, 2 and the joining 4 ack.
+        harness.replicas.set(3, Behaviour::Down);
+        let written = write("v").await.expect("three acks among 1, 2 and 4");
+        assert_eq!(
+            written.receipt.asked,
+            [NodeId(1), NodeId(2), NodeId(3), NodeId(4)]
+        );
+        assert_eq!(
+            harness.replicas.get(4, "k").and_then(|r| r.value),
+            Some(b"v".to_vec())
+        );
+        // Without the joining node a quorum of the old set is not enough: the
+        // switch to {1, 2, 4} could otherwise leave the write on one of them.
+        harness.replicas.set(4, Behaviour::Down);
+        match write("w").await {
+            Err(CoordinatorError::QuorumNotReached { required, .. }) => assert_eq!(required, 3),
+            other => panic!("expected a failed write, got {other:?}"),
+        }
+        // A read that repairs also repairs the joining node.
+        harness.replicas.set(3, Behaviour::Up);
+        harness.replicas.set(4, Behaviour::Up);
+        harness.replicas.put(1, "r", record(5, "newest"));
+        harness.replicas.put(2, "r", record(5, "newest"));
+        let read = within(harness.coordinator.read(
+            &moving,
+            &KeyspaceName::default_keyspace(),
+            &Key::parse("r").expect("key"),
+            All,
+        ))
+        .await
+        .expect("read");
+        assert!(read.receipt.read_repair);
+        assert_eq!(harness.replicas.get(4, "r"), Some(record(5, "newest")));
     }
 }

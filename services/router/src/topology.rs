@@ -28,6 +28,15 @@ pub struct Route {
     pub epoch: Epoch,
     /// The replicas the key's keyspace uses: the first RF of the partition's set.
     pub replicas: Vec<Replica>,
+    /// Nodes joining in place of some of those replicas: they take every write.
+    pub joining: Vec<Replica>,
+}
+
+impl Route {
+    /// Where writes go: the replicas and the nodes joining.
+    pub fn commit_targets(&self) -> Vec<Replica> {
+        self.replicas.iter().chain(&self.joining).cloned().collect()
+    }
 }
 
 /// The nodes and the partition map of one metadata version.
@@ -61,21 +70,24 @@ impl Topology {
             .map
             .assignment(partition)
             .expect("partition_for stays below the partition count");
-        let replicas = assignment
-            .replicas
-            .iter()
-            .take(keyspace.replication_factor)
-            .filter_map(|id| {
-                self.addresses.get(id).map(|address| Replica {
-                    id: *id,
-                    address: address.clone(),
-                })
+        let used =
+            &assignment.replicas[..keyspace.replication_factor.min(assignment.replicas.len())];
+        let replica = |id: &NodeId| {
+            self.addresses.get(id).map(|address| Replica {
+                id: *id,
+                address: address.clone(),
             })
-            .collect();
+        };
         Route {
             partition,
             epoch: assignment.epoch,
-            replicas,
+            replicas: used.iter().filter_map(replica).collect(),
+            joining: assignment
+                .pending
+                .iter()
+                .filter(|r| used.contains(&r.leaving))
+                .filter_map(|r| replica(&r.joining))
+                .collect(),
         }
     }
 

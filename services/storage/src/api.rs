@@ -9,11 +9,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kvorum_protocol::storage::{
-    Batch, CommitRequest, CommitResponse, DropResponse, ImportResponse, ItemOutcome,
-    PartitionExport, PrepareResponse, ReadResponse, ReplicaKey,
+    Batch, CommitRequest, CommitResponse, DropResponse, ExportQuery, FenceRequest, FenceResponse,
+    ImportResponse, ItemOutcome, PartitionExport, PrepareResponse, ReadResponse, ReplicaKey,
 };
 use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, PartitionId, Version};
-use kvorum_server::{JsonBody, PathParam, error_response, with_standard_layers};
+use kvorum_server::{JsonBody, PathParam, QueryParams, error_response, with_standard_layers};
 
 use crate::fence::EpochFence;
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
@@ -55,6 +55,9 @@ pub enum ApiError {
         /// From the body.
         body: PartitionId,
     },
+    /// A paged export names only half of its starting point.
+    #[error("after_keyspace and after_key go together")]
+    HalfCursor,
     /// A record version above [`Version::MAX_COUNTER`].
     #[error("version counter {0} is above the maximum {max}", max = Version::MAX_COUNTER)]
     InvalidVersion(u64),
@@ -73,9 +76,9 @@ impl ApiError {
     fn detail(&self) -> ErrorDetail {
         let code = match self {
             ApiError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
-            ApiError::PartitionMismatch { .. } | ApiError::InvalidVersion(_) => {
-                ErrorCode::BadRequest
-            }
+            ApiError::PartitionMismatch { .. }
+            | ApiError::InvalidVersion(_)
+            | ApiError::HalfCursor => ErrorCode::BadRequest,
             ApiError::Internal(_) => ErrorCode::Internal,
             ApiError::Store(_) | ApiError::Write(WriteError::Store(_)) => ErrorCode::Internal,
             ApiError::Write(WriteError::Stopped) => ErrorCode::Unavailable,
@@ -110,6 +113,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes
             get(export_partition)
                 .put(import_partition)
                 .delete(drop_partition),
+        )
+        .route(
+            "/internal/v1/partitions/{partition}/fence",
+            post(fence_partition),
         )
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(state);
@@ -174,8 +181,8 @@ fn commit_response(
             request,
             current,
         }),
-        WriteOutcome::Dropped(_) => Err(ApiError::Internal(
-            "the writer answered a commit with a drop outcome",
+        WriteOutcome::Dropped(_) | WriteOutcome::Epoch(_) => Err(ApiError::Internal(
+            "the writer answered a commit with another op's outcome",
         )),
     }
 }
@@ -274,11 +281,46 @@ async fn commit_batch(
     Ok(Json(Batch { items }))
 }
 
+/// The whole partition, or with `limit` one page of it after `after_keyspace`/`after_key`.
 async fn export_partition(
     State(state): State<Arc<AppState>>,
     PathParam(partition): PathParam<u32>,
+    QueryParams(query): QueryParams<ExportQuery>,
 ) -> Result<Json<PartitionExport>, ApiError> {
-    Ok(Json(state.store.export_partition(PartitionId(partition))?))
+    let after = match (&query.after_keyspace, &query.after_key) {
+        (Some(keyspace), Some(key)) => Some((keyspace, key)),
+        (None, None) => None,
+        _ => return Err(ApiError::HalfCursor),
+    };
+    Ok(Json(state.store.export_page(
+        PartitionId(partition),
+        after,
+        query.limit.unwrap_or(usize::MAX).max(1),
+    )?))
+}
+
+/// Raises a partition's epoch through the writer: once this answers, no commit
+/// routed by an older epoch can land, not even one queued before it.
+async fn fence_partition(
+    State(state): State<Arc<AppState>>,
+    PathParam(partition): PathParam<u32>,
+    JsonBody(request): JsonBody<FenceRequest>,
+) -> Result<Json<FenceResponse>, ApiError> {
+    let partition = PartitionId(partition);
+    state.fence.raise(partition, request.epoch);
+    let outcomes = state
+        .writer
+        .submit(vec![WriteOp::RaiseEpoch {
+            partition,
+            epoch: request.epoch,
+        }])
+        .await?;
+    match outcomes.first() {
+        Some(WriteOutcome::Epoch(epoch)) => Ok(Json(FenceResponse { epoch: *epoch })),
+        _ => Err(ApiError::Internal(
+            "the writer answered a fence with another outcome",
+        )),
+    }
 }
 
 async fn import_partition(

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kvorum_protocol::storage::{ExportedRecord, PartitionExport};
+use kvorum_protocol::storage::{ExportCursor, ExportedRecord, PartitionExport};
 use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version};
 use redb::{
     Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
@@ -73,6 +73,13 @@ pub enum WriteOp {
     },
     /// Remove every record of a partition.
     DropPartition(PartitionId),
+    /// Record that requests routed below `epoch` are refused for the partition.
+    RaiseEpoch {
+        /// The partition.
+        partition: PartitionId,
+        /// The new lowest epoch admitted.
+        epoch: Epoch,
+    },
 }
 
 /// What one [`WriteOp`] did.
@@ -87,6 +94,8 @@ pub enum WriteOutcome {
     },
     /// How many records a partition drop removed.
     Dropped(usize),
+    /// The epoch recorded for the partition after a raise.
+    Epoch(Epoch),
     /// The commit was routed by an epoch older than the one recorded; nothing changed.
     Fenced {
         /// The epoch recorded for the partition.
@@ -195,10 +204,40 @@ impl Store {
 
     /// Every record of one partition, ordered by keyspace then key.
     pub fn export_partition(&self, partition: PartitionId) -> Result<PartitionExport, StoreError> {
+        self.export_page(partition, None, usize::MAX)
+    }
+
+    /// Up to `limit` records of one partition after `after` (keyspace, key), in
+    /// order, from one read transaction; `next` says where the following page starts.
+    pub fn export_page(
+        &self,
+        partition: PartitionId,
+        after: Option<(&KeyspaceName, &Key)>,
+        limit: usize,
+    ) -> Result<PartitionExport, StoreError> {
+        use std::ops::Bound;
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(RECORDS).map_err(db_error)?;
+        let whole = partition_range(partition);
+        let start = match after {
+            Some((keyspace, key)) => {
+                Bound::Excluded((partition.0, keyspace.as_str(), key.as_str()))
+            }
+            None => Bound::Included(whole.start),
+        };
         let mut records = Vec::new();
-        for entry in table.range(partition_range(partition)).map_err(db_error)? {
+        let mut next = None;
+        for entry in table
+            .range::<(u32, &str, &str)>((start, Bound::Excluded(whole.end)))
+            .map_err(db_error)?
+        {
+            if records.len() == limit {
+                next = records.last().map(|r: &ExportedRecord| ExportCursor {
+                    keyspace: r.keyspace.clone(),
+                    key: r.key.clone(),
+                });
+                break;
+            }
             let (key, value) = entry.map_err(db_error)?;
             let (_, keyspace, key) = key.value();
             records.push(ExportedRecord {
@@ -208,7 +247,11 @@ impl Store {
                 record: record_codec::decode(value.value())?,
             });
         }
-        Ok(PartitionExport { partition, records })
+        Ok(PartitionExport {
+            partition,
+            records,
+            next,
+        })
     }
 
     /// The highest epoch recorded for each partition.
@@ -278,6 +321,16 @@ fn apply_one(txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, Store
                 }
             };
             Ok(outcome)
+        }
+        WriteOp::RaiseEpoch { partition, epoch } => {
+            let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
+            let known = epochs
+                .get(partition.0)
+                .map_err(db_error)?
+                .map(|g| Epoch(g.value()));
+            let raised = known.map_or(*epoch, |k| k.max(*epoch));
+            epochs.insert(partition.0, raised.0).map_err(db_error)?;
+            Ok(WriteOutcome::Epoch(raised))
         }
         WriteOp::DropPartition(partition) => {
             let mut records = txn.open_table(RECORDS).map_err(db_error)?;

@@ -250,3 +250,79 @@ async fn health_endpoints_answer_json() {
     let (status, body) = node.call_raw("GET", "/readyz", String::new()).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ready"})));
 }
+
+#[tokio::test]
+async fn a_partition_exports_in_pages_that_resume_where_the_last_ended() {
+    let node = node();
+    let items: Vec<Value> = (0..5)
+        .map(|i| commit(&format!("k{i}"), 1, 1, "dg=="))
+        .collect();
+    node.call(
+        "POST",
+        "/internal/v1/commit/batch",
+        json!({ "items": items }),
+    )
+    .await;
+    let mut uri = "/internal/v1/partitions/3?limit=2".to_owned();
+    let mut keys = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = node.call("GET", &uri, Value::Null).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        for record in page["records"].as_array().cloned().unwrap_or_default() {
+            keys.push(record["key"].as_str().unwrap_or_default().to_owned());
+        }
+        match page.get("next") {
+            Some(next) => {
+                uri = format!(
+                    "/internal/v1/partitions/3?limit=2&after_keyspace={}&after_key={}",
+                    next["keyspace"].as_str().unwrap_or_default(),
+                    next["key"].as_str().unwrap_or_default()
+                );
+            }
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"]);
+    assert_eq!(pages, 3);
+    let (status, body) = node
+        .call("GET", "/internal/v1/partitions/3?after_key=k1", Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_fence_refuses_older_epochs_from_then_on() {
+    let node = node();
+    let (status, fenced) = node
+        .call(
+            "POST",
+            "/internal/v1/partitions/3/fence",
+            json!({"epoch": 4}),
+        )
+        .await;
+    assert_eq!((status, fenced), (StatusCode::OK, json!({"epoch": 4})));
+    let (status, body) = node
+        .call("POST", "/internal/v1/commit", commit("late", 3, 1, "dg=="))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "stale_epoch");
+    // A fence never lowers the epoch.
+    let (_, fenced) = node
+        .call(
+            "POST",
+            "/internal/v1/partitions/3/fence",
+            json!({"epoch": 2}),
+        )
+        .await;
+    assert_eq!(fenced, json!({"epoch": 4}));
+    let (status, _) = node
+        .call(
+            "POST",
+            "/internal/v1/commit",
+            commit("on-time", 4, 1, "dg=="),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
