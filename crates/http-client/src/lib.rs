@@ -184,6 +184,23 @@ impl HttpClient {
         .await
     }
 
+    /// `PUT http://{address}{path}` with a JSON body, decoding a JSON answer.
+    pub async fn put_json<Req, Resp>(
+        &self,
+        address: &str,
+        path: &str,
+        body: &Req,
+        idempotency: Idempotency,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        self.call(reqwest::Method::PUT, address, path, Some(body), idempotency)
+            .await
+    }
+
     /// `GET http://{address}{path}`, decoding a JSON answer; GETs are always idempotent.
     pub async fn get_json<Resp: DeserializeOwned>(
         &self,

@@ -42,6 +42,12 @@ pub struct ClusterSpec {
     pub detectors: usize,
     /// Port of detector 1 (detector i gets base + i - 1); 0 picks free ones.
     pub detector_base_port: u16,
+    /// Recovery controllers to start (one holds the lease, the others stand by).
+    pub recovery: usize,
+    /// Port of recovery controller 1; 0 picks free ones.
+    pub recovery_base_port: u16,
+    /// How long a node must be down before its replicas are replaced (the controller's default when `None`).
+    pub replacement_delay: Option<Duration>,
     /// Port of metadata replica 1 (replica i gets base + i - 1); 0 picks free ones.
     pub metad_base_port: u16,
     /// Where data, logs and the layout file go.
@@ -68,6 +74,9 @@ impl ClusterSpec {
             metad_base_port: 0,
             detectors: 1,
             detector_base_port: 0,
+            recovery: 1,
+            recovery_base_port: 0,
+            replacement_delay: None,
             data_dir: data_dir.to_owned(),
             bin_dir: default_bin_dir(),
             log_filter: "info".to_owned(),
@@ -194,6 +203,7 @@ pub struct LocalCluster {
     storage: Vec<ManagedProcess>,
     router: Option<ManagedProcess>,
     detectors: Vec<ManagedProcess>,
+    recovery: Vec<ManagedProcess>,
     client: HttpClient,
 }
 
@@ -217,6 +227,7 @@ impl LocalCluster {
             "kvorum-router",
             "kvorum-metad",
             "kvorum-detector",
+            "kvorum-recovery",
         ] {
             let path = spec.bin_dir.join(binary);
             if !path.is_file() {
@@ -244,6 +255,7 @@ impl LocalCluster {
             storage: Vec::new(),
             router: None,
             detectors: Vec::new(),
+            recovery: Vec::new(),
             client,
         };
         for index in 0..cluster.layout.storage.len() {
@@ -256,6 +268,10 @@ impl LocalCluster {
             let detector = cluster.spawn_detector(index)?;
             cluster.detectors.push(detector);
         }
+        for index in 0..cluster.layout.recovery.len() {
+            let controller = cluster.spawn_recovery(index)?;
+            cluster.recovery.push(controller);
+        }
         for index in 0..cluster.storage.len() {
             cluster
                 .wait_healthy(StorageOrRouter::Storage(index))
@@ -267,6 +283,16 @@ impl LocalCluster {
             wait_for(
                 &cluster.client,
                 &mut cluster.detectors[index],
+                &address,
+                Probe::Healthy,
+            )
+            .await?;
+        }
+        for index in 0..cluster.recovery.len() {
+            let address = cluster.layout.recovery[index].to_string();
+            wait_for(
+                &cluster.client,
+                &mut cluster.recovery[index],
                 &address,
                 Probe::Healthy,
             )
@@ -352,8 +378,8 @@ impl LocalCluster {
 
     /// Kills every process with SIGKILL, as a power cut would, and waits until all are gone.
     pub async fn kill_all(mut self) -> Result<(), LaunchError> {
-        for detector in &mut self.detectors {
-            detector.kill().await?;
+        for process in self.detectors.iter_mut().chain(&mut self.recovery) {
+            process.kill().await?;
         }
         if let Some(router) = self.router.as_mut() {
             router.kill().await?;
@@ -366,8 +392,8 @@ impl LocalCluster {
 
     /// Stops every process with SIGTERM (detectors, router, storage nodes, then metadata), waiting for each to exit.
     pub async fn stop(mut self) -> Result<(), LaunchError> {
-        for detector in &mut self.detectors {
-            detector.terminate().await?;
+        for process in self.recovery.iter_mut().chain(&mut self.detectors) {
+            process.terminate().await?;
         }
         if let Some(router) = self.router.as_mut() {
             router.terminate().await?;
@@ -450,6 +476,28 @@ impl LocalCluster {
         ManagedProcess::spawn(
             &name,
             &self.spec.bin_dir.join("kvorum-detector"),
+            &args,
+            &self.log_path(&name),
+            &self.spec.log_filter,
+            &self.spec.env,
+        )
+    }
+
+    fn spawn_recovery(&self, index: usize) -> Result<ManagedProcess, LaunchError> {
+        let name = format!("recovery-{}", index + 1);
+        let mut args = vec![
+            "--listen".to_owned(),
+            self.layout.recovery[index].to_string(),
+            "--metad".to_owned(),
+            self.metad_list(),
+        ];
+        if let Some(delay) = self.spec.replacement_delay {
+            args.push("--replacement-delay-ms".to_owned());
+            args.push(delay.as_millis().to_string());
+        }
+        ManagedProcess::spawn(
+            &name,
+            &self.spec.bin_dir.join("kvorum-recovery"),
             &args,
             &self.log_path(&name),
             &self.spec.log_filter,
@@ -698,6 +746,8 @@ struct Layout {
     storage: Vec<SocketAddr>,
     #[serde(default)]
     detectors: Vec<SocketAddr>,
+    #[serde(default)]
+    recovery: Vec<SocketAddr>,
 }
 
 impl Layout {
@@ -747,6 +797,7 @@ fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
         };
         let same_shape = existing.storage.len() == spec.nodes
             && existing.detectors.len() == spec.detectors
+            && existing.recovery.len() == spec.recovery
             && existing.metad.len() as u64 == spec.metad_replicas
             && existing.partitions == spec.partitions
             && existing.replication_factor == spec.replication_factor;
@@ -802,6 +853,9 @@ fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
         detectors: (0..spec.detectors)
             .map(|i| port(spec.detector_base_port, i))
             .collect::<Result<_, LaunchError>>()?,
+        recovery: (0..spec.recovery)
+            .map(|i| port(spec.recovery_base_port, i))
+            .collect::<Result<_, LaunchError>>()?,
     };
     layout
         .settings()
@@ -824,6 +878,7 @@ mod tests {
             metad_base_port: 17_101,
             router_port: 17_200,
             detector_base_port: 17_300,
+            recovery_base_port: 17_400,
             ..ClusterSpec::for_tests(dir)
         }
     }

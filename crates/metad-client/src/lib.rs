@@ -5,12 +5,14 @@
 //!   reads, long-poll watches and the replicas' own status.
 //! - [`follower`]: a background task that keeps the latest state in a
 //!   `tokio::sync::watch` channel, for routers and storage nodes.
+//! - [`lease`]: holding a named lease, so that one of several instances acts.
 //!
 //! A follower replica answers commands with a redirect to the leader, which the
 //! HTTP client follows with the body; a replica that is down or has no leader is
 //! skipped for the next one, round robin, until the caller's deadline.
 
 pub mod follower;
+pub mod lease;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +26,7 @@ use kvorum_protocol::metadata::{
 };
 
 pub use follower::{Follower, follow};
+pub use lease::Lease;
 
 /// How long [`MetadClient::submit`] and [`MetadClient::state`] keep trying by default.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);

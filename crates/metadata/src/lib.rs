@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use kvorum_protocol::cluster::PartitionAssignment;
 use kvorum_protocol::cluster::{NodeRole, NodeState, is_host_port};
 use kvorum_protocol::metadata::{
     Lease, MetadataCommand, MetadataError, MetadataOp, MetadataOutcome, MetadataState, RequestId,
@@ -176,6 +177,33 @@ impl StateMachine {
                 state.partition_map = Some(map.clone());
                 changed
             }
+            MetadataOp::SetAssignment { assignment } => {
+                let Some(map) = state.partition_map.as_mut() else {
+                    return Err(conflict("the cluster has no partition map yet"));
+                };
+                let Some(current) = map.partitions.get(assignment.id.0 as usize) else {
+                    return Err(not_found(format!("no partition {}", assignment.id)));
+                };
+                let next = kvorum_protocol::Epoch(current.epoch.0 + 1);
+                if assignment.epoch != next {
+                    return Err(conflict(format!(
+                        "partition {} is at epoch {}; a change needs epoch {next}, not {}",
+                        assignment.id, current.epoch, assignment.epoch
+                    )));
+                }
+                if let Some(unknown) = assignment
+                    .replicas
+                    .iter()
+                    .chain(assignment.pending.iter().map(|r| &r.joining))
+                    .find(|id| !state.nodes.contains_key(id))
+                {
+                    return Err(invalid(format!(
+                        "the assignment names node {unknown}, which never registered"
+                    )));
+                }
+                map.partitions[assignment.id.0 as usize] = assignment.clone();
+                true
+            }
             MetadataOp::AcquireLease {
                 name,
                 holder,
@@ -298,6 +326,7 @@ pub fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
         MetadataOp::SetNodeState { .. } => {}
         MetadataOp::CreateKeyspace { .. } => {}
         MetadataOp::SetPartitionMap { map } => validate_map(map)?,
+        MetadataOp::SetAssignment { assignment } => validate_assignment(assignment)?,
         MetadataOp::AcquireLease {
             name,
             holder,
@@ -328,28 +357,33 @@ fn validate_map(map: &PartitionMap) -> Result<(), MetadataError> {
                 assignment.id
             )));
         }
-        let mut replicas = assignment.replicas.clone();
-        replicas.sort();
-        replicas.dedup();
-        if replicas.is_empty() || replicas.len() != assignment.replicas.len() {
-            return Err(invalid(format!(
-                "partition {} needs distinct replicas",
-                assignment.id
-            )));
-        }
-        for replacement in &assignment.pending {
-            if !assignment.replicas.contains(&replacement.leaving)
-                || assignment.replicas.contains(&replacement.joining)
-            {
-                return Err(invalid(format!(
-                    "partition {}: a replacement must take a replica's place with a node outside the set",
-                    assignment.id
-                )));
-            }
-        }
+        validate_assignment(assignment)?;
     }
     if map.partitions.is_empty() {
         return Err(invalid("a partition map has at least one partition"));
+    }
+    Ok(())
+}
+
+fn validate_assignment(assignment: &PartitionAssignment) -> Result<(), MetadataError> {
+    let mut replicas = assignment.replicas.clone();
+    replicas.sort();
+    replicas.dedup();
+    if replicas.is_empty() || replicas.len() != assignment.replicas.len() {
+        return Err(invalid(format!(
+            "partition {} needs distinct replicas",
+            assignment.id
+        )));
+    }
+    for replacement in &assignment.pending {
+        if !assignment.replicas.contains(&replacement.leaving)
+            || assignment.replicas.contains(&replacement.joining)
+        {
+            return Err(invalid(format!(
+                "partition {}: a replacement must take a replica's place with a node outside the set",
+                assignment.id
+            )));
+        }
     }
     Ok(())
 }
@@ -392,7 +426,6 @@ fn check_epochs(current: &PartitionMap, proposed: &PartitionMap) -> Result<(), M
 
 #[cfg(test)]
 mod tests {
-    use kvorum_protocol::cluster::PartitionAssignment;
     use kvorum_protocol::{ClusterSettings, Epoch, NodeInfo, PartitionId};
 
     use super::*;
@@ -871,5 +904,72 @@ mod tests {
             )),
             Err(MetadataError::Conflict { .. })
         ));
+    }
+
+    #[test]
+    fn one_partition_changes_alone_with_its_next_epoch() {
+        let mut machine = StateMachine::default();
+        for id in 1..=4 {
+            machine
+                .apply(&command(
+                    &format!("r{id}"),
+                    MetadataOp::RegisterNode { node: node(id) },
+                ))
+                .expect("register");
+        }
+        machine
+            .apply(&command(
+                "m",
+                MetadataOp::SetPartitionMap {
+                    map: map(&[(1, &[1, 2, 3]), (1, &[1, 2, 3])]),
+                },
+            ))
+            .expect("map");
+        let joining = PartitionAssignment {
+            id: PartitionId(1),
+            epoch: Epoch(2),
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            pending: vec![kvorum_protocol::cluster::Replacement {
+                leaving: NodeId(3),
+                joining: NodeId(4),
+            }],
+        };
+        let set = |id: &str, assignment: &PartitionAssignment| {
+            command(
+                id,
+                MetadataOp::SetAssignment {
+                    assignment: assignment.clone(),
+                },
+            )
+        };
+        machine.apply(&set("a", &joining)).expect("next epoch");
+        // The same change again is a stale writer; a skipped epoch too.
+        let stale = PartitionAssignment {
+            id: PartitionId(1),
+            ..joining.clone()
+        };
+        assert!(matches!(
+            machine.apply(&set("b", &stale)),
+            Err(MetadataError::Conflict { .. })
+        ));
+        let bad = PartitionAssignment {
+            epoch: Epoch(3),
+            pending: vec![kvorum_protocol::cluster::Replacement {
+                leaving: NodeId(9),
+                joining: NodeId(4),
+            }],
+            ..joining.clone()
+        };
+        assert!(matches!(
+            machine.apply(&set("c", &bad)),
+            Err(MetadataError::Invalid { .. })
+        ));
+        let map = machine.state().partition_map.clone().expect("map");
+        assert_eq!(
+            map.partitions[0].epoch,
+            Epoch(1),
+            "the other partition is untouched"
+        );
+        assert_eq!(map.partitions[1], joining);
     }
 }

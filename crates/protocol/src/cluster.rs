@@ -164,8 +164,22 @@ impl PartitionMap {
     }
 }
 
-/// A partition moving from one node to another (filled in by the recovery controller).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How the recovery controller restores or moves a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryStrategy {
+    /// A new replica streamed the partition from a read quorum of the old set.
+    StateTransfer,
+    /// A warm standby promoted into a failed node's place, then streamed the partition.
+    StandbyPromotion,
+    /// A node restored from its checkpoint, then caught up from its peers.
+    CheckpointRestore,
+    /// A partition moved to even out the load, or off a decommissioned node.
+    Rebalance,
+}
+
+/// A partition moving from one node to another (the recovery controller's report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionMove {
     /// The partition.
     pub partition: PartitionId,
@@ -173,6 +187,35 @@ pub struct PartitionMove {
     pub from: Option<NodeId>,
     /// The replica joining it.
     pub to: NodeId,
+    /// Why and how.
+    pub strategy: RecoveryStrategy,
+    /// Bytes streamed to the new replica so far.
+    pub bytes_copied: u64,
+    /// Records streamed so far.
+    pub records_copied: u64,
+    /// The recent copy rate, bytes per second.
+    pub rate_bytes_per_sec: u64,
+    /// Milliseconds since the move began.
+    pub elapsed_ms: u64,
+}
+
+/// A move that ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinishedRecovery {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The replica that left.
+    pub from: Option<NodeId>,
+    /// The replica that joined (or was to).
+    pub to: NodeId,
+    /// How.
+    pub strategy: RecoveryStrategy,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// Bytes streamed.
+    pub bytes_copied: u64,
+    /// Whether the new replica set took effect (false: aborted, the old set stands).
+    pub completed: bool,
 }
 
 /// A metadata service replica.
@@ -225,6 +268,9 @@ pub struct ClusterView {
     pub partitions: Vec<PartitionAssignment>,
     /// Replica moves under way.
     pub moves: Vec<PartitionMove>,
+    /// Moves that ended recently, newest last.
+    #[serde(default)]
+    pub recoveries: Vec<FinishedRecovery>,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! - [`detector`]: the failure detector's report.
 //! - [`metadata`]: the metadata service's commands and state.
 //! - [`paxos`]: the metadata service's Multi-Paxos messages.
+//! - [`recovery`]: the recovery controller's report.
 //! - [`storage`]: the storage node's internal API.
 //! - [`error`]: the JSON error body every service answers with.
 //! - [`health`]: the `/healthz` and `/readyz` answer.
@@ -25,6 +26,7 @@ pub mod key;
 pub mod keyspace;
 pub mod metadata;
 pub mod paxos;
+pub mod recovery;
 pub mod storage;
 pub mod version;
 

@@ -59,6 +59,12 @@ pub enum MetadataOp {
         /// The map.
         map: PartitionMap,
     },
+    /// Replaces one partition's assignment; it must carry exactly the next epoch,
+    /// so that moves of different partitions do not conflict with each other.
+    SetAssignment {
+        /// The partition's new assignment.
+        assignment: crate::cluster::PartitionAssignment,
+    },
     /// Takes or renews a named lease.
     AcquireLease {
         /// The lease, such as `recovery-controller`.

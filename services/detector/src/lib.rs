@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use kvorum_failure_detector::{JudgeConfig, PhiConfig};
 use kvorum_http_client::{ClientConfig, HttpClient};
-use kvorum_metad_client::{Follower, MetadClient, MetadClientError};
+use kvorum_metad_client::{Follower, Lease, MetadClient};
 use kvorum_protocol::NodeId;
 use kvorum_protocol::cluster::NodeState;
 use kvorum_protocol::detector::DETECTOR_LEASE;
@@ -56,8 +56,8 @@ pub enum DetectorError {
 pub struct Shared {
     /// Histories and verdicts.
     pub monitor: Mutex<Monitor>,
-    /// When the lease this detector holds lapses, on its own clock.
-    pub lease_until: Mutex<Option<Instant>>,
+    /// The detector lease, held by the one detector that reports.
+    pub lease: Lease,
     /// The metadata this detector follows.
     pub follower: Follower,
     started: Instant,
@@ -71,7 +71,7 @@ impl Shared {
 
     /// Whether this detector holds the lease now.
     pub fn is_active(&self) -> bool {
-        lock(&self.lease_until).is_some_and(|until| Instant::now() < until)
+        self.lease.is_held()
     }
 }
 
@@ -99,7 +99,7 @@ pub async fn run(
                 grace_ms: config.down_grace_ms,
             },
         )),
-        lease_until: Mutex::new(None),
+        lease: Lease::default(),
         follower,
         started: Instant::now(),
     });
@@ -117,12 +117,14 @@ pub async fn run(
             config.interval(),
         )),
         tokio::spawn(judge(shared.clone(), metad.clone())),
-        tokio::spawn(hold_lease(
-            shared.clone(),
-            metad.with_deadline(Duration::from_millis(config.lease_ms / 3)),
-            advertised.clone(),
-            Duration::from_millis(config.lease_ms),
-        )),
+        tokio::spawn({
+            let (metad, holder, lease) = (metad.clone(), advertised.clone(), shared.lease.clone());
+            let duration = Duration::from_millis(config.lease_ms);
+            async move {
+                kvorum_metad_client::lease::hold(metad, DETECTOR_LEASE, holder, duration, lease)
+                    .await;
+            }
+        }),
     ];
     let app = api::router(shared);
     tracing::info!(address = %listener.local_addr()?, %advertised, "failure detector serving");
@@ -254,44 +256,6 @@ async fn judge(shared: Arc<Shared>, metad: MetadClient) {
                     }
                 }
                 .instrument(span),
-            );
-        }
-    }
-}
-
-/// Takes and renews the detector lease; only its holder reports verdicts.
-async fn hold_lease(shared: Arc<Shared>, metad: MetadClient, holder: String, duration: Duration) {
-    let mut ticker = tokio::time::interval(duration / 3);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    loop {
-        ticker.tick().await;
-        let asked_at = Instant::now();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let answer = metad
-            .submit(MetadataOp::AcquireLease {
-                name: DETECTOR_LEASE.to_owned(),
-                holder: holder.clone(),
-                now_ms,
-                duration_ms,
-            })
-            .await;
-        let was_active = shared.is_active();
-        match answer {
-            // Counted from when we asked: the lease cannot have started later.
-            Ok(_) => *lock(&shared.lease_until) = Some(asked_at + duration),
-            Err(MetadClientError::Refused(_)) => *lock(&shared.lease_until) = None,
-            // Unknown: keep what we had until it lapses on our own clock.
-            Err(MetadClientError::Unavailable { .. }) => {}
-        }
-        let active = shared.is_active();
-        if active != was_active {
-            tracing::info!(
-                active,
-                "detector lease {}",
-                if active { "taken" } else { "lost" }
             );
         }
     }

@@ -47,6 +47,18 @@ struct LocalConfig {
     #[arg(long, env = "KVORUM_DETECTOR_PORT", default_value_t = 7300, value_parser = clap::value_parser!(u16).range(1..))]
     detector_port: u16,
 
+    /// Recovery controllers to run (one acts, the others stand by).
+    #[arg(long, env = "KVORUM_RECOVERY_CONTROLLERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=5))]
+    recovery_controllers: u64,
+
+    /// Port of recovery controller 1; controller i listens on this + i - 1.
+    #[arg(long, env = "KVORUM_RECOVERY_PORT", default_value_t = 7400, value_parser = clap::value_parser!(u16).range(1..))]
+    recovery_port: u16,
+
+    /// How long a node must stay down before the controller replaces its replicas, in milliseconds.
+    #[arg(long, env = "KVORUM_REPLACEMENT_DELAY_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    replacement_delay_ms: u64,
+
     /// Directory for data and logs; kept across runs.
     #[arg(long, env = "KVORUM_DATA_DIR", default_value = "data", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     data_dir: PathBuf,
@@ -114,6 +126,11 @@ async fn main() -> anyhow::Result<()> {
         metad_base_port: config.metad_port,
         detectors: usize::try_from(config.detectors)?,
         detector_base_port: config.detector_port,
+        recovery: usize::try_from(config.recovery_controllers)?,
+        recovery_base_port: config.recovery_port,
+        replacement_delay: Some(std::time::Duration::from_millis(
+            config.replacement_delay_ms,
+        )),
         data_dir: std::path::absolute(&config.data_dir)?,
         bin_dir: config.bin_dir.unwrap_or_else(default_bin_dir),
         log_filter: config.cluster_log,

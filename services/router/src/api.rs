@@ -493,8 +493,16 @@ async fn openapi() -> impl IntoResponse {
 
 async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<ClusterView>, ApiError> {
     let snapshot = state.metadata.current()?;
-    let (metad, suspicion) = tokio::join!(state.metadata.metad_view(), state.metadata.suspicion());
+    let (metad, suspicion, moves) = tokio::join!(
+        state.metadata.metad_view(),
+        state.metadata.suspicion(),
+        state.metadata.moves()
+    );
     let mut view = snapshot.topology.view(metad);
+    if let Some(report) = moves {
+        view.moves = report.moves;
+        view.recoveries = report.finished;
+    }
     if let Some(report) = suspicion {
         for node in &mut view.nodes {
             node.phi = report

@@ -9,6 +9,7 @@ use kvorum_metad_client::{Follower, MetadClient, MetadClientError};
 use kvorum_protocol::cluster::{MetadReplica, MetadView};
 use kvorum_protocol::detector::{DETECTOR_LEASE, SuspicionReport};
 use kvorum_protocol::metadata::{MetadataOp, MetadataState};
+use kvorum_protocol::recovery::{RECOVERY_LEASE, RecoveryReport};
 use kvorum_protocol::{ClusterSettings, KeyspaceConfig, NodeId};
 use kvorum_server::Readiness;
 
@@ -83,6 +84,7 @@ pub struct Metadata {
     client: MetadClient,
     follower: Follower,
     cache: Arc<Mutex<Option<Arc<Snapshot>>>>,
+    /// Reaches the lease holders (detector, recovery controller).
     detector: HttpClient,
 }
 
@@ -103,17 +105,24 @@ impl Metadata {
 
     /// The active failure detector's report: the holder of its lease is its address.
     pub async fn suspicion(&self) -> Option<SuspicionReport> {
-        let holder = self
-            .follower
-            .current()?
-            .leases
-            .get(DETECTOR_LEASE)?
-            .holder
-            .clone();
+        self.ask_lease_holder(DETECTOR_LEASE, "/v1/suspicion").await
+    }
+
+    /// The active recovery controller's moves, found the same way.
+    pub async fn moves(&self) -> Option<RecoveryReport> {
+        self.ask_lease_holder(RECOVERY_LEASE, "/v1/moves").await
+    }
+
+    async fn ask_lease_holder<T: serde::de::DeserializeOwned>(
+        &self,
+        lease: &str,
+        path: &str,
+    ) -> Option<T> {
+        let holder = self.follower.current()?.leases.get(lease)?.holder.clone();
         self.detector
-            .get_json(&holder, "/v1/suspicion")
+            .get_json(&holder, path)
             .await
-            .map_err(|error| tracing::debug!(%error, "no report from the failure detector"))
+            .map_err(|error| tracing::debug!(lease, %error, "no report from the lease holder"))
             .ok()
     }
 

@@ -113,6 +113,7 @@ impl Topology {
                 .collect(),
             partitions: self.map.partitions.clone(),
             moves: Vec::new(),
+            recoveries: Vec::new(),
         }
     }
 }

@@ -1,0 +1,79 @@
+//! Holding a named lease in the metadata service: how one of several instances
+//! of a service (failure detectors, recovery controllers) becomes the active one.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvorum_protocol::metadata::MetadataOp;
+
+use crate::{MetadClient, MetadClientError};
+
+/// Whether this instance holds the lease, as of its last renewal.
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Lease {
+    /// Whether the lease is held now (it lapses on this instance's own clock).
+    pub fn is_held(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+}
+
+/// Takes and renews lease `name` for `holder` every third of `duration`, for ever.
+///
+/// A renewal that the metadata service refuses (someone else holds it) drops
+/// the lease at once; one that gets no answer leaves it to lapse on this
+/// instance's clock, counted from when the renewal was asked, so the holder
+/// stops acting no later than the metadata service lets another one start
+/// (assuming the instances' clocks agree to well under the lease).
+pub async fn hold(
+    client: MetadClient,
+    name: &str,
+    holder: String,
+    duration: Duration,
+    lease: Lease,
+) {
+    let client = client.with_deadline(duration / 3);
+    let mut ticker = tokio::time::interval(duration / 3);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        ticker.tick().await;
+        let asked_at = Instant::now();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let answer = client
+            .submit(MetadataOp::AcquireLease {
+                name: name.to_owned(),
+                holder: holder.clone(),
+                now_ms,
+                duration_ms,
+            })
+            .await;
+        let was_held = lease.is_held();
+        match answer {
+            Ok(_) => lease.set(Some(asked_at + duration)),
+            Err(MetadClientError::Refused(_)) => lease.set(None),
+            Err(MetadClientError::Unavailable { .. }) => {}
+        }
+        let held = lease.is_held();
+        if held != was_held {
+            tracing::info!(
+                lease = name,
+                held,
+                "lease {}",
+                if held { "taken" } else { "lost" }
+            );
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! `kvorum-recovery`: the recovery controller.
+//!
+//! - [`config`]: flags and environment.
+//! - [`plan`]: which replicas to replace and by which nodes (pure).
+//! - [`transfer`]: one replacement by state transfer.
+//! - [`api`]: `GET /v1/moves`, probes and metrics.
+//!
+//! Any number may run; the holder of the `recovery-controller` lease acts. It
+//! waits until a node has been down for the replacement delay (a restarted
+//! process or a rescheduled pod comes back sooner and costs no copy), then
+//! replaces each of its replicas, a bounded number of moves at a time. Moves a
+//! previous controller left half done (a pending replacement in the map) are
+//! resumed: every step is idempotent.
+
+pub mod api;
+pub mod config;
+pub mod plan;
+pub mod transfer;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvorum_http_client::{ClientConfig, HttpClient};
+use kvorum_metad_client::{Follower, Lease, MetadClient};
+use kvorum_protocol::cluster::{FinishedRecovery, NodeState, RecoveryStrategy};
+use kvorum_protocol::recovery::{RECOVERY_LEASE, RecoveryReport};
+use kvorum_protocol::{NodeId, PartitionId};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use config::RecoveryConfig;
+
+use crate::plan::PlannedMove;
+use crate::transfer::{Mover, Progress};
+
+/// How often the controller looks at the cluster.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
+/// How many finished moves the report keeps.
+const FINISHED_KEPT: usize = 100;
+
+/// Why the controller stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// What the controller's tasks and handlers share.
+#[derive(Debug, Default)]
+pub struct Moves {
+    in_flight: Mutex<BTreeMap<PartitionId, (Progress, Instant)>>,
+    finished: Mutex<VecDeque<FinishedRecovery>>,
+}
+
+impl Moves {
+    /// The report `GET /v1/moves` serves.
+    pub fn report(&self, active: bool) -> RecoveryReport {
+        RecoveryReport {
+            active,
+            moves: lock(&self.in_flight)
+                .values()
+                .map(|(progress, started)| progress.snapshot(*started))
+                .collect(),
+            finished: lock(&self.finished).iter().cloned().collect(),
+        }
+    }
+
+    fn busy(&self) -> BTreeSet<PartitionId> {
+        lock(&self.in_flight).keys().copied().collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the controller on `listener` until `shutdown` fires.
+pub async fn run(
+    config: RecoveryConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RecoveryError> {
+    let advertised = config.advertised().map_err(RecoveryError::Config)?;
+    let metad =
+        MetadClient::new("recovery", config.metad.clone()).map_err(RecoveryError::Config)?;
+    let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
+    let lease = Lease::default();
+    let moves = Arc::new(Moves::default());
+    let mut storage = ClientConfig::new("recovery");
+    storage.request_timeout = Duration::from_secs(30);
+    storage.retries = 1;
+    let mover = Mover {
+        metad: metad.clone(),
+        storage: HttpClient::new(storage).map_err(|e| RecoveryError::Config(e.to_string()))?,
+        chunk_records: usize::try_from(config.chunk_records).unwrap_or(usize::MAX),
+        bytes_per_sec: config.transfer_bytes_per_sec,
+    };
+    let tasks = [
+        tokio::spawn({
+            let (metad, lease) = (metad.clone(), lease.clone());
+            let (holder, duration) = (advertised.clone(), Duration::from_millis(config.lease_ms));
+            async move {
+                kvorum_metad_client::lease::hold(metad, RECOVERY_LEASE, holder, duration, lease)
+                    .await
+            }
+        }),
+        tokio::spawn(reconcile(
+            follower.clone(),
+            lease.clone(),
+            moves.clone(),
+            mover,
+            config.replacement_delay(),
+            usize::try_from(config.max_concurrent_moves).unwrap_or(usize::MAX),
+        )),
+    ];
+    let app = api::router(moves, lease, follower);
+    tracing::info!(address = %listener.local_addr()?, %advertised, delay = ?config.replacement_delay(), "recovery controller serving");
+    kvorum_server::serve(listener, app, shutdown).await?;
+    for task in tasks {
+        task.abort();
+    }
+    tracing::info!("recovery controller stopped");
+    Ok(())
+}
+
+/// The reconcile loop: while active, replace the replicas of nodes down past the delay.
+async fn reconcile(
+    follower: Follower,
+    lease: Lease,
+    moves: Arc<Moves>,
+    mover: Mover,
+    delay: Duration,
+    max_concurrent: usize,
+) {
+    let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+    let mut ticker = tokio::time::interval(RECONCILE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(state) = follower.current() else {
+            continue;
+        };
+        // Down time is counted by every controller, active or not, so that a
+        // standby that takes over does not start the delay again.
+        down_since.retain(|node, _| {
+            state
+                .nodes
+                .get(node)
+                .is_some_and(|n| n.state == NodeState::Down)
+        });
+        for node in state.nodes.values().filter(|n| n.state == NodeState::Down) {
+            down_since.entry(node.id).or_insert_with(Instant::now);
+        }
+        if !lease.is_held() {
+            continue;
+        }
+        let mut busy = moves.busy();
+        let mut room = max_concurrent.saturating_sub(busy.len());
+        // Resume moves a previous controller (or an earlier pass) left pending.
+        let mut planned: Vec<PlannedMove> = state
+            .partition_map
+            .iter()
+            .flat_map(|m| &m.partitions)
+            .filter(|a| !busy.contains(&a.id))
+            .filter_map(|a| {
+                a.pending.first().map(|replacement| PlannedMove {
+                    partition: a.id,
+                    replacement: *replacement,
+                    strategy: RecoveryStrategy::StateTransfer,
+                })
+            })
+            .take(room)
+            .collect();
+        room -= planned.len();
+        busy.extend(planned.iter().map(|m| m.partition));
+        let dead: BTreeSet<NodeId> = down_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= delay)
+            .map(|(node, _)| *node)
+            .collect();
+        planned.extend(plan::replacements(&state, &dead, &busy, room));
+        for planned in planned {
+            start(&moves, &mover, planned);
+        }
+        metrics::gauge!("kvorum_recovery_moves_in_flight").set(moves.busy().len() as f64);
+    }
+}
+
+fn start(moves: &Arc<Moves>, mover: &Mover, planned: PlannedMove) {
+    let (progress, started) = Progress::new(&planned);
+    lock(&moves.in_flight).insert(planned.partition, (progress.clone(), started));
+    tracing::info!(partition = %planned.partition, leaving = %planned.replacement.leaving, joining = %planned.replacement.joining, strategy = ?planned.strategy, "move started");
+    let (moves, mover) = (moves.clone(), mover.clone());
+    let span = tracing::info_span!(
+        "recovery.move",
+        kvorum.partition = planned.partition.0,
+        leaving = planned.replacement.leaving.0,
+        joining = planned.replacement.joining.0,
+    );
+    tokio::spawn(
+        async move {
+            let finished = mover.run(planned, progress, started).await;
+            tracing::info!(
+                completed = finished.completed,
+                duration_ms = finished.duration_ms,
+                bytes = finished.bytes_copied,
+                "move ended"
+            );
+            metrics::counter!(
+                "kvorum_recovery_moves_total",
+                "strategy" => format!("{:?}", finished.strategy),
+                "completed" => finished.completed.to_string()
+            )
+            .increment(1);
+            lock(&moves.in_flight).remove(&finished.partition);
+            let mut kept = lock(&moves.finished);
+            kept.push_back(finished);
+            while kept.len() > FINISHED_KEPT {
+                kept.pop_front();
+            }
+        }
+        .instrument(span),
+    );
+}

@@ -1,0 +1,190 @@
+//! Which replicas to replace, and by which nodes: pure, deterministic planning.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kvorum_protocol::cluster::{NodeRole, NodeState, RecoveryStrategy, Replacement};
+use kvorum_protocol::consistency::quorum;
+use kvorum_protocol::metadata::MetadataState;
+use kvorum_protocol::{NodeId, PartitionId};
+
+/// A move the controller should start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedMove {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The replica replaced, and its replacement.
+    pub replacement: Replacement,
+    /// How.
+    pub strategy: RecoveryStrategy,
+}
+
+/// Replacements for replicas on `dead` nodes (down past the replacement delay).
+///
+/// Partitions already changing (`busy`, or with a pending replacement) are
+/// left alone, as are partitions with fewer live replicas than a quorum: the
+/// copy must come from a read quorum of the old set, or a write acknowledged by
+/// a quorum could be missed. A replacement is an up storage node outside the
+/// set, the least loaded one (replicas held plus joins under way), ties broken
+/// by id; at most `limit` moves are planned.
+pub fn replacements(
+    state: &MetadataState,
+    dead: &BTreeSet<NodeId>,
+    busy: &BTreeSet<PartitionId>,
+    limit: usize,
+) -> Vec<PlannedMove> {
+    let Some(map) = &state.partition_map else {
+        return Vec::new();
+    };
+    let mut load: BTreeMap<NodeId, usize> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Storage && n.state == NodeState::Up)
+        .map(|n| (n.id, 0))
+        .collect();
+    for assignment in &map.partitions {
+        for node in assignment
+            .replicas
+            .iter()
+            .chain(assignment.pending.iter().map(|r| &r.joining))
+        {
+            if let Some(count) = load.get_mut(node) {
+                *count += 1;
+            }
+        }
+    }
+    let up = |node: &NodeId| {
+        state
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.state == NodeState::Up)
+    };
+    let mut planned = Vec::new();
+    for assignment in &map.partitions {
+        if planned.len() >= limit {
+            break;
+        }
+        if busy.contains(&assignment.id) || !assignment.pending.is_empty() {
+            continue;
+        }
+        let Some(&leaving) = assignment.replicas.iter().find(|n| dead.contains(n)) else {
+            continue;
+        };
+        let live = assignment.replicas.iter().filter(|n| up(n)).count();
+        if live < quorum(assignment.replicas.len()) {
+            tracing::warn!(partition = %assignment.id, live, "too few live replicas to copy from safely; waiting");
+            continue;
+        }
+        let Some((&joining, _)) = load
+            .iter()
+            .filter(|(node, _)| !assignment.replicas.contains(node))
+            .min_by_key(|(node, count)| (**count, **node))
+        else {
+            continue;
+        };
+        *load.entry(joining).or_default() += 1;
+        planned.push(PlannedMove {
+            partition: assignment.id,
+            replacement: Replacement { leaving, joining },
+            strategy: RecoveryStrategy::StateTransfer,
+        });
+    }
+    planned
+}
+
+#[cfg(test)]
+mod tests {
+    use kvorum_protocol::NodeInfo;
+    use kvorum_protocol::cluster::PartitionAssignment;
+    use kvorum_protocol::{Epoch, PartitionMap};
+
+    use super::*;
+
+    fn state(states: &[NodeState], partitions: &[&[u64]]) -> MetadataState {
+        MetadataState {
+            nodes: states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let id = NodeId(i as u64 + 1);
+                    (
+                        id,
+                        NodeInfo {
+                            id,
+                            address: format!("127.0.0.1:{}", 7001 + i),
+                            role: NodeRole::Storage,
+                            state: *s,
+                        },
+                    )
+                })
+                .collect(),
+            partition_map: Some(PartitionMap {
+                partitions: partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, replicas)| PartitionAssignment {
+                        id: PartitionId(i as u32),
+                        epoch: Epoch(1),
+                        replicas: replicas.iter().copied().map(NodeId).collect(),
+                        pending: Vec::new(),
+                    })
+                    .collect(),
+            }),
+            ..MetadataState::default()
+        }
+    }
+
+    use NodeState::{Down, Up};
+
+    #[test]
+    fn each_partition_of_a_dead_node_goes_to_the_least_loaded_outsider() {
+        let state = state(
+            &[Up, Up, Down, Up, Up],
+            &[&[1, 2, 3], &[3, 4, 5], &[2, 3, 4], &[1, 4, 5]],
+        );
+        let dead = BTreeSet::from([NodeId(3)]);
+        let planned = replacements(&state, &dead, &BTreeSet::new(), 10);
+        let moves: Vec<(u32, u64, u64)> = planned
+            .iter()
+            .map(|m| {
+                (
+                    m.partition.0,
+                    m.replacement.leaving.0,
+                    m.replacement.joining.0,
+                )
+            })
+            .collect();
+        // Loads before: 1→2, 2→2, 4→3, 5→2 (the dead 3 takes nothing). Partition 0
+        // (outside: 4, 5) takes 5; partition 1 (outside: 1 and 2, both at 2) takes
+        // the lower id, 1; partition 2 (outside: 1 and 5, both now at 3) takes 1.
+        assert_eq!(moves, [(0, 3, 5), (1, 3, 1), (2, 3, 1)]);
+        assert!(
+            planned
+                .iter()
+                .all(|m| m.strategy == RecoveryStrategy::StateTransfer)
+        );
+    }
+
+    #[test]
+    fn busy_pending_and_quorumless_partitions_are_left_alone_and_the_limit_holds() {
+        let mut state = state(
+            &[Up, Down, Down, Up, Up],
+            &[&[1, 2, 3], &[2, 4, 5], &[2, 4, 5], &[1, 2, 4]],
+        );
+        if let Some(map) = state.partition_map.as_mut() {
+            map.partitions[3].pending = vec![Replacement {
+                leaving: NodeId(2),
+                joining: NodeId(5),
+            }];
+        }
+        let dead = BTreeSet::from([NodeId(2), NodeId(3)]);
+        let busy = BTreeSet::from([PartitionId(1)]);
+        let planned = replacements(&state, &dead, &busy, 10);
+        // 0 has one live replica of three: no quorum to copy from. 1 is busy, 3 pending.
+        assert_eq!(
+            planned.iter().map(|m| m.partition.0).collect::<Vec<_>>(),
+            [2]
+        );
+        assert!(replacements(&state, &dead, &BTreeSet::new(), 1).len() == 1);
+        assert!(replacements(&state, &BTreeSet::new(), &BTreeSet::new(), 10).is_empty());
+    }
+}
