@@ -97,7 +97,7 @@ mod tests {
         assert_eq!(config.replacement_delay(), Duration::from_secs(15));
         for (args, flag) in [
             (
-                &["--metad", "m:1", "--replacement-delay-ms", "-1"][..],
+                &["--metad", "m:1", "--replacement-delay-ms", "soon"][..],
                 "--replacement-delay-ms",
             ),
             (
