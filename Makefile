@@ -10,6 +10,9 @@ METAD        ?= 3
 METAD_PORT   ?= 9001
 DETECTORS    ?= 1
 DETECTOR_PORT ?= 7300
+RECOVERY     ?= 1
+RECOVERY_PORT ?= 7400
+REPLACEMENT_DELAY_MS ?= 15000
 DATA_DIR     ?= data
 
 CARGO ?= cargo
@@ -40,6 +43,8 @@ run: release ## start a local cluster in ./data until Ctrl-C
 		--partitions $(PARTITIONS) --port $(PORT) --storage-port $(STORAGE_PORT) \
 		--metad-replicas $(METAD) --metad-port $(METAD_PORT) \
 		--detectors $(DETECTORS) --detector-port $(DETECTOR_PORT) \
+		--recovery-controllers $(RECOVERY) --recovery-port $(RECOVERY_PORT) \
+		--replacement-delay-ms $(REPLACEMENT_DELAY_MS) \
 		--data-dir $(DATA_DIR) --bin-dir target/release
 
 test: build ## unit, handler and whole-cluster tests

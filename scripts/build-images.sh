@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVICES=(kvorum-metad kvorum-storage kvorum-router kvorum-detector)
+SERVICES=(kvorum-metad kvorum-storage kvorum-router kvorum-detector kvorum-recovery)
 VERSION=$(scripts/version.sh)
 
 if ! command -v docker >/dev/null; then
