@@ -2,6 +2,7 @@
 # Sizes and ports are variables: make run NODES=7 PORT=9090
 
 NODES        ?= 5
+STANDBYS     ?= 0
 RF           ?= 3
 PARTITIONS   ?= 64
 PORT         ?= 8080
@@ -39,7 +40,7 @@ release: tools
 	$(CARGO) build --release --bins
 
 run: release ## start a local cluster in ./data until Ctrl-C
-	./target/release/kvorum-local --nodes $(NODES) --replication-factor $(RF) \
+	./target/release/kvorum-local --nodes $(NODES) --standbys $(STANDBYS) --replication-factor $(RF) \
 		--partitions $(PARTITIONS) --port $(PORT) --storage-port $(STORAGE_PORT) \
 		--metad-replicas $(METAD) --metad-port $(METAD_PORT) \
 		--detectors $(DETECTORS) --detector-port $(DETECTOR_PORT) \

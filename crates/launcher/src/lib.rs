@@ -28,6 +28,8 @@ pub const LAYOUT_FILE: &str = "cluster.json";
 pub struct ClusterSpec {
     /// Storage nodes to start.
     pub nodes: usize,
+    /// Warm standbys to start after them (storage nodes registered with `--standby`).
+    pub standbys: usize,
     /// Replicas per partition.
     pub replication_factor: usize,
     /// Partitions keys hash into.
@@ -66,6 +68,7 @@ impl ClusterSpec {
     pub fn for_tests(data_dir: &Path) -> Self {
         Self {
             nodes: 5,
+            standbys: 0,
             replication_factor: 3,
             partitions: 16,
             router_port: 0,
@@ -428,7 +431,7 @@ impl LocalCluster {
         let id = index + 1;
         let name = format!("storage-{id}");
         let data = self.spec.data_dir.join(&name);
-        let args = vec![
+        let mut args = vec![
             "--node-id".to_owned(),
             id.to_string(),
             "--listen".to_owned(),
@@ -438,6 +441,9 @@ impl LocalCluster {
             "--data-dir".to_owned(),
             data.display().to_string(),
         ];
+        if index >= self.layout.storage.len() - self.layout.standbys {
+            args.push("--standby".to_owned());
+        }
         ManagedProcess::spawn(
             &name,
             &self.spec.bin_dir.join("kvorum-storage"),
@@ -748,6 +754,9 @@ struct Layout {
     detectors: Vec<SocketAddr>,
     #[serde(default)]
     recovery: Vec<SocketAddr>,
+    /// How many of the last storage entries are standbys.
+    #[serde(default)]
+    standbys: usize,
 }
 
 impl Layout {
@@ -756,7 +765,7 @@ impl Layout {
         ClusterSettings {
             partitions: self.partitions,
             replication_factor: self.replication_factor,
-            bootstrap_nodes: self.storage.len(),
+            bootstrap_nodes: self.storage.len() - self.standbys,
         }
     }
 
@@ -795,7 +804,8 @@ fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
         let fixed = |base: u16, index: usize| {
             SocketAddr::from(([127, 0, 0, 1], base.saturating_add(index as u16)))
         };
-        let same_shape = existing.storage.len() == spec.nodes
+        let same_shape = existing.storage.len() == spec.nodes + spec.standbys
+            && existing.standbys == spec.standbys
             && existing.detectors.len() == spec.detectors
             && existing.recovery.len() == spec.recovery
             && existing.metad.len() as u64 == spec.metad_replicas
@@ -847,9 +857,10 @@ fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
         metad: (0..spec.metad_replicas)
             .map(|i| Ok((i + 1, port(spec.metad_base_port, i as usize)?)))
             .collect::<Result<_, LaunchError>>()?,
-        storage: (0..spec.nodes)
+        storage: (0..spec.nodes + spec.standbys)
             .map(|i| port(spec.storage_base_port, i))
             .collect::<Result<_, LaunchError>>()?,
+        standbys: spec.standbys,
         detectors: (0..spec.detectors)
             .map(|i| port(spec.detector_base_port, i))
             .collect::<Result<_, LaunchError>>()?,

@@ -132,6 +132,18 @@ impl StateMachine {
                 member.state = *health;
                 changed
             }
+            MetadataOp::SetNodeRole { node, role } => {
+                let member = state
+                    .nodes
+                    .get_mut(node)
+                    .ok_or_else(|| not_found(format!("no node {node}")))?;
+                if member.state == NodeState::Decommissioned {
+                    return Err(conflict(format!("node {node} is decommissioned")));
+                }
+                let changed = member.role != *role;
+                member.role = *role;
+                changed
+            }
             MetadataOp::CreateKeyspace { keyspace } => {
                 let Some(settings) = &state.cluster else {
                     return Err(conflict("the cluster is not initialised yet"));
@@ -323,7 +335,7 @@ pub fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
                 )));
             }
         }
-        MetadataOp::SetNodeState { .. } => {}
+        MetadataOp::SetNodeState { .. } | MetadataOp::SetNodeRole { .. } => {}
         MetadataOp::CreateKeyspace { .. } => {}
         MetadataOp::SetPartitionMap { map } => validate_map(map)?,
         MetadataOp::SetAssignment { assignment } => validate_assignment(assignment)?,
@@ -971,5 +983,45 @@ mod tests {
             "the other partition is untouched"
         );
         assert_eq!(map.partitions[1], joining);
+    }
+
+    #[test]
+    fn a_standby_is_promoted_but_a_decommissioned_node_is_not() {
+        let mut machine = StateMachine::default();
+        let standby = NodeInfo {
+            role: NodeRole::Standby,
+            ..node(6)
+        };
+        machine
+            .apply(&command("a", MetadataOp::RegisterNode { node: standby }))
+            .expect("register");
+        let promote = |id: &str, node: u64| {
+            command(
+                id,
+                MetadataOp::SetNodeRole {
+                    node: NodeId(node),
+                    role: NodeRole::Storage,
+                },
+            )
+        };
+        machine.apply(&promote("b", 6)).expect("promote");
+        assert_eq!(machine.state().nodes[&NodeId(6)].role, NodeRole::Storage);
+        assert!(matches!(
+            machine.apply(&promote("c", 7)),
+            Err(MetadataError::NotFound { .. })
+        ));
+        machine
+            .apply(&command(
+                "d",
+                MetadataOp::SetNodeState {
+                    node: NodeId(6),
+                    state: NodeState::Decommissioned,
+                },
+            ))
+            .expect("decommission");
+        assert!(matches!(
+            machine.apply(&promote("e", 6)),
+            Err(MetadataError::Conflict { .. })
+        ));
     }
 }

@@ -48,6 +48,13 @@ pub enum MetadataOp {
         /// Its state.
         state: NodeState,
     },
+    /// Changes a node's role: the recovery controller promotes a standby.
+    SetNodeRole {
+        /// The node.
+        node: NodeId,
+        /// Its new role.
+        role: crate::cluster::NodeRole,
+    },
     /// Creates a keyspace (idempotent for an identical one).
     CreateKeyspace {
         /// Its settings.

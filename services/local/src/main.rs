@@ -15,6 +15,10 @@ struct LocalConfig {
     #[arg(long, env = "KVORUM_NODES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64))]
     nodes: u64,
 
+    /// Warm standby storage nodes, promoted by the recovery controller into a failed node's place.
+    #[arg(long, env = "KVORUM_STANDBYS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
+    standbys: u64,
+
     /// Replicas per partition.
     #[arg(long, env = "KVORUM_REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     replication_factor: u64,
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let spec = ClusterSpec {
         nodes: usize::try_from(config.nodes)?,
+        standbys: usize::try_from(config.standbys)?,
         replication_factor: usize::try_from(config.replication_factor)?,
         partitions: config.partitions,
         router_port: config.port,

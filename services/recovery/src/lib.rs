@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use kvorum_http_client::{ClientConfig, HttpClient};
 use kvorum_metad_client::{Follower, Lease, MetadClient};
-use kvorum_protocol::cluster::{FinishedRecovery, NodeState, RecoveryStrategy};
+use kvorum_protocol::cluster::{FinishedRecovery, NodeRole, NodeState, RecoveryStrategy};
+use kvorum_protocol::metadata::MetadataOp;
 use kvorum_protocol::recovery::{RECOVERY_LEASE, RecoveryReport};
 use kvorum_protocol::{NodeId, PartitionId};
 use tokio::net::TcpListener;
@@ -140,6 +141,8 @@ async fn reconcile(
     max_concurrent: usize,
 ) {
     let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+    // Promoted standbys, by the dead node whose place each takes.
+    let mut designated: BTreeMap<NodeId, NodeId> = BTreeMap::new();
     let mut ticker = tokio::time::interval(RECONCILE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -173,7 +176,12 @@ async fn reconcile(
                 a.pending.first().map(|replacement| PlannedMove {
                     partition: a.id,
                     replacement: *replacement,
-                    strategy: RecoveryStrategy::StateTransfer,
+                    strategy: if designated.get(&replacement.leaving) == Some(&replacement.joining)
+                    {
+                        RecoveryStrategy::StandbyPromotion
+                    } else {
+                        RecoveryStrategy::StateTransfer
+                    },
                 })
             })
             .take(room)
@@ -185,7 +193,24 @@ async fn reconcile(
             .filter(|(_, since)| since.elapsed() >= delay)
             .map(|(node, _)| *node)
             .collect();
-        planned.extend(plan::replacements(&state, &dead, &busy, room));
+        designated.retain(|node, _| dead.contains(node));
+        for (node, standby) in plan::standbys_for(&state, &dead, &designated) {
+            match mover
+                .metad
+                .submit(MetadataOp::SetNodeRole {
+                    node: standby,
+                    role: NodeRole::Storage,
+                })
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(%standby, dead = %node, "standby promoted into the dead node's place");
+                    designated.insert(node, standby);
+                }
+                Err(error) => tracing::warn!(%standby, %error, "cannot promote the standby yet"),
+            }
+        }
+        planned.extend(plan::replacements(&state, &dead, &designated, &busy, room));
         for planned in planned {
             start(&moves, &mover, planned);
         }

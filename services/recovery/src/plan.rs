@@ -18,8 +18,38 @@ pub struct PlannedMove {
     pub strategy: RecoveryStrategy,
 }
 
+/// Warm standbys to promote into dead nodes' places: each dead node without a
+/// designated successor gets an up standby (lowest id first) not yet given to
+/// another. The controller promotes them, then designates them.
+pub fn standbys_for(
+    state: &MetadataState,
+    dead: &BTreeSet<NodeId>,
+    designated: &BTreeMap<NodeId, NodeId>,
+) -> Vec<(NodeId, NodeId)> {
+    let mut free = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Standby && n.state == NodeState::Up)
+        .map(|n| n.id)
+        .filter(|id| !designated.values().any(|d| d == id));
+    dead.iter()
+        .filter(|node| !designated.contains_key(node))
+        .filter(|node| {
+            // Only a node that still holds replicas needs a successor.
+            state
+                .partition_map
+                .iter()
+                .flat_map(|m| &m.partitions)
+                .any(|p| p.replicas.contains(node))
+        })
+        .map_while(|node| free.next().map(|standby| (*node, standby)))
+        .collect()
+}
+
 /// Replacements for replicas on `dead` nodes (down past the replacement delay).
 ///
+/// A dead node with a `designated` successor (a promoted standby) is replaced
+/// by it wherever it is up and outside the set (strategy: standby promotion).
 /// Partitions already changing (`busy`, or with a pending replacement) are
 /// left alone, as are partitions with fewer live replicas than a quorum: the
 /// copy must come from a read quorum of the old set, or a write acknowledged by
@@ -29,6 +59,7 @@ pub struct PlannedMove {
 pub fn replacements(
     state: &MetadataState,
     dead: &BTreeSet<NodeId>,
+    designated: &BTreeMap<NodeId, NodeId>,
     busy: &BTreeSet<PartitionId>,
     limit: usize,
 ) -> Vec<PlannedMove> {
@@ -74,18 +105,28 @@ pub fn replacements(
             tracing::warn!(partition = %assignment.id, live, "too few live replicas to copy from safely; waiting");
             continue;
         }
-        let Some((&joining, _)) = load
-            .iter()
-            .filter(|(node, _)| !assignment.replicas.contains(node))
-            .min_by_key(|(node, count)| (**count, **node))
-        else {
-            continue;
+        let successor = designated
+            .get(&leaving)
+            .filter(|s| up(s) && !assignment.replicas.contains(s))
+            .copied();
+        let (joining, strategy) = match successor {
+            Some(standby) => (standby, RecoveryStrategy::StandbyPromotion),
+            None => {
+                let Some((&joining, _)) = load
+                    .iter()
+                    .filter(|(node, _)| !assignment.replicas.contains(node))
+                    .min_by_key(|(node, count)| (**count, **node))
+                else {
+                    continue;
+                };
+                (joining, RecoveryStrategy::StateTransfer)
+            }
         };
         *load.entry(joining).or_default() += 1;
         planned.push(PlannedMove {
             partition: assignment.id,
             replacement: Replacement { leaving, joining },
-            strategy: RecoveryStrategy::StateTransfer,
+            strategy,
         });
     }
     planned
@@ -142,7 +183,7 @@ mod tests {
             &[&[1, 2, 3], &[3, 4, 5], &[2, 3, 4], &[1, 4, 5]],
         );
         let dead = BTreeSet::from([NodeId(3)]);
-        let planned = replacements(&state, &dead, &BTreeSet::new(), 10);
+        let planned = replacements(&state, &dead, &BTreeMap::new(), &BTreeSet::new(), 10);
         let moves: Vec<(u32, u64, u64)> = planned
             .iter()
             .map(|m| {
@@ -178,13 +219,50 @@ mod tests {
         }
         let dead = BTreeSet::from([NodeId(2), NodeId(3)]);
         let busy = BTreeSet::from([PartitionId(1)]);
-        let planned = replacements(&state, &dead, &busy, 10);
+        let planned = replacements(&state, &dead, &BTreeMap::new(), &busy, 10);
         // 0 has one live replica of three: no quorum to copy from. 1 is busy, 3 pending.
         assert_eq!(
             planned.iter().map(|m| m.partition.0).collect::<Vec<_>>(),
             [2]
         );
-        assert!(replacements(&state, &dead, &BTreeSet::new(), 1).len() == 1);
-        assert!(replacements(&state, &BTreeSet::new(), &BTreeSet::new(), 10).is_empty());
+        let none = BTreeMap::new();
+        assert!(replacements(&state, &dead, &none, &BTreeSet::new(), 1).len() == 1);
+        assert!(replacements(&state, &BTreeSet::new(), &none, &BTreeSet::new(), 10).is_empty());
+    }
+
+    #[test]
+    fn a_standby_takes_every_replica_of_the_node_it_succeeds() {
+        let mut state = state(
+            &[Up, Up, Down, Up, Up, Up],
+            &[&[1, 2, 3], &[3, 4, 5], &[1, 4, 5]],
+        );
+        if let Some(standby) = state.nodes.get_mut(&NodeId(6)) {
+            standby.role = NodeRole::Standby;
+        }
+        let dead = BTreeSet::from([NodeId(3)]);
+        assert_eq!(
+            standbys_for(&state, &dead, &BTreeMap::new()),
+            [(NodeId(3), NodeId(6))]
+        );
+        // Once designated (and promoted), it is not offered again...
+        let designated = BTreeMap::from([(NodeId(3), NodeId(6))]);
+        assert!(standbys_for(&state, &dead, &designated).is_empty());
+        // ...and every partition of the dead node goes to it.
+        if let Some(promoted) = state.nodes.get_mut(&NodeId(6)) {
+            promoted.role = NodeRole::Storage;
+        }
+        let planned = replacements(&state, &dead, &designated, &BTreeSet::new(), 10);
+        assert_eq!(
+            planned
+                .iter()
+                .map(|m| (m.partition.0, m.replacement.joining.0, m.strategy))
+                .collect::<Vec<_>>(),
+            [
+                (0, 6, RecoveryStrategy::StandbyPromotion),
+                (1, 6, RecoveryStrategy::StandbyPromotion)
+            ]
+        );
+        // A dead node with no standby left is replaced by state transfer.
+        assert!(standbys_for(&state, &BTreeSet::from([NodeId(1)]), &designated).is_empty());
     }
 }

@@ -164,3 +164,108 @@ async fn a_dead_nodes_replicas_are_replaced_and_no_acknowledged_write_is_lost() 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_is_promoted_into_a_dead_nodes_place() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        standbys: 1,
+        replacement_delay: Some(DELAY),
+        ..ClusterSpec::for_tests(dir.path())
+    };
+    let mut cluster = TestCluster::start_spec_in(dir, spec).await?;
+    let metad = cluster.metad_client()?;
+    let client = cluster.client.clone();
+    let standby = NodeId(6);
+    let state = metad.state().await?;
+    assert_eq!(
+        state.nodes[&standby].role,
+        kvorum_protocol::cluster::NodeRole::Standby
+    );
+    let map = state.partition_map.expect("a map");
+    assert!(
+        map.partitions
+            .iter()
+            .all(|p| !p.replicas.contains(&standby)),
+        "a standby holds nothing until it is promoted"
+    );
+    for i in 0..100 {
+        let put = client
+            .put(&format!("s-{i}"), format!("v{i}").as_bytes())
+            .await?;
+        anyhow::ensure!(put.status == StatusCode::NO_CONTENT, "{:?}", put.json());
+    }
+    let victim = NodeId(2);
+    let held: Vec<u32> = map
+        .partitions
+        .iter()
+        .filter(|p| p.replicas.contains(&victim))
+        .map(|p| p.id.0)
+        .collect();
+    cluster.cluster.kill_storage(victim).await?;
+    let killed = Instant::now();
+
+    // The standby takes exactly the dead node's place in every partition.
+    let deadline = killed + DELAY + Duration::from_secs(40);
+    let state = loop {
+        let state = metad.state().await?;
+        let map = state.partition_map.clone().expect("a map");
+        let done = map
+            .partitions
+            .iter()
+            .all(|p| !p.replicas.contains(&victim) && p.pending.is_empty());
+        if done {
+            break state;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {victim} was not replaced in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "standby promoted and filled {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(
+        state.nodes[&standby].role,
+        kvorum_protocol::cluster::NodeRole::Storage
+    );
+    let now_holds: Vec<u32> = state
+        .partition_map
+        .expect("a map")
+        .partitions
+        .iter()
+        .filter(|p| p.replicas.contains(&standby))
+        .map(|p| p.id.0)
+        .collect();
+    assert_eq!(
+        now_holds, held,
+        "the standby took the dead node's partitions, no others"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = client.get_json("/v1/cluster").await?;
+        let promoted = view["recoveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["strategy"] == "standby_promotion" && r["completed"] == true)
+            .count();
+        if promoted == held.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{promoted} of {} reported: {view}",
+            held.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..100 {
+        let got = client.get(&format!("s-{i}?consistency=all")).await?;
+        assert_eq!(got.status, StatusCode::OK, "s-{i}: {:?}", got.json());
+        assert_eq!(got.body, format!("v{i}").as_bytes());
+    }
+    Ok(())
+}
