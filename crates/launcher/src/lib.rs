@@ -354,6 +354,15 @@ impl LocalCluster {
         self.wait_healthy(StorageOrRouter::Storage(index)).await
     }
 
+    /// Kills a storage node and deletes its data directory, as a lost disk would
+    /// (its checkpoint directory, beside it, stays).
+    pub async fn wipe_storage(&mut self, node: NodeId) -> Result<(), LaunchError> {
+        let index = self.storage_index(node)?;
+        self.storage[index].kill().await?;
+        let data = self.spec.data_dir.join(format!("storage-{}", index + 1));
+        std::fs::remove_dir_all(&data).map_err(io(format!("deleting {}", data.display())))
+    }
+
     /// Freezes a storage node with SIGSTOP (a long pause, not a crash).
     pub fn pause_storage(&self, node: NodeId) -> Result<(), LaunchError> {
         self.storage[self.storage_index(node)?].pause();

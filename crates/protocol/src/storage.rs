@@ -162,3 +162,14 @@ pub struct DropResponse {
     /// Records removed.
     pub removed: usize,
 }
+
+/// One checkpoint a storage node holds (`GET /internal/v1/checkpoints`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// Its name, such as `checkpoint-1795728000629.redb`.
+    pub name: String,
+    /// When it was taken, in Unix milliseconds.
+    pub created_ms: u64,
+    /// Its size on disk.
+    pub bytes: u64,
+}

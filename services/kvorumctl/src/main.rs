@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kvorum_protocol::storage::{CheckpointInfo, ImportResponse};
 use kvorum_protocol::{
     ClusterView, ConflictStrategy, ConsistencyLevel, ErrorBody, KeyspaceConfig, KeyspaceMode,
     KeyspaceSpec,
@@ -70,6 +71,33 @@ enum Command {
     /// The cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// A storage node's checkpoints.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// List a node's checkpoints, oldest first.
+    List {
+        /// The storage node's id.
+        #[arg(long)]
+        node: u64,
+    },
+    /// Take a checkpoint on a node now.
+    Create {
+        /// The storage node's id.
+        #[arg(long)]
+        node: u64,
+    },
+    /// Import a checkpoint's records back into a node (newer records are kept).
+    Restore {
+        /// The storage node's id.
+        #[arg(long)]
+        node: u64,
+        /// The checkpoint's name, as `checkpoint list` shows it.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +191,32 @@ impl Client {
             }
         }
         Ok(answer)
+    }
+}
+
+impl Client {
+    /// Calls storage node `node`'s internal API, found through the router's cluster view.
+    async fn call_node(&self, node: u64, method: Method, path: &str) -> anyhow::Result<Answer> {
+        let answer = self.call(Method::GET, "/v1/cluster", Vec::new()).await?;
+        anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+        let view: ClusterView = serde_json::from_slice(&answer.body)?;
+        let address = view
+            .nodes
+            .iter()
+            .find(|n| n.id.0 == node)
+            .map(|n| n.address.clone())
+            .ok_or_else(|| anyhow::anyhow!("the cluster has no node {node}"))?;
+        let response = self
+            .http
+            .request(method, format!("http://{address}{path}"))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach node {node} at {address}: {e}"))?;
+        Ok(Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await?.to_vec(),
+        })
     }
 }
 
@@ -277,6 +331,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             print!("{}", table::keyspaces(&[keyspace]));
+        }
+        Command::Checkpoint(CheckpointCommand::List { node }) => {
+            let answer = client
+                .call_node(node, Method::GET, "/internal/v1/checkpoints")
+                .await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+            let checkpoints: Vec<CheckpointInfo> = serde_json::from_slice(&answer.body)?;
+            print!("{}", table::checkpoints(&checkpoints));
+        }
+        Command::Checkpoint(CheckpointCommand::Create { node }) => {
+            let answer = client
+                .call_node(node, Method::POST, "/internal/v1/checkpoints")
+                .await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+            let taken: CheckpointInfo = serde_json::from_slice(&answer.body)?;
+            print!("{}", table::checkpoints(&[taken]));
+        }
+        Command::Checkpoint(CheckpointCommand::Restore { node, name }) => {
+            let path = format!("/internal/v1/checkpoints/{name}/restore");
+            let answer = client.call_node(node, Method::POST, &path).await?;
+            anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+            let restored: ImportResponse = serde_json::from_slice(&answer.body)?;
+            println!(
+                "restored {name} on node {node}: {} records brought back, {} already as new or newer",
+                restored.applied, restored.skipped
+            );
         }
         Command::Cluster(ClusterCommand::Status) => {
             let answer = client.call(Method::GET, "/v1/cluster", Vec::new()).await?;

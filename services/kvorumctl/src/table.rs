@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use kvorum_protocol::storage::CheckpointInfo;
 use kvorum_protocol::{ClusterView, KeyspaceConfig, NodeId};
 
 /// Left-aligned columns, two spaces apart.
@@ -27,6 +28,21 @@ fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         line(row.iter().map(String::as_str).collect(), &mut out);
     }
     out
+}
+
+/// A node's checkpoints, oldest first.
+pub fn checkpoints(checkpoints: &[CheckpointInfo]) -> String {
+    let rows: Vec<Vec<String>> = checkpoints
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.created_ms.to_string(),
+                c.bytes.to_string(),
+            ]
+        })
+        .collect();
+    render(&["CHECKPOINT", "CREATED_MS", "BYTES"], &rows)
 }
 
 /// The keyspaces table.

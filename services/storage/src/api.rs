@@ -9,8 +9,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kvorum_protocol::storage::{
-    Batch, CommitRequest, CommitResponse, DropResponse, ExportQuery, FenceRequest, FenceResponse,
-    ImportResponse, ItemOutcome, PartitionExport, PrepareResponse, ReadResponse, ReplicaKey,
+    Batch, CheckpointInfo, CommitRequest, CommitResponse, DropResponse, ExportQuery, FenceRequest,
+    FenceResponse, ImportResponse, ItemOutcome, PartitionExport, PrepareResponse, ReadResponse,
+    ReplicaKey,
 };
 use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, PartitionId, Version};
 use kvorum_server::{JsonBody, PathParam, QueryParams, error_response, with_standard_layers};
@@ -30,6 +31,8 @@ pub struct AppState {
     pub fence: Arc<EpochFence>,
     /// What `GET /readyz` checks.
     pub readiness: kvorum_server::Readiness,
+    /// The node's checkpoints.
+    pub checkpoints: crate::checkpoint::Checkpoints,
 }
 
 /// Why a storage request failed; maps to the JSON error body.
@@ -55,6 +58,9 @@ pub enum ApiError {
         /// From the body.
         body: PartitionId,
     },
+    /// A checkpoint operation failed.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// A paged export names only half of its starting point.
     #[error("after_keyspace and after_key go together")]
     HalfCursor,
@@ -80,6 +86,10 @@ impl ApiError {
             | ApiError::InvalidVersion(_)
             | ApiError::HalfCursor => ErrorCode::BadRequest,
             ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::Checkpoint(crate::checkpoint::CheckpointError::NotFound(_)) => {
+                ErrorCode::NotFound
+            }
+            ApiError::Checkpoint(_) => ErrorCode::Internal,
             ApiError::Store(_) | ApiError::Write(WriteError::Store(_)) => ErrorCode::Internal,
             ApiError::Write(WriteError::Stopped) => ErrorCode::Unavailable,
         };
@@ -117,6 +127,14 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes
         .route(
             "/internal/v1/partitions/{partition}/fence",
             post(fence_partition),
+        )
+        .route(
+            "/internal/v1/checkpoints",
+            get(list_checkpoints).post(take_checkpoint),
+        )
+        .route(
+            "/internal/v1/checkpoints/{name}/restore",
+            post(restore_checkpoint),
         )
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(state);
@@ -297,6 +315,52 @@ async fn export_partition(
         after,
         query.limit.unwrap_or(usize::MAX).max(1),
     )?))
+}
+
+/// Every checkpoint the node holds, oldest first.
+async fn list_checkpoints(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<CheckpointInfo>>, ApiError> {
+    Ok(Json(state.checkpoints.list()?))
+}
+
+/// Takes a checkpoint now.
+async fn take_checkpoint(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<CheckpointInfo>, ApiError> {
+    let (checkpoints, store) = (state.checkpoints.clone(), state.store.clone());
+    let taken = tokio::task::spawn_blocking(move || checkpoints.take(&store))
+        .await
+        .map_err(|_| ApiError::Internal("the checkpoint task panicked"))??;
+    Ok(Json(taken))
+}
+
+/// Imports every record of a checkpoint into the live database, keep-if-higher:
+/// what the checkpoint holds and the node lost comes back, nothing newer is undone.
+async fn restore_checkpoint(
+    State(state): State<Arc<AppState>>,
+    PathParam(name): PathParam<String>,
+) -> Result<Json<ImportResponse>, ApiError> {
+    let path = state.checkpoints.path(&name)?;
+    let ops = tokio::task::spawn_blocking(move || Store::read_checkpoint(&path))
+        .await
+        .map_err(|_| ApiError::Internal("the checkpoint reader panicked"))??;
+    let mut applied = 0;
+    let mut total = 0;
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let chunk: Vec<WriteOp> = ops.by_ref().take(1024).collect();
+        total += chunk.len();
+        let outcomes = state.writer.submit(chunk).await?;
+        applied += outcomes
+            .iter()
+            .filter(|o| matches!(o, WriteOutcome::Committed { applied: true, .. }))
+            .count();
+    }
+    Ok(Json(ImportResponse {
+        applied,
+        skipped: total - applied,
+    }))
 }
 
 /// Raises a partition's epoch through the writer: once this answers, no commit

@@ -37,6 +37,18 @@ pub struct StorageConfig {
     #[arg(long, env = "KVORUM_DATA_DIR", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     pub data_dir: PathBuf,
 
+    /// Directory for checkpoints, kept apart from --data-dir so that losing one does not lose the other (default: <data-dir>-checkpoints).
+    #[arg(long, env = "KVORUM_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+
+    /// Milliseconds between two periodic checkpoints (0: only on request).
+    #[arg(long, env = "KVORUM_CHECKPOINT_INTERVAL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub checkpoint_interval_ms: u64,
+
+    /// Checkpoints kept; older ones are deleted.
+    #[arg(long, env = "KVORUM_CHECKPOINT_RETENTION", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub checkpoint_retention: u64,
+
     /// Most write ops one group-commit transaction takes.
     #[arg(long, env = "KVORUM_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_batch: u64,
@@ -66,6 +78,15 @@ impl StorageConfig {
             )),
             None => Ok(self.listen.to_string()),
         }
+    }
+
+    /// Where checkpoints go.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint_dir.clone().unwrap_or_else(|| {
+            let mut name = self.data_dir.as_os_str().to_owned();
+            name.push("-checkpoints");
+            PathBuf::from(name)
+        })
     }
 
     /// The node id as its newtype.

@@ -6,9 +6,13 @@
 //! - [`writer`]: group commit of concurrent writes into one fsync'd transaction.
 //! - [`fence`]: refusing requests routed by an old epoch.
 //! - [`membership`]: registering with the metadata service and following the partition map.
+//! - [`checkpoint`]: periodic consistent checkpoints, and restoring a lost data directory.
+//! - [`catchup`]: streaming every partition from peers after a restore.
 //! - [`api`]: the internal HTTP API.
 
 pub mod api;
+pub mod catchup;
+pub mod checkpoint;
 pub mod config;
 pub mod fence;
 pub mod membership;
@@ -24,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::StorageConfig;
 
 use crate::api::AppState;
+use crate::catchup::CatchUp;
+use crate::checkpoint::Checkpoints;
 use crate::fence::EpochFence;
 use crate::membership::Membership;
 use crate::store::{Store, StoreError};
@@ -57,6 +63,16 @@ pub async fn run(
 ) -> Result<(), StorageError> {
     let address = config.advertised().map_err(StorageError::Config)?;
     let metad = MetadClient::new("storage", config.metad.clone()).map_err(StorageError::Config)?;
+    let checkpoints = Checkpoints::new(
+        config.checkpoint_dir(),
+        usize::try_from(config.checkpoint_retention).unwrap_or(usize::MAX),
+    );
+    let restored = checkpoints
+        .restore_if_lost(&config.data_dir.join(store::DATABASE_FILE))
+        .map_err(|e| StorageError::Config(e.to_string()))?;
+    if let Some(name) = &restored {
+        tracing::warn!(checkpoint = %name, "the data directory was lost; restored it from the newest checkpoint, catching up from peers");
+    }
     let open = |dir: &std::path::Path| Store::open(dir, config.node());
     let store = Arc::new(open(&config.data_dir).map_err(|source| StorageError::Open {
         dir: config.data_dir.display().to_string(),
@@ -79,11 +95,45 @@ pub async fn run(
         fence.clone(),
         shutdown.clone(),
     );
+    let catch_up = match restored {
+        Some(_) => {
+            let mut peers = kvorum_http_client::ClientConfig::new("storage");
+            peers.request_timeout = std::time::Duration::from_secs(30);
+            let peers = kvorum_http_client::HttpClient::new(peers)
+                .map_err(|e| StorageError::Config(e.to_string()))?;
+            CatchUp::start(
+                config.node(),
+                membership.follower(),
+                writer.clone(),
+                peers,
+                shutdown.clone(),
+            )
+        }
+        None => CatchUp::done(),
+    };
+    if config.checkpoint_interval_ms > 0 {
+        tokio::spawn(take_checkpoints(
+            checkpoints.clone(),
+            store.clone(),
+            std::time::Duration::from_millis(config.checkpoint_interval_ms),
+            shutdown.clone(),
+        ));
+    }
+    let membership_ready = membership.readiness();
+    let caught_up = catch_up.clone();
     let state = Arc::new(AppState {
         store,
         writer,
         fence,
-        readiness: membership.readiness(),
+        readiness: kvorum_server::Readiness::new(move || {
+            membership_ready.check()?;
+            if caught_up.is_done() {
+                Ok(())
+            } else {
+                Err("catching up from peers after a checkpoint restore".to_owned())
+            }
+        }),
+        checkpoints,
     });
     let app = api::router(
         state,
@@ -98,4 +148,29 @@ pub async fn run(
     }
     tracing::info!(node = %config.node(), "storage node stopped");
     Ok(())
+}
+
+/// Takes a checkpoint every `interval` until shutdown (on a blocking thread: it copies the database).
+async fn take_checkpoints(
+    checkpoints: Checkpoints,
+    store: Arc<Store>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let (checkpoints, store) = (checkpoints.clone(), store.clone());
+        match tokio::task::spawn_blocking(move || checkpoints.take(&store)).await {
+            Ok(Ok(info)) => {
+                tracing::info!(checkpoint = %info.name, bytes = info.bytes, "checkpoint taken")
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "checkpoint failed"),
+            Err(error) => tracing::warn!(%error, "checkpoint task failed"),
+        }
+    }
 }

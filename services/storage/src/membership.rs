@@ -40,6 +40,11 @@ impl Membership {
         }
     }
 
+    /// The follower of the metadata state.
+    pub fn follower(&self) -> Follower {
+        self.follower.clone()
+    }
+
     /// Ready once registered and holding a partition map.
     pub fn readiness(&self) -> Readiness {
         let membership = self.clone();

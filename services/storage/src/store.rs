@@ -157,6 +157,83 @@ impl Store {
         Ok(Self { db })
     }
 
+    /// Writes a consistent copy of the whole database (one read transaction) to
+    /// a new redb file at `path`, fsync'd; returns how many records it holds.
+    pub fn copy_to(&self, path: &Path) -> Result<u64, StoreError> {
+        let source = self.db.begin_read().map_err(db_error)?;
+        let copy = Database::create(path).map_err(db_error)?;
+        let mut txn = copy.begin_write().map_err(db_error)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(db_error)?;
+        let mut records = 0;
+        {
+            let mut target = txn.open_table(RECORDS).map_err(db_error)?;
+            for entry in source
+                .open_table(RECORDS)
+                .map_err(db_error)?
+                .iter()
+                .map_err(db_error)?
+            {
+                let (key, value) = entry.map_err(db_error)?;
+                target
+                    .insert(key.value(), value.value())
+                    .map_err(db_error)?;
+                records += 1;
+            }
+            let mut target = txn.open_table(EPOCHS).map_err(db_error)?;
+            for entry in source
+                .open_table(EPOCHS)
+                .map_err(db_error)?
+                .iter()
+                .map_err(db_error)?
+            {
+                let (key, value) = entry.map_err(db_error)?;
+                target
+                    .insert(key.value(), value.value())
+                    .map_err(db_error)?;
+            }
+            let mut target = txn.open_table(META).map_err(db_error)?;
+            for entry in source
+                .open_table(META)
+                .map_err(db_error)?
+                .iter()
+                .map_err(db_error)?
+            {
+                let (key, value) = entry.map_err(db_error)?;
+                target
+                    .insert(key.value(), value.value())
+                    .map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)?;
+        Ok(records)
+    }
+
+    /// Every record of the redb file at `path` (a checkpoint), as commits to import with keep-if-higher.
+    pub fn read_checkpoint(path: &Path) -> Result<Vec<WriteOp>, StoreError> {
+        let db = Database::open(path).map_err(db_error)?;
+        let txn = db.begin_read().map_err(db_error)?;
+        let mut ops = Vec::new();
+        for entry in txn
+            .open_table(RECORDS)
+            .map_err(db_error)?
+            .iter()
+            .map_err(db_error)?
+        {
+            let (key, value) = entry.map_err(db_error)?;
+            let (partition, keyspace, key) = key.value();
+            ops.push(WriteOp::Commit {
+                partition: PartitionId(partition),
+                epoch: None,
+                keyspace: KeyspaceName::parse(keyspace)
+                    .map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
+                key: Key::parse(key).map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
+                record: record_codec::decode(value.value())?,
+            });
+        }
+        Ok(ops)
+    }
+
     /// The record held for a key, tombstones included.
     pub fn read(
         &self,

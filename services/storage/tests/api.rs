@@ -9,6 +9,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use kvorum_protocol::NodeId;
 use kvorum_storage::api::{AppState, router};
+use kvorum_storage::checkpoint::Checkpoints;
 use kvorum_storage::fence::EpochFence;
 use kvorum_storage::store::Store;
 use kvorum_storage::writer::Writer;
@@ -29,6 +30,7 @@ fn node() -> Node {
         writer,
         fence: Arc::new(EpochFence::default()),
         readiness: kvorum_server::Readiness::always(),
+        checkpoints: Checkpoints::new(dir.path().join("checkpoints"), 2),
     });
     Node {
         app: router(state, Duration::from_secs(5), 1 << 20),
@@ -325,4 +327,42 @@ async fn a_fence_refuses_older_epochs_from_then_on() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn checkpoints_are_taken_listed_and_restored_into_the_live_node() {
+    let node = node();
+    node.call("POST", "/internal/v1/commit", commit("kept", 1, 1, "dg=="))
+        .await;
+    let (status, taken) = node
+        .call("POST", "/internal/v1/checkpoints", Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{taken}");
+    let (_, listed) = node
+        .call("GET", "/internal/v1/checkpoints", Value::Null)
+        .await;
+    assert_eq!(listed[0]["name"], taken["name"]);
+    // The live partition is lost (dropped), then restored from the checkpoint.
+    node.call("DELETE", "/internal/v1/partitions/3", Value::Null)
+        .await;
+    let name = taken["name"].as_str().unwrap_or_default();
+    let (status, restored) = node
+        .call(
+            "POST",
+            &format!("/internal/v1/checkpoints/{name}/restore"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (status, restored),
+        (StatusCode::OK, json!({"applied": 1, "skipped": 0}))
+    );
+    let (_, read) = node
+        .call("POST", "/internal/v1/read", target("kept", 1))
+        .await;
+    assert_eq!(read["record"]["value"], "dg==");
+    let (status, body) = node
+        .call("POST", "/internal/v1/checkpoints/nope/restore", Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
