@@ -354,6 +354,23 @@ impl LocalCluster {
         self.wait_healthy(StorageOrRouter::Storage(index)).await
     }
 
+    /// Starts one more storage node (the next id, on a free port) and waits until
+    /// it is healthy; it registers itself. Returns its id and address.
+    pub async fn add_storage(&mut self) -> Result<(NodeId, SocketAddr), LaunchError> {
+        if self.layout.standbys > 0 {
+            return Err(LaunchError::Invalid(
+                "adding a node to a cluster with standbys is not supported by the launcher".into(),
+            ));
+        }
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        self.layout.storage.push(address);
+        let index = self.layout.storage.len() - 1;
+        let process = self.spawn_storage(index)?;
+        self.storage.push(process);
+        self.wait_healthy(StorageOrRouter::Storage(index)).await?;
+        Ok((NodeId(index as u64 + 1), address))
+    }
+
     /// Kills a storage node and deletes its data directory, as a lost disk would
     /// (its checkpoint directory, beside it, stays).
     pub async fn wipe_storage(&mut self, node: NodeId) -> Result<(), LaunchError> {
@@ -378,6 +395,21 @@ impl LocalCluster {
     /// The failure detectors' addresses, in start order.
     pub fn detector_addresses(&self) -> &[SocketAddr] {
         &self.layout.detectors
+    }
+
+    /// The recovery controllers' addresses, in start order.
+    pub fn recovery_addresses(&self) -> &[SocketAddr] {
+        &self.layout.recovery
+    }
+
+    /// Kills recovery controller `index` (0-based) with SIGKILL.
+    pub async fn kill_recovery(&mut self, index: usize) -> Result<(), LaunchError> {
+        match self.recovery.get_mut(index) {
+            Some(controller) => controller.kill().await,
+            None => Err(LaunchError::Invalid(format!(
+                "no recovery controller {index}"
+            ))),
+        }
     }
 
     /// Kills failure detector `index` (0-based) with SIGKILL.

@@ -281,11 +281,13 @@ fn bootstrap_partition_map(state: &mut MetadataState) -> bool {
     if storage.len() < settings.bootstrap_nodes {
         return false;
     }
-    state.partition_map = Some(kvorum_placement::initial_partition_map(
+    let mut map = kvorum_placement::initial_partition_map(
         settings.partitions,
         &storage,
         settings.replication_factor,
-    ));
+    );
+    kvorum_placement::balance(&mut map, &storage);
+    state.partition_map = Some(map);
     let default = KeyspaceConfig::default_keyspace(settings.replication_factor);
     state
         .keyspaces
@@ -737,14 +739,11 @@ mod tests {
             .apply(&command("r4", MetadataOp::RegisterNode { node: node(4) }))
             .expect("register");
         let map = machine.state().partition_map.clone().expect("bootstrapped");
-        assert_eq!(
-            map,
-            kvorum_placement::initial_partition_map(
-                16,
-                &[NodeId(1), NodeId(2), NodeId(3), NodeId(4)],
-                3
-            )
-        );
+        // Rendezvous placement, then evened out.
+        let ids = [NodeId(1), NodeId(2), NodeId(3), NodeId(4)];
+        let mut expected = kvorum_placement::initial_partition_map(16, &ids, 3);
+        kvorum_placement::balance(&mut expected, &ids);
+        assert_eq!(map, expected);
         assert_eq!(
             machine.state().keyspaces.get("default"),
             Some(&KeyspaceConfig::default_keyspace(3))

@@ -73,6 +73,54 @@ pub fn initial_partition_map(
     }
 }
 
+/// Evens out `map` over `nodes`: while one node holds at least two replicas
+/// more than another, one partition moves from the most loaded to the least
+/// loaded node (taking its place in the replica order). Each move narrows the
+/// spread by two, so the fewest moves reach "every node within one of even".
+/// Deterministic: ties go to the lowest id for the least loaded and the
+/// highest id for the most loaded, and to the lowest partition.
+pub fn balance(map: &mut PartitionMap, nodes: &[NodeId]) {
+    let mut load: std::collections::BTreeMap<NodeId, usize> =
+        nodes.iter().map(|n| (*n, 0)).collect();
+    for partition in &map.partitions {
+        for node in &partition.replicas {
+            if let Some(count) = load.get_mut(node) {
+                *count += 1;
+            }
+        }
+    }
+    loop {
+        let heavy = load
+            .iter()
+            .max_by_key(|(node, count)| (**count, **node))
+            .map(|(n, c)| (*n, *c));
+        let light = load
+            .iter()
+            .min_by_key(|(node, count)| (**count, **node))
+            .map(|(n, c)| (*n, *c));
+        let (Some((heavy, most)), Some((light, least))) = (heavy, light) else {
+            return;
+        };
+        if most < least + 2 {
+            return;
+        }
+        let Some(partition) = map
+            .partitions
+            .iter_mut()
+            .find(|p| p.replicas.contains(&heavy) && !p.replicas.contains(&light))
+        else {
+            return;
+        };
+        for replica in &mut partition.replicas {
+            if *replica == heavy {
+                *replica = light;
+            }
+        }
+        *load.entry(heavy).or_default() -= 1;
+        *load.entry(light).or_default() += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
@@ -183,6 +231,28 @@ mod tests {
             assert!(
                 gained.is_empty() || gained == [&NodeId(6)],
                 "{b:?} -> {a:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn balancing_brings_every_node_within_one_of_even() {
+        for (partitions, nodes, rf) in [(64, 5, 3), (16, 5, 3), (16, 4, 3), (7, 3, 2), (100, 7, 3)]
+        {
+            let mut map = initial_partition_map(partitions, &ids(nodes), rf);
+            balance(&mut map, &ids(nodes));
+            let mut load = HashMap::new();
+            for p in &map.partitions {
+                let distinct: HashSet<_> = p.replicas.iter().collect();
+                assert_eq!(distinct.len(), rf, "distinct replicas");
+                for n in &p.replicas {
+                    *load.entry(*n).or_insert(0usize) += 1;
+                }
+            }
+            let (min, max) = (load.values().min(), load.values().max());
+            assert!(
+                max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                "{partitions} partitions over {nodes} nodes: {load:?}"
             );
         }
     }

@@ -18,6 +18,8 @@ pub enum NodeRole {
     Storage,
     /// A warm standby, ready to be promoted into a failed node's place.
     Standby,
+    /// Being decommissioned: its partitions move elsewhere, then it is decommissioned.
+    Leaving,
 }
 
 /// What the cluster believes about a node's health.

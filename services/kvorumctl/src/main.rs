@@ -74,6 +74,32 @@ enum Command {
     /// A storage node's checkpoints.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Adding and decommissioning storage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Admit a node before its process starts; once it registers, partitions move onto it.
+    Add {
+        /// The node's id.
+        id: u64,
+        /// The `host:port` it will serve at.
+        #[arg(long)]
+        address: String,
+        /// Admit it as a warm standby rather than a storage node.
+        #[arg(long)]
+        standby: bool,
+    },
+    /// Move every partition off a node, then mark it decommissioned.
+    Decommission {
+        /// The node's id.
+        id: u64,
+        /// Wait until it is drained, showing a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,9 +223,7 @@ impl Client {
 impl Client {
     /// Calls storage node `node`'s internal API, found through the router's cluster view.
     async fn call_node(&self, node: u64, method: Method, path: &str) -> anyhow::Result<Answer> {
-        let answer = self.call(Method::GET, "/v1/cluster", Vec::new()).await?;
-        anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
-        let view: ClusterView = serde_json::from_slice(&answer.body)?;
+        let view = cluster_view(self).await?;
         let address = view
             .nodes
             .iter()
@@ -221,6 +245,46 @@ impl Client {
 }
 
 /// `/v1/kv/{key}?keyspace=..&consistency=..`, with the key's bytes percent-encoded but its slashes kept.
+/// Follows a decommission until the node holds nothing and is decommissioned,
+/// with a progress bar of the replicas moved off it.
+async fn cluster_view(client: &Client) -> anyhow::Result<ClusterView> {
+    let answer = client.call(Method::GET, "/v1/cluster", Vec::new()).await?;
+    anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
+    Ok(serde_json::from_slice(&answer.body)?)
+}
+
+async fn drain_with_progress(client: &Client, id: u64) -> anyhow::Result<()> {
+    let view = cluster_view;
+    let held = |view: &ClusterView| {
+        view.partitions
+            .iter()
+            .filter(|p| p.replicas.iter().any(|r| r.0 == id))
+            .count() as u64
+    };
+    let first = view(client).await?;
+    let total = held(&first);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "draining node {msg} [{bar:40}] {pos}/{len} partitions moved ({elapsed})",
+        )?
+        .progress_chars("=> "),
+    );
+    bar.set_message(id.to_string());
+    loop {
+        let now = view(client).await?;
+        bar.set_position(total.saturating_sub(held(&now)));
+        let decommissioned = now.nodes.iter().any(|n| {
+            n.id.0 == id && n.state == kvorum_protocol::cluster::NodeState::Decommissioned
+        });
+        if decommissioned {
+            bar.finish_with_message(format!("{id} done"));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Parses a lowercase word such as `strong` or `siblings` into the protocol enum it names.
 fn parse_word<T: serde::de::DeserializeOwned + 'static>(text: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
@@ -357,6 +421,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "restored {name} on node {node}: {} records brought back, {} already as new or newer",
                 restored.applied, restored.skipped
             );
+        }
+        Command::Node(NodeCommand::Add {
+            id,
+            address,
+            standby,
+        }) => {
+            let body = serde_json::json!({
+                "address": address,
+                "role": if standby { "standby" } else { "storage" },
+            });
+            let answer = client
+                .call(
+                    Method::PUT,
+                    &format!("/v1/nodes/{id}"),
+                    serde_json::to_vec(&body)?,
+                )
+                .await?;
+            anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
+            println!("node {id} admitted at {address}; start its process with --node-id {id}");
+        }
+        Command::Node(NodeCommand::Decommission { id, wait }) => {
+            let answer = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/nodes/{id}/decommission"),
+                    Vec::new(),
+                )
+                .await?;
+            anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
+            if wait {
+                drain_with_progress(&client, id).await?;
+            } else {
+                println!(
+                    "node {id} is leaving; `kvorumctl cluster status` shows its replicas going to 0"
+                );
+            }
         }
         Command::Cluster(ClusterCommand::Status) => {
             let answer = client.call(Method::GET, "/v1/cluster", Vec::new()).await?;

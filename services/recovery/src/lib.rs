@@ -210,7 +210,39 @@ async fn reconcile(
                 Err(error) => tracing::warn!(%standby, %error, "cannot promote the standby yet"),
             }
         }
-        planned.extend(plan::replacements(&state, &dead, &designated, &busy, room));
+        let replacing = plan::replacements(&state, &dead, &designated, &busy, room);
+        room -= replacing.len();
+        busy.extend(replacing.iter().map(|m| m.partition));
+        planned.extend(replacing);
+        // Rebalance only a settled cluster: while a node that holds replicas is
+        // not up, moving others would be churn its return undoes.
+        let settled = state.nodes.values().all(|n| {
+            n.state == NodeState::Up
+                || n.state == NodeState::Decommissioned
+                || !state
+                    .partition_map
+                    .iter()
+                    .flat_map(|m| &m.partitions)
+                    .any(|p| p.replicas.contains(&n.id))
+        });
+        if settled && planned.is_empty() && busy.is_empty() {
+            planned.extend(plan::rebalance(&state, &busy, room));
+        }
+        for node in plan::drained(&state) {
+            match mover
+                .metad
+                .submit(MetadataOp::SetNodeState {
+                    node,
+                    state: NodeState::Decommissioned,
+                })
+                .await
+            {
+                Ok(_) => tracing::info!(%node, "node drained and decommissioned"),
+                Err(error) => {
+                    tracing::warn!(%node, %error, "cannot decommission the drained node yet")
+                }
+            }
+        }
         for planned in planned {
             start(&moves, &mover, planned);
         }

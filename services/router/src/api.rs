@@ -199,6 +199,11 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
             get(get_keyspace).put(create_keyspace),
         )
         .route("/v1/cluster", get(cluster))
+        .route("/v1/nodes/{id}", axum::routing::put(add_node))
+        .route(
+            "/v1/nodes/{id}/decommission",
+            axum::routing::post(decommission_node),
+        )
         .route("/openapi.json", get(openapi))
         .with_state(state);
     with_standard_layers(routes, request_timeout)
@@ -489,6 +494,60 @@ async fn openapi() -> impl IntoResponse {
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         OPENAPI,
     )
+}
+
+/// The body of `PUT /v1/nodes/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSpec {
+    address: String,
+    #[serde(default)]
+    role: Option<kvorum_protocol::cluster::NodeRole>,
+}
+
+/// `PUT /v1/nodes/{id}`: admits a node (storage or standby) before its process
+/// starts; the process registering under that id takes its place, and the
+/// recovery controller moves partitions onto it to even out the load.
+async fn add_node(
+    State(state): State<Arc<AppState>>,
+    PathParam(id): PathParam<u64>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<kvorum_protocol::NodeInfo>), ApiError> {
+    let spec: NodeSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadBody(format!("not a node description: {e}")))?;
+    let role = spec.role.unwrap_or_default();
+    if role == kvorum_protocol::cluster::NodeRole::Leaving {
+        return Err(ApiError::BadBody(
+            "a node is added as storage or standby; decommission it to make it leave".to_owned(),
+        ));
+    }
+    let node = kvorum_protocol::NodeInfo {
+        id: kvorum_protocol::NodeId(id),
+        address: spec.address,
+        role,
+        state: Default::default(),
+    };
+    state
+        .metadata
+        .submit(kvorum_protocol::metadata::MetadataOp::RegisterNode { node: node.clone() })
+        .await?;
+    Ok((StatusCode::OK, Json(node)))
+}
+
+/// `POST /v1/nodes/{id}/decommission`: the node's partitions move elsewhere;
+/// once it holds nothing the recovery controller marks it decommissioned.
+async fn decommission_node(
+    State(state): State<Arc<AppState>>,
+    PathParam(id): PathParam<u64>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .metadata
+        .submit(kvorum_protocol::metadata::MetadataOp::SetNodeRole {
+            node: kvorum_protocol::NodeId(id),
+            role: kvorum_protocol::cluster::NodeRole::Leaving,
+        })
+        .await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<ClusterView>, ApiError> {
@@ -819,7 +878,8 @@ mod tests {
         for (method, path) in &documented {
             let concrete = path
                 .replace("{key}", "some/key")
-                .replace("{name}", "default");
+                .replace("{name}", "default")
+                .replace("{id}", "1");
             let (status, _, body) = send(request(method, &concrete, "")).await;
             assert!(
                 body["error"]["code"] != "not_found" && status != StatusCode::METHOD_NOT_ALLOWED,
@@ -835,6 +895,8 @@ mod tests {
             ("GET", "/v1/keyspaces/{name}"),
             ("PUT", "/v1/keyspaces/{name}"),
             ("GET", "/v1/cluster"),
+            ("PUT", "/v1/nodes/{id}"),
+            ("POST", "/v1/nodes/{id}/decommission"),
             ("GET", "/healthz"),
             ("GET", "/readyz"),
             ("GET", "/metrics"),

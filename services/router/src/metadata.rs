@@ -148,6 +148,15 @@ impl Metadata {
         self.follower.wait_for_version(than + 1, timeout).await
     }
 
+    /// Submits an operator's command (node add, decommission) and waits until this router has seen it.
+    pub async fn submit(&self, op: MetadataOp) -> Result<(), CreateError> {
+        let outcome = self.client.submit(op).await?;
+        self.follower
+            .wait_for_version(outcome.version, Duration::from_secs(5))
+            .await;
+        Ok(())
+    }
+
     /// Creates a keyspace and waits until this router routes by a version that has it.
     pub async fn create_keyspace(&self, keyspace: KeyspaceConfig) -> Result<(), CreateError> {
         let outcome = self

@@ -164,5 +164,32 @@ async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()
         .filter_map(|c| c.parse::<usize>().ok())
         .sum();
     assert_eq!(replicas, 16 * 3, "{status}");
+
+    // Decommission a node and wait for it to drain.
+    let drained = kvorumctl(&cluster, &["node", "decommission", "5", "--wait"], None).await?;
+    assert!(drained.status.success(), "{}", text(&drained.stderr));
+    let status = text(
+        &kvorumctl(&cluster, &["cluster", "status"], None)
+            .await?
+            .stdout,
+    );
+    let node5 = status
+        .lines()
+        .find(|l| l.starts_with("5 "))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(node5.contains("decommissioned"), "{status}");
+    let refused = kvorumctl(
+        &cluster,
+        &["node", "add", "7", "--address", "nowhere"],
+        None,
+    )
+    .await?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("host:port"),
+        "{}",
+        text(&refused.stderr)
+    );
     Ok(())
 }

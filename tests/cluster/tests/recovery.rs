@@ -269,3 +269,50 @@ async fn a_warm_standby_is_promoted_into_a_dead_nodes_place() -> anyhow::Result<
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_controller_takes_over_within_the_lease() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        recovery: 2,
+        ..ClusterSpec::for_tests(dir.path())
+    };
+    let mut cluster = TestCluster::start_spec_in(dir, spec).await?;
+    let http = reqwest::Client::new();
+    let controllers = cluster.cluster.recovery_addresses().to_vec();
+    let active = |http: reqwest::Client, address: std::net::SocketAddr| async move {
+        let report: serde_json::Value = http
+            .get(format!("http://{address}/v1/moves"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(report["active"] == true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        let mut holders = Vec::new();
+        for (index, address) in controllers.iter().enumerate() {
+            if active(http.clone(), *address).await? {
+                holders.push(index);
+            }
+        }
+        if holders.len() == 1 {
+            break holders[0];
+        }
+        anyhow::ensure!(Instant::now() < deadline, "active controllers: {holders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cluster.cluster.kill_recovery(first).await?;
+    let killed = Instant::now();
+    let other = controllers[1 - first];
+    while !active(http.clone(), other).await? {
+        anyhow::ensure!(killed.elapsed() < Duration::from_secs(15), "no takeover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let takeover = killed.elapsed();
+    eprintln!("the standby controller took over {takeover:?} after the active one was killed");
+    // The lease is 5 s; the standby asks every 250 ms once it has lapsed.
+    assert!(takeover <= Duration::from_millis(5_500), "{takeover:?}");
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Rebalancing on real processes: a sixth node gets an even share, and a
+//! decommissioned node ends holding nothing, with no data lost either way.
+
+// The measured timings are printed for the closing notes and CI logs.
+#![allow(clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kvorum_cluster_tests::TestCluster;
+use kvorum_protocol::NodeId;
+use kvorum_protocol::cluster::NodeState;
+use kvorum_protocol::metadata::MetadataState;
+use reqwest::{Method, StatusCode};
+
+fn loads(state: &MetadataState) -> BTreeMap<NodeId, usize> {
+    let mut load: BTreeMap<NodeId, usize> = state
+        .nodes
+        .values()
+        .filter(|n| n.state != NodeState::Decommissioned)
+        .map(|n| (n.id, 0))
+        .collect();
+    for p in &state.partition_map.as_ref().expect("a map").partitions {
+        for n in &p.replicas {
+            *load.entry(*n).or_default() += 1;
+        }
+    }
+    load
+}
+
+fn settled(state: &MetadataState) -> bool {
+    state
+        .partition_map
+        .as_ref()
+        .is_some_and(|m| m.partitions.iter().all(|p| p.pending.is_empty()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_gets_an_even_share_and_a_decommissioned_one_ends_empty() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start().await?;
+    let metad = cluster.metad_client()?;
+    let client = cluster.client.clone();
+    let mut written = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("r-{i}"), format!("v{i}"));
+        let put = client.put(&key, value.as_bytes()).await?;
+        anyhow::ensure!(put.status == StatusCode::NO_CONTENT, "{:?}", put.json());
+        written.insert(key, value);
+    }
+    let before = loads(&metad.state().await?);
+    let (min, max) = (before.values().min(), before.values().max());
+    assert!(
+        max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+        "the bootstrap map is already even: {before:?}"
+    );
+
+    // Add a sixth node: the operator admits it, its process starts and registers.
+    let started = Instant::now();
+    let (added, _) = cluster.cluster.add_storage().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let state = metad.state().await?;
+        let load = loads(&state);
+        let (min, max) = (load.values().min(), load.values().max());
+        if settled(&state)
+            && load.len() == 6
+            && max.zip(min).is_some_and(|(max, min)| max - min <= 1)
+        {
+            break load;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not even after adding node {added}: {load:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "node {added} added: {before:?} -> {after:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(after[&added] >= 7, "{after:?}");
+
+    // Decommission node 2: it drains, then is marked decommissioned.
+    let leaving = NodeId(2);
+    let answer = client
+        .send(
+            Method::POST,
+            &format!("/v1/nodes/{}/decommission", leaving.0),
+            Vec::new(),
+        )
+        .await?;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.json());
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        let state = metad.state().await?;
+        if state.nodes[&leaving].state == NodeState::Decommissioned && settled(&state) {
+            break state;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {leaving} not drained: {:?}",
+            loads(&state)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let load = loads(&state);
+    eprintln!(
+        "node {leaving} decommissioned in {:?}: {load:?}",
+        started.elapsed()
+    );
+    assert!(!load.contains_key(&leaving), "it holds nothing: {load:?}");
+    assert!(
+        state
+            .partition_map
+            .as_ref()
+            .is_some_and(|m| m.partitions.iter().all(|p| !p.replicas.contains(&leaving))),
+        "no partition names it"
+    );
+    // Its process can go; nothing is lost.
+    cluster.cluster.kill_storage(leaving).await?;
+    for (key, value) in &written {
+        let got = client.get(&format!("{key}?consistency=all")).await?;
+        assert_eq!(got.status, StatusCode::OK, "{key}: {:?}", got.json());
+        assert_eq!(got.body, value.as_bytes(), "{key}");
+    }
+    Ok(())
+}
