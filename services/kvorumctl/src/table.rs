@@ -119,6 +119,75 @@ pub fn cluster(view: &ClusterView) -> String {
         ],
         &rows,
     ));
+    let node = |n: Option<NodeId>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let strategy = |s: &kvorum_protocol::cluster::RecoveryStrategy| {
+        serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    if !view.moves.is_empty() {
+        let rows: Vec<Vec<String>> = view
+            .moves
+            .iter()
+            .map(|m| {
+                vec![
+                    m.partition.to_string(),
+                    node(m.from),
+                    m.to.to_string(),
+                    strategy(&m.strategy),
+                    m.bytes_copied.to_string(),
+                    m.rate_bytes_per_sec.to_string(),
+                    format!("{:.1}", m.elapsed_ms as f64 / 1000.0),
+                ]
+            })
+            .collect();
+        out.push_str("\nmoves under way:\n");
+        out.push_str(&render(
+            &[
+                "PARTITION",
+                "FROM",
+                "TO",
+                "STRATEGY",
+                "BYTES",
+                "BYTES/S",
+                "SECONDS",
+            ],
+            &rows,
+        ));
+    }
+    if !view.recoveries.is_empty() {
+        let rows: Vec<Vec<String>> = view
+            .recoveries
+            .iter()
+            .rev()
+            .take(10)
+            .map(|r| {
+                vec![
+                    r.partition.to_string(),
+                    node(r.from),
+                    r.to.to_string(),
+                    strategy(&r.strategy),
+                    r.bytes_copied.to_string(),
+                    r.duration_ms.to_string(),
+                    if r.completed { "done" } else { "aborted" }.to_owned(),
+                ]
+            })
+            .collect();
+        out.push_str("\nrecent recoveries (newest first):\n");
+        out.push_str(&render(
+            &[
+                "PARTITION",
+                "FROM",
+                "TO",
+                "STRATEGY",
+                "BYTES",
+                "MS",
+                "OUTCOME",
+            ],
+            &rows,
+        ));
+    }
     out
 }
 

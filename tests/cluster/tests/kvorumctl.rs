@@ -179,6 +179,10 @@ async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()
         .unwrap_or_default()
         .to_owned();
     assert!(node5.contains("decommissioned"), "{status}");
+    assert!(
+        status.contains("recent recoveries") && status.contains("rebalance"),
+        "the moves off node 5 are listed: {status}"
+    );
     let refused = kvorumctl(
         &cluster,
         &["node", "add", "7", "--address", "nowhere"],
