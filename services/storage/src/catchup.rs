@@ -1,7 +1,10 @@
-//! Catching up from peers after a checkpoint restore: every partition this node
-//! replicates is streamed from each other replica in pages and imported with
-//! keep-if-higher, so the node ends with at least every write a quorum had
-//! acknowledged, whatever it missed since the checkpoint.
+//! Catching up from peers after a checkpoint restore or a restart: every
+//! partition this node replicates is streamed from each other replica in pages
+//! and imported with keep-if-higher, so the node ends with at least every write
+//! a quorum had acknowledged, whatever it missed while it was down or since its
+//! checkpoint. It is a full-partition anti-entropy pass, run once per start;
+//! records only a minority holds (writes whose outcome was unknown) spread as a
+//! read repair would spread them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -67,11 +67,15 @@ pub async fn run(
         config.checkpoint_dir(),
         usize::try_from(config.checkpoint_retention).unwrap_or(usize::MAX),
     );
+    let data_file = config.data_dir.join(store::DATABASE_FILE);
+    let restarting = data_file.exists();
     let restored = checkpoints
-        .restore_if_lost(&config.data_dir.join(store::DATABASE_FILE))
+        .restore_if_lost(&data_file)
         .map_err(|e| StorageError::Config(e.to_string()))?;
     if let Some(name) = &restored {
         tracing::warn!(checkpoint = %name, "the data directory was lost; restored it from the newest checkpoint, catching up from peers");
+    } else if restarting {
+        tracing::info!("restarting on existing data: catching up from peers in the background");
     }
     let open = |dir: &std::path::Path| Store::open(dir, config.node());
     let store = Arc::new(open(&config.data_dir).map_err(|source| StorageError::Open {
@@ -95,22 +99,25 @@ pub async fn run(
         fence.clone(),
         shutdown.clone(),
     );
-    let catch_up = match restored {
-        Some(_) => {
-            let mut peers = kvorum_http_client::ClientConfig::new("storage");
-            peers.request_timeout = std::time::Duration::from_secs(30);
-            let peers = kvorum_http_client::HttpClient::new(peers)
-                .map_err(|e| StorageError::Config(e.to_string()))?;
-            CatchUp::start(
-                config.node(),
-                membership.follower(),
-                writer.clone(),
-                peers,
-                shutdown.clone(),
-            )
-        }
-        None => CatchUp::done(),
+    // A restored node catches up before it is ready; a restarted one catches up
+    // in the background (read repair covers what it serves meanwhile); a new
+    // node has nothing to catch up with (state transfer fills it).
+    let catch_up = if restored.is_some() || restarting {
+        let mut peers = kvorum_http_client::ClientConfig::new("storage");
+        peers.request_timeout = std::time::Duration::from_secs(30);
+        let peers = kvorum_http_client::HttpClient::new(peers)
+            .map_err(|e| StorageError::Config(e.to_string()))?;
+        CatchUp::start(
+            config.node(),
+            membership.follower(),
+            writer.clone(),
+            peers,
+            shutdown.clone(),
+        )
+    } else {
+        CatchUp::done()
     };
+    let gate_on_catch_up = restored.is_some();
     if config.checkpoint_interval_ms > 0 {
         tokio::spawn(take_checkpoints(
             checkpoints.clone(),
@@ -127,7 +134,7 @@ pub async fn run(
         fence,
         readiness: kvorum_server::Readiness::new(move || {
             membership_ready.check()?;
-            if caught_up.is_done() {
+            if !gate_on_catch_up || caught_up.is_done() {
                 Ok(())
             } else {
                 Err("catching up from peers after a checkpoint restore".to_owned())

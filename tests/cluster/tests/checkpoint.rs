@@ -106,3 +106,31 @@ async fn a_wiped_node_comes_back_from_its_checkpoint_and_its_peers() -> anyhow::
     assert!(checked > 50, "only {checked} keys on node {node}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_with_writes_it_missed() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start().await?;
+    let client = cluster.client.clone();
+    let first = client.put("missed", b"old").await?;
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    let (partition, epoch) = first.route();
+    let node = first.nodes("x-kvorum-replicas-asked")[0];
+    cluster.cluster.kill_storage(node).await?;
+    // Written at QUORUM by the two others while it is down.
+    let second = client.put("missed", b"new").await?;
+    assert_eq!(second.status, StatusCode::NO_CONTENT, "{:?}", second.json());
+    cluster.cluster.restart_storage(node).await?;
+    // No client reads the key: the node's own catch-up brings the write.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = cluster
+            .read_replica(node, "missed", partition, epoch)
+            .await?;
+        if held.record.and_then(|r| r.value) == Some(b"new".to_vec()) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "node {node} never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
