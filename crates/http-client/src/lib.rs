@@ -173,15 +173,8 @@ impl HttpClient {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = Bytes::from(serde_json::to_vec(body)?);
-        self.call(
-            reqwest::Method::POST,
-            address,
-            path,
-            Some(body),
-            idempotency,
-        )
-        .await
+        self.send_json(reqwest::Method::POST, address, path, body, idempotency)
+            .await
     }
 
     /// `PUT http://{address}{path}` with a JSON body, decoding a JSON answer.
@@ -196,8 +189,24 @@ impl HttpClient {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        self.send_json(reqwest::Method::PUT, address, path, body, idempotency)
+            .await
+    }
+
+    async fn send_json<Req, Resp>(
+        &self,
+        method: reqwest::Method,
+        address: &str,
+        path: &str,
+        body: &Req,
+        idempotency: Idempotency,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
         let body = Bytes::from(serde_json::to_vec(body)?);
-        self.call(reqwest::Method::PUT, address, path, Some(body), idempotency)
+        self.call(method, address, path, Some(body), idempotency)
             .await
     }
 

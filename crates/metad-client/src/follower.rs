@@ -56,6 +56,14 @@ impl Follower {
         self.states.borrow().clone()
     }
 
+    /// `Ok` once the metadata service has answered at least once (a readiness check).
+    pub fn has_answered(&self) -> Result<(), String> {
+        match self.current() {
+            Some(_) => Ok(()),
+            None => Err("no answer from the metadata service yet".to_owned()),
+        }
+    }
+
     /// A receiver that sees every newly published state.
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<MetadataState>>> {
         self.states.clone()

@@ -105,6 +105,20 @@ impl ClusterSettings {
     }
 }
 
+/// The `host:port` a service tells others to reach it at: `--advertise-address`
+/// when given (checked), else its `--listen` address unless that is a wildcard
+/// nobody can connect to.
+pub fn advertised_address(listen: SocketAddr, advertise: Option<&str>) -> Result<String, String> {
+    match advertise {
+        Some(address) if is_host_port(address) => Ok(address.to_owned()),
+        Some(address) => Err(format!("--advertise-address {address:?} is not host:port")),
+        None if listen.ip().is_unspecified() => Err(format!(
+            "--listen {listen} is a wildcard address that other services cannot reach; set --advertise-address"
+        )),
+        None => Ok(listen.to_string()),
+    }
+}
+
 /// Whether `address` is `host:port` with a non-empty host and a non-zero port
 /// (hosts may be names, as in Kubernetes, or IP literals).
 pub fn is_host_port(address: &str) -> bool {

@@ -14,10 +14,7 @@ use crate::{Shared, lock};
 /// The detector's routes, wrapped in the standard layers.
 pub fn router(shared: Arc<Shared>) -> Router {
     let follower = shared.follower.clone();
-    let readiness = Readiness::new(move || match follower.current() {
-        Some(_) => Ok(()),
-        None => Err("no answer from the metadata service yet".to_owned()),
-    });
+    let readiness = Readiness::new(move || follower.has_answered());
     let routes = Router::new()
         .route("/healthz", get(kvorum_server::healthz))
         .route("/readyz", readiness.route())

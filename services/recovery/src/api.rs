@@ -20,10 +20,7 @@ struct AppState {
 
 /// The controller's routes, wrapped in the standard layers.
 pub fn router(moves: Arc<Moves>, lease: Lease, follower: Follower) -> Router {
-    let readiness = Readiness::new(move || match follower.current() {
-        Some(_) => Ok(()),
-        None => Err("no answer from the metadata service yet".to_owned()),
-    });
+    let readiness = Readiness::new(move || follower.has_answered());
     let routes = Router::new()
         .route("/healthz", get(kvorum_server::healthz))
         .route("/readyz", readiness.route())

@@ -56,15 +56,7 @@ impl RecoveryConfig {
 
     /// The address this controller names as the lease holder.
     pub fn advertised(&self) -> Result<String, String> {
-        match &self.advertise_address {
-            Some(address) if kvorum_protocol::cluster::is_host_port(address) => Ok(address.clone()),
-            Some(address) => Err(format!("--advertise-address {address:?} is not host:port")),
-            None if self.listen.ip().is_unspecified() => Err(format!(
-                "--listen {} is a wildcard address that routers cannot reach; set --advertise-address",
-                self.listen
-            )),
-            None => Ok(self.listen.to_string()),
-        }
+        kvorum_protocol::cluster::advertised_address(self.listen, self.advertise_address.as_deref())
     }
 
     /// The replacement delay.

@@ -46,6 +46,28 @@ pub fn standbys_for(
         .collect()
 }
 
+/// How many replicas (held, or joining) each up storage node has: the load moves even out.
+fn loads(state: &MetadataState, map: &kvorum_protocol::PartitionMap) -> BTreeMap<NodeId, usize> {
+    let mut load: BTreeMap<NodeId, usize> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Storage && n.state == NodeState::Up)
+        .map(|n| (n.id, 0))
+        .collect();
+    for assignment in &map.partitions {
+        for node in assignment
+            .replicas
+            .iter()
+            .chain(assignment.pending.iter().map(|r| &r.joining))
+        {
+            if let Some(count) = load.get_mut(node) {
+                *count += 1;
+            }
+        }
+    }
+    load
+}
+
 /// Replacements for replicas on `dead` nodes (down past the replacement delay).
 ///
 /// A dead node with a `designated` successor (a promoted standby) is replaced
@@ -66,23 +88,7 @@ pub fn replacements(
     let Some(map) = &state.partition_map else {
         return Vec::new();
     };
-    let mut load: BTreeMap<NodeId, usize> = state
-        .nodes
-        .values()
-        .filter(|n| n.role == NodeRole::Storage && n.state == NodeState::Up)
-        .map(|n| (n.id, 0))
-        .collect();
-    for assignment in &map.partitions {
-        for node in assignment
-            .replicas
-            .iter()
-            .chain(assignment.pending.iter().map(|r| &r.joining))
-        {
-            if let Some(count) = load.get_mut(node) {
-                *count += 1;
-            }
-        }
-    }
+    let mut load = loads(state, map);
     let up = |node: &NodeId| {
         state
             .nodes
@@ -155,25 +161,9 @@ pub fn rebalance(
             .get(node)
             .is_some_and(|n| n.state == NodeState::Up)
     };
-    let mut load: BTreeMap<NodeId, usize> = state
-        .nodes
-        .values()
-        .filter(|n| n.role == NodeRole::Storage && n.state == NodeState::Up)
-        .map(|n| (n.id, 0))
-        .collect();
+    let mut load = loads(state, map);
     if load.is_empty() {
         return Vec::new();
-    }
-    for assignment in &map.partitions {
-        for node in assignment
-            .replicas
-            .iter()
-            .chain(assignment.pending.iter().map(|r| &r.joining))
-        {
-            if let Some(count) = load.get_mut(node) {
-                *count += 1;
-            }
-        }
     }
     let movable = |assignment: &&kvorum_protocol::cluster::PartitionAssignment| {
         !busy.contains(&assignment.id)
@@ -412,7 +402,7 @@ mod tests {
         }
     }
 
-    fn loads(state: &MetadataState) -> BTreeMap<NodeId, usize> {
+    fn held(state: &MetadataState) -> BTreeMap<NodeId, usize> {
         let mut load = BTreeMap::new();
         for p in &state.partition_map.as_ref().expect("map").partitions {
             for n in &p.replicas {
@@ -427,7 +417,7 @@ mod tests {
         let nodes: Vec<NodeId> = (1..=5).map(NodeId).collect();
         let mut state = state(&[Up, Up, Up, Up, Up, Up], &[]);
         state.partition_map = Some(kvorum_placement::initial_partition_map(16, &nodes, 3));
-        let before = loads(&state);
+        let before = held(&state);
         let planned = rebalance(&state, &BTreeSet::new(), 100);
         // 48 replicas over 6 nodes: 8 each. The fewest moves that get there is the
         // sum of every node's excess over 8 (rendezvous placement over 5 nodes is
@@ -448,7 +438,7 @@ mod tests {
                 .all(|m| m.strategy == RecoveryStrategy::Rebalance)
         );
         apply(&mut state, &planned);
-        let after = loads(&state);
+        let after = held(&state);
         let (min, max) = (after.values().min(), after.values().max());
         assert!(
             max.zip(min).is_some_and(|(max, min)| max - min <= 1),

@@ -69,15 +69,7 @@ pub struct StorageConfig {
 impl StorageConfig {
     /// The address this node registers under, checked.
     pub fn advertised(&self) -> Result<String, String> {
-        match &self.advertise_address {
-            Some(address) if kvorum_protocol::cluster::is_host_port(address) => Ok(address.clone()),
-            Some(address) => Err(format!("--advertise-address {address:?} is not host:port")),
-            None if self.listen.ip().is_unspecified() => Err(format!(
-                "--listen {} is a wildcard address that other services cannot reach; set --advertise-address",
-                self.listen
-            )),
-            None => Ok(self.listen.to_string()),
-        }
+        kvorum_protocol::cluster::advertised_address(self.listen, self.advertise_address.as_deref())
     }
 
     /// Where checkpoints go.

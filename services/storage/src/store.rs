@@ -165,46 +165,9 @@ impl Store {
         let mut txn = copy.begin_write().map_err(db_error)?;
         txn.set_durability(Durability::Immediate)
             .map_err(db_error)?;
-        let mut records = 0;
-        {
-            let mut target = txn.open_table(RECORDS).map_err(db_error)?;
-            for entry in source
-                .open_table(RECORDS)
-                .map_err(db_error)?
-                .iter()
-                .map_err(db_error)?
-            {
-                let (key, value) = entry.map_err(db_error)?;
-                target
-                    .insert(key.value(), value.value())
-                    .map_err(db_error)?;
-                records += 1;
-            }
-            let mut target = txn.open_table(EPOCHS).map_err(db_error)?;
-            for entry in source
-                .open_table(EPOCHS)
-                .map_err(db_error)?
-                .iter()
-                .map_err(db_error)?
-            {
-                let (key, value) = entry.map_err(db_error)?;
-                target
-                    .insert(key.value(), value.value())
-                    .map_err(db_error)?;
-            }
-            let mut target = txn.open_table(META).map_err(db_error)?;
-            for entry in source
-                .open_table(META)
-                .map_err(db_error)?
-                .iter()
-                .map_err(db_error)?
-            {
-                let (key, value) = entry.map_err(db_error)?;
-                target
-                    .insert(key.value(), value.value())
-                    .map_err(db_error)?;
-            }
-        }
+        let records = copy_table(&source, &txn, RECORDS)?;
+        copy_table(&source, &txn, EPOCHS)?;
+        copy_table(&source, &txn, META)?;
         txn.commit().map_err(db_error)?;
         Ok(records)
     }
@@ -342,6 +305,27 @@ impl Store {
         }
         Ok(epochs)
     }
+}
+
+/// Copies every row of `table` from a read transaction into a write transaction; returns the rows copied.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    source: &redb::ReadTransaction,
+    target: &WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<u64, StoreError> {
+    let mut into = target.open_table(table).map_err(db_error)?;
+    let mut rows = 0;
+    for entry in source
+        .open_table(table)
+        .map_err(db_error)?
+        .iter()
+        .map_err(db_error)?
+    {
+        let (key, value) = entry.map_err(db_error)?;
+        into.insert(key.value(), value.value()).map_err(db_error)?;
+        rows += 1;
+    }
+    Ok(rows)
 }
 
 /// The key range holding exactly one partition's records.
