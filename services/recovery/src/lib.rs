@@ -56,7 +56,7 @@ pub enum RecoveryError {
 /// What the controller's tasks and handlers share.
 #[derive(Debug, Default)]
 pub struct Moves {
-    in_flight: Mutex<BTreeMap<PartitionId, (Progress, Instant)>>,
+    in_flight: Mutex<BTreeMap<PartitionId, (Progress, Instant, tokio::task::AbortHandle)>>,
     finished: Mutex<VecDeque<FinishedRecovery>>,
 }
 
@@ -67,7 +67,7 @@ impl Moves {
             active,
             moves: lock(&self.in_flight)
                 .values()
-                .map(|(progress, started)| progress.snapshot(*started))
+                .map(|(progress, started, _)| progress.snapshot(*started))
                 .collect(),
             finished: lock(&self.finished).iter().cloned().collect(),
         }
@@ -102,6 +102,7 @@ pub async fn run(
         storage: HttpClient::new(storage).map_err(|e| RecoveryError::Config(e.to_string()))?,
         chunk_records: usize::try_from(config.chunk_records).unwrap_or(usize::MAX),
         bytes_per_sec: config.transfer_bytes_per_sec,
+        lease: lease.clone(),
     };
     let tasks = [
         tokio::spawn({
@@ -162,6 +163,14 @@ async fn reconcile(
             down_since.entry(node.id).or_insert_with(Instant::now);
         }
         if !lease.is_held() {
+            // A controller without the lease stops its moves at once: the new
+            // holder resumes them from the map, and two runs of one move would
+            // only waste copies (or abort what the other is about to switch).
+            let stopped = std::mem::take(&mut *lock(&moves.in_flight));
+            for (partition, (_, _, task)) in stopped {
+                task.abort();
+                tracing::info!(%partition, "lease lost; move left to the next holder");
+            }
             continue;
         }
         let mut busy = moves.busy();
@@ -182,6 +191,7 @@ async fn reconcile(
                     } else {
                         RecoveryStrategy::StateTransfer
                     },
+                    resume: true,
                 })
             })
             .take(room)
@@ -252,7 +262,7 @@ async fn reconcile(
 
 fn start(moves: &Arc<Moves>, mover: &Mover, planned: PlannedMove) {
     let (progress, started) = Progress::new(&planned);
-    lock(&moves.in_flight).insert(planned.partition, (progress.clone(), started));
+    let progress_for_report = progress.clone();
     tracing::info!(partition = %planned.partition, leaving = %planned.replacement.leaving, joining = %planned.replacement.joining, strategy = ?planned.strategy, "move started");
     let (moves, mover) = (moves.clone(), mover.clone());
     let span = tracing::info_span!(
@@ -261,9 +271,21 @@ fn start(moves: &Arc<Moves>, mover: &Mover, planned: PlannedMove) {
         leaving = planned.replacement.leaving.0,
         joining = planned.replacement.joining.0,
     );
-    tokio::spawn(
+    let partition = planned.partition;
+    let registry = moves.clone();
+    // The task starts once it is registered, so that its own removal cannot
+    // come before the registration and leave the partition busy for ever.
+    let (go, registered) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
         async move {
-            let finished = mover.run(planned, progress, started).await;
+            if registered.await.is_err() {
+                return;
+            }
+            let Some(finished) = mover.run(planned, progress, started).await else {
+                // A resumed move that an earlier run had already ended.
+                lock(&moves.in_flight).remove(&partition);
+                return;
+            };
             tracing::info!(
                 completed = finished.completed,
                 duration_ms = finished.duration_ms,
@@ -285,4 +307,9 @@ fn start(moves: &Arc<Moves>, mover: &Mover, planned: PlannedMove) {
         }
         .instrument(span),
     );
+    lock(&registry.in_flight).insert(
+        partition,
+        (progress_for_report, started, task.abort_handle()),
+    );
+    let _ = go.send(());
 }

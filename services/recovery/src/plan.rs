@@ -16,6 +16,9 @@ pub struct PlannedMove {
     pub replacement: Replacement,
     /// How.
     pub strategy: RecoveryStrategy,
+    /// Whether it resumes a replacement already pending in the map (left by an
+    /// earlier pass or controller) rather than starting a new one.
+    pub resume: bool,
 }
 
 /// Warm standbys to promote into dead nodes' places: each dead node without a
@@ -44,6 +47,32 @@ pub fn standbys_for(
         })
         .map_while(|node| free.next().map(|standby| (*node, standby)))
         .collect()
+}
+
+/// The replication factors in use: every keyspace's, and the full set's.
+pub fn replication_factors(state: &MetadataState, set_size: usize) -> BTreeSet<usize> {
+    state
+        .keyspaces
+        .values()
+        .map(|k| k.replication_factor)
+        .chain(std::iter::once(set_size))
+        .collect()
+}
+
+/// Whether the `available` replicas include a read quorum of every prefix of
+/// the set a keyspace uses (a keyspace with RF r lives on the first r): only
+/// then is every write a quorum acknowledged, in any keyspace, on one of them.
+pub fn covers_every_prefix(
+    replicas: &[NodeId],
+    available: impl Fn(&NodeId) -> bool,
+    replication_factors: &BTreeSet<usize>,
+) -> bool {
+    replication_factors.iter().all(|&rf| {
+        let prefix = &replicas[..rf.min(replicas.len())];
+        let have = prefix.iter().filter(|n| available(n)).count();
+        // A read quorum of r intersects every write quorum of r: r - q(r) + 1 members.
+        have + quorum(prefix.len()) > prefix.len()
+    })
 }
 
 /// How many replicas (held, or joining) each up storage node has: the load moves even out.
@@ -106,9 +135,9 @@ pub fn replacements(
         let Some(&leaving) = assignment.replicas.iter().find(|n| dead.contains(n)) else {
             continue;
         };
-        let live = assignment.replicas.iter().filter(|n| up(n)).count();
-        if live < quorum(assignment.replicas.len()) {
-            tracing::warn!(partition = %assignment.id, live, "too few live replicas to copy from safely; waiting");
+        let rfs = replication_factors(state, assignment.replicas.len());
+        if !covers_every_prefix(&assignment.replicas, up, &rfs) {
+            tracing::warn!(partition = %assignment.id, "too few live replicas to copy every keyspace from safely; waiting");
             continue;
         }
         let successor = designated
@@ -133,6 +162,7 @@ pub fn replacements(
             partition: assignment.id,
             replacement: Replacement { leaving, joining },
             strategy,
+            resume: false,
         });
     }
     planned
@@ -201,6 +231,7 @@ pub fn rebalance(
                 joining: to,
             },
             strategy: RecoveryStrategy::Rebalance,
+            resume: false,
         });
     }
     while planned.len() < limit {
@@ -232,6 +263,7 @@ pub fn rebalance(
                 joining: light,
             },
             strategy: RecoveryStrategy::Rebalance,
+            resume: false,
         });
     }
     planned
@@ -469,5 +501,25 @@ mod tests {
         assert!(planned.iter().all(|m| m.replacement.joining != NodeId(3)));
         apply(&mut state, &planned);
         assert_eq!(drained(&state), [NodeId(3)]);
+    }
+
+    #[test]
+    fn every_keyspace_prefix_needs_a_read_quorum_among_the_sources() {
+        let set = [NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5)];
+        let only = |live: &'static [u64]| move |n: &NodeId| live.contains(&n.0);
+        let full = BTreeSet::from([5]);
+        assert!(covers_every_prefix(&set, only(&[3, 4, 5]), &full));
+        assert!(!covers_every_prefix(&set, only(&[4, 5]), &full));
+        // A keyspace of RF 3 lives on 1, 2, 3: sources 3, 4, 5 hold one of its
+        // three, and a write acknowledged by 1 and 2 would be missed.
+        let with_rf3 = BTreeSet::from([3, 5]);
+        assert!(!covers_every_prefix(&set, only(&[3, 4, 5]), &with_rf3));
+        assert!(covers_every_prefix(&set, only(&[2, 3, 4]), &with_rf3));
+        // RF 1: its one replica must be a source.
+        assert!(!covers_every_prefix(
+            &set,
+            only(&[2, 3, 4, 5]),
+            &BTreeSet::from([1, 5])
+        ));
     }
 }

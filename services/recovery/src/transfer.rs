@@ -41,11 +41,16 @@ pub enum MoveError {
     /// The metadata service refused or did not answer.
     #[error("metadata service: {0}")]
     Metad(#[from] MetadClientError),
+    /// A resumed move found its replacement no longer pending: an earlier run ended it.
+    #[error("partition {0}: the replacement is no longer pending")]
+    AlreadyEnded(kvorum_protocol::PartitionId),
     /// The partition changed under the move.
     #[error("partition {0} changed under the move; it will be planned again")]
     Changed(kvorum_protocol::PartitionId),
-    /// Too few old replicas could be fenced to copy from a read quorum.
-    #[error("only {fenced} of the {needed} old replicas needed could be fenced")]
+    /// Too few old replicas could be fenced to copy from a read quorum (of every keyspace's prefix).
+    #[error(
+        "only {fenced} old replicas could be fenced: not a read quorum of every keyspace's replicas (a quorum of the set is {needed})"
+    )]
     TooFewSources {
         /// Replicas fenced.
         fenced: usize,
@@ -105,29 +110,37 @@ pub struct Mover {
     pub chunk_records: usize,
     /// Copy rate limit, bytes per second.
     pub bytes_per_sec: u64,
+    /// The controller's lease: only its holder aborts a move.
+    pub lease: kvorum_metad_client::Lease,
 }
 
 impl Mover {
-    /// Carries out `planned` to the end, or aborts it; says how it ended.
+    /// Carries out `planned` to the end, or aborts it; says how it ended
+    /// (nothing, for a resumed move an earlier run had already ended).
     pub async fn run(
         &self,
         planned: PlannedMove,
         progress: Progress,
         started: Instant,
-    ) -> FinishedRecovery {
+    ) -> Option<FinishedRecovery> {
         let result = self.transfer(&planned, &progress).await;
         let completed = match &result {
             Ok(()) => true,
+            Err(MoveError::AlreadyEnded(_)) => return None,
             Err(error) => {
                 tracing::warn!(partition = %planned.partition, %error, "move failed; aborting it");
-                if let Err(error) = self.abort(&planned).await {
+                // Only the lease holder aborts: a controller that lost it leaves
+                // the move to the one that has it.
+                if !self.lease.is_held() {
+                    tracing::info!(partition = %planned.partition, "lease lost; not aborting");
+                } else if let Err(error) = self.abort(&planned).await {
                     tracing::warn!(partition = %planned.partition, %error, "cannot abort the move yet; a later pass will");
                 }
                 false
             }
         };
         let done = progress.snapshot(started);
-        FinishedRecovery {
+        Some(FinishedRecovery {
             partition: planned.partition,
             from: Some(planned.replacement.leaving),
             to: planned.replacement.joining,
@@ -135,7 +148,7 @@ impl Mover {
             duration_ms: done.elapsed_ms,
             bytes_copied: done.bytes_copied,
             completed,
-        }
+        })
     }
 
     async fn transfer(&self, planned: &PlannedMove, progress: &Progress) -> Result<(), MoveError> {
@@ -162,11 +175,12 @@ impl Mover {
                 Err(message) => tracing::info!(%node, %message, "old replica not fenced (down?)"),
             }
         }
-        let needed = quorum(announced.replicas.len());
-        if sources.len() < needed {
+        let rfs = crate::plan::replication_factors(&state, announced.replicas.len());
+        let fenced: Vec<NodeId> = sources.iter().map(|(node, _)| *node).collect();
+        if !crate::plan::covers_every_prefix(&announced.replicas, |n| fenced.contains(n), &rfs) {
             return Err(MoveError::TooFewSources {
                 fenced: sources.len(),
-                needed,
+                needed: quorum(announced.replicas.len()),
             });
         }
         // 3. Copy.
@@ -215,6 +229,11 @@ impl Mover {
             .ok_or(MoveError::Changed(planned.partition))?;
         if current.pending == [planned.replacement] {
             return Ok(current);
+        }
+        // Resuming from a (possibly stale) copy of the map: the fresh state says
+        // the move already switched or was aborted.
+        if planned.resume {
+            return Err(MoveError::AlreadyEnded(planned.partition));
         }
         if !current.pending.is_empty() || !current.replicas.contains(&planned.replacement.leaving) {
             return Err(MoveError::Changed(planned.partition));

@@ -309,10 +309,15 @@ impl<T: ReplicaTransport> Coordinator<T> {
         level: ConsistencyLevel,
     ) -> Result<ReadOutcome, CoordinatorError> {
         let mut receipt = Self::receipt(route, level);
-        let required = level.required(route.replicas.len());
+        // During a move the joining node is read too and one more reply is
+        // required per joining node: q + 1 replies out of the old set plus the
+        // joining node include a quorum of the old set and a quorum of the new
+        // one, so a read overlaps every acknowledged write whether the move
+        // switches or aborts, and whichever map the writer routed by.
+        let required = level.required(route.replicas.len()) + route.joining.len();
         let target = Self::target(route, keyspace, key);
         let transport = &self.transport;
-        let gathered = fan_out(&self.background, &route.replicas, required, |r| {
+        let gathered = fan_out(&self.background, &route.commit_targets(), required, |r| {
             transport.read(r, target.clone())
         })
         .await;
@@ -344,13 +349,12 @@ impl<T: ReplicaTransport> Coordinator<T> {
         };
         // The newest record must be on `required` replicas before anyone is told of
         // it, or a later read could miss it (a new-old inversion).
-        // Joining nodes are never read, so they are always among the laggards.
         let laggards: Vec<Replica> = route
             .commit_targets()
             .into_iter()
             .filter(|r| !resolution.holders.contains(&r.id))
             .collect();
-        let need = (required + route.joining.len()).saturating_sub(resolution.holders.len());
+        let need = required.saturating_sub(resolution.holders.len());
         let request = CommitRequest {
             target,
             record: newest.clone(),
@@ -416,10 +420,15 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let target = Self::target(route, keyspace, key);
         let transport = &self.transport;
 
-        let prepare_quorum = quorum(replication_factor);
-        let prepared = fan_out(&self.background, &route.replicas, prepare_quorum, |r| {
-            transport.prepare(r, target.clone())
-        })
+        // As for reads: during a move the prepare must see a quorum of the old
+        // and of the new set, so one more reply per joining node.
+        let prepare_quorum = quorum(replication_factor) + route.joining.len();
+        let prepared = fan_out(
+            &self.background,
+            &route.commit_targets(),
+            prepare_quorum,
+            |r| transport.prepare(r, target.clone()),
+        )
         .await;
         if !prepared.met {
             return Err(CoordinatorError::QuorumNotReached {
@@ -961,6 +970,22 @@ mod tests {
             Err(CoordinatorError::QuorumNotReached { required, .. }) => assert_eq!(required, 3),
             other => panic!("expected a failed write, got {other:?}"),
         }
+        // A read needs one more reply during the move, and the joining node that
+        // lacks the value is repaired even when the old replicas agree.
+        harness.replicas.set(3, Behaviour::Up);
+        harness.replicas.set(4, Behaviour::Up);
+        harness.replicas.put(1, "agreed", record(3, "x"));
+        harness.replicas.put(2, "agreed", record(3, "x"));
+        harness.replicas.put(3, "agreed", record(3, "x"));
+        let read = within(harness.coordinator.read(
+            &moving,
+            &KeyspaceName::default_keyspace(),
+            &Key::parse("agreed").expect("key"),
+            Quorum,
+        ))
+        .await
+        .expect("read");
+        assert_eq!(read.record, Some(record(3, "x")));
         // A read that repairs also repairs the joining node.
         harness.replicas.set(3, Behaviour::Up);
         harness.replicas.set(4, Behaviour::Up);
