@@ -87,7 +87,12 @@ async fn catch_up(
         .ok_or("no partition map yet")?;
     let map = state.partition_map.as_ref().ok_or("no partition map yet")?;
     let mut imported = 0;
-    for assignment in map.partitions.iter().filter(|p| p.replicas.contains(&node)) {
+    // Partitions it holds, and those it is joining (a joining node that lost its
+    // data mid-move must not be switched in with only the copy's tail).
+    let mine = |p: &&kvorum_protocol::cluster::PartitionAssignment| {
+        p.replicas.contains(&node) || p.pending.iter().any(|r| r.joining == node)
+    };
+    for assignment in map.partitions.iter().filter(mine) {
         let mut sources = 0;
         for peer in assignment.replicas.iter().filter(|p| **p != node) {
             let Some(address) = state.nodes.get(peer).map(|n| n.address.clone()) else {
@@ -102,7 +107,8 @@ async fn catch_up(
             }
         }
         // With this node, a quorum of the set: every acknowledged write is on one of them.
-        if sources + 1 < kvorum_protocol::consistency::quorum(assignment.replicas.len()) {
+        let itself = usize::from(assignment.replicas.contains(&node));
+        if sources + itself < kvorum_protocol::consistency::quorum(assignment.replicas.len()) {
             return Err(format!(
                 "partition {}: too few peers answered",
                 assignment.id
