@@ -482,7 +482,12 @@ async fn create_keyspace(
             Err(ApiError::KeyspaceExists(keyspace.name.to_string()))
         };
     }
-    state.metadata.create_keyspace(keyspace.clone()).await?;
+    state
+        .metadata
+        .submit(kvorum_protocol::metadata::MetadataOp::CreateKeyspace {
+            keyspace: keyspace.clone(),
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(keyspace)))
 }
 

@@ -351,8 +351,9 @@ impl<T: ReplicaTransport> Coordinator<T> {
         // it, or a later read could miss it (a new-old inversion).
         let laggards: Vec<Replica> = route
             .commit_targets()
-            .into_iter()
+            .iter()
             .filter(|r| !resolution.holders.contains(&r.id))
+            .cloned()
             .collect();
         let need = required.saturating_sub(resolution.holders.len());
         let request = CommitRequest {

@@ -10,7 +10,7 @@ use kvorum_protocol::cluster::{MetadReplica, MetadView};
 use kvorum_protocol::detector::{DETECTOR_LEASE, SuspicionReport};
 use kvorum_protocol::metadata::{MetadataOp, MetadataState};
 use kvorum_protocol::recovery::{RECOVERY_LEASE, RecoveryReport};
-use kvorum_protocol::{ClusterSettings, KeyspaceConfig, NodeId};
+use kvorum_protocol::{ClusterSettings, NodeId};
 use kvorum_server::Readiness;
 
 use crate::keyspaces::Keyspaces;
@@ -75,9 +75,6 @@ pub enum NotReady {
     },
 }
 
-/// Why creating a keyspace failed at the metadata service.
-pub type CreateError = MetadClientError;
-
 /// The router's link to the metadata service (and, through it, to the active failure detector).
 #[derive(Debug, Clone)]
 pub struct Metadata {
@@ -85,7 +82,7 @@ pub struct Metadata {
     follower: Follower,
     cache: Arc<Mutex<Option<Arc<Snapshot>>>>,
     /// Reaches the lease holders (detector, recovery controller).
-    detector: HttpClient,
+    lease_holders: HttpClient,
 }
 
 impl Metadata {
@@ -99,7 +96,7 @@ impl Metadata {
             client,
             follower,
             cache: Arc::new(Mutex::new(None)),
-            detector: HttpClient::new(config).expect("a client with timeouts always builds"),
+            lease_holders: HttpClient::new(config).expect("a client with timeouts always builds"),
         }
     }
 
@@ -119,7 +116,7 @@ impl Metadata {
         path: &str,
     ) -> Option<T> {
         let holder = self.follower.current()?.leases.get(lease)?.holder.clone();
-        self.detector
+        self.lease_holders
             .get_json(&holder, path)
             .await
             .map_err(|error| tracing::debug!(lease, %error, "no report from the lease holder"))
@@ -148,21 +145,11 @@ impl Metadata {
         self.follower.wait_for_version(than + 1, timeout).await
     }
 
-    /// Submits an operator's command (node add, decommission) and waits until this router has seen it.
-    pub async fn submit(&self, op: MetadataOp) -> Result<(), CreateError> {
+    /// Submits a command (a keyspace, a node added or decommissioned) and waits
+    /// until this router routes by a version that holds it, so the client's next
+    /// request sees it.
+    pub async fn submit(&self, op: MetadataOp) -> Result<(), MetadClientError> {
         let outcome = self.client.submit(op).await?;
-        self.follower
-            .wait_for_version(outcome.version, Duration::from_secs(5))
-            .await;
-        Ok(())
-    }
-
-    /// Creates a keyspace and waits until this router routes by a version that has it.
-    pub async fn create_keyspace(&self, keyspace: KeyspaceConfig) -> Result<(), CreateError> {
-        let outcome = self
-            .client
-            .submit(MetadataOp::CreateKeyspace { keyspace })
-            .await?;
         if !self
             .follower
             .wait_for_version(outcome.version, Duration::from_secs(5))
@@ -170,7 +157,7 @@ impl Metadata {
         {
             tracing::warn!(
                 version = outcome.version,
-                "the keyspace is created, but this router has not seen it yet"
+                "the command is applied, but this router has not seen it yet"
             );
         }
         Ok(())

@@ -33,9 +33,14 @@ pub struct Route {
 }
 
 impl Route {
-    /// Where writes go: the replicas and the nodes joining.
-    pub fn commit_targets(&self) -> Vec<Replica> {
-        self.replicas.iter().chain(&self.joining).cloned().collect()
+    /// Where requests go: the replicas and the nodes joining (borrowed, with no
+    /// copy, in the usual case of no move under way).
+    pub fn commit_targets(&self) -> std::borrow::Cow<'_, [Replica]> {
+        if self.joining.is_empty() {
+            std::borrow::Cow::Borrowed(&self.replicas)
+        } else {
+            std::borrow::Cow::Owned(self.replicas.iter().chain(&self.joining).cloned().collect())
+        }
     }
 }
 

@@ -100,9 +100,15 @@ impl Checkpoints {
     /// Takes a checkpoint of `store` now, then drops the oldest beyond the retention.
     pub fn take(&self, store: &Store) -> Result<CheckpointInfo, CheckpointError> {
         std::fs::create_dir_all(&self.dir).map_err(self.io())?;
-        let created_ms = SystemTime::now()
+        // Names are the creation time; two checkpoints within one millisecond
+        // (or a clock that stepped back) still get distinct, increasing names.
+        let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let created_ms = self
+            .list()?
+            .last()
+            .map_or(now_ms, |newest| now_ms.max(newest.created_ms + 1));
         let name = format!("{PREFIX}{created_ms}{SUFFIX}");
         let temporary = self.dir.join(format!(".{name}.partial"));
         let _ = std::fs::remove_file(&temporary);
@@ -175,7 +181,6 @@ mod tests {
         store.apply(&[commit("a", 1)]).expect("commit");
         checkpoints.take(&store).expect("first");
         store.apply(&[commit("b", 1)]).expect("commit");
-        std::thread::sleep(std::time::Duration::from_millis(2));
         let second = checkpoints.take(&store).expect("second");
         store
             .apply(&[commit("c", 1)])
