@@ -15,17 +15,7 @@ pub enum KeyspaceMode {
     Eventual,
 }
 
-/// How an eventual keyspace resolves concurrent versions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConflictStrategy {
-    /// Highest hybrid-logical-clock timestamp wins.
-    Lww,
-    /// A deterministic merge of the values.
-    Merge,
-    /// Every concurrent value goes back to the client.
-    Siblings,
-}
+pub use kvorum_causality::ConflictStrategy;
 
 /// A keyspace and its settings, as the metadata service stores them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,11 +77,6 @@ pub enum InvalidKeyspace {
         "write_consistency one is not allowed in a strong keyspace: a quorum read could miss a write only one replica holds; use quorum or all"
     )]
     StrongWriteAtOne,
-    /// Eventual keyspaces are not served yet.
-    #[error(
-        "eventual keyspaces are not served by this version of Kvorum yet; create a strong keyspace"
-    )]
-    EventualNotSupported,
 }
 
 impl KeyspaceConfig {
@@ -145,7 +130,8 @@ impl KeyspaceConfig {
                 }
                 Ok(())
             }
-            KeyspaceMode::Eventual => Err(InvalidKeyspace::EventualNotSupported),
+            // Any strategy and any levels: an eventual keyspace is writable at ONE by design.
+            KeyspaceMode::Eventual => Ok(()),
         }
     }
 }
@@ -199,13 +185,28 @@ mod tests {
                 r#"{"mode":"strong","write_consistency":"one"}"#,
                 "not allowed in a strong keyspace",
             ),
-            (r#"{"mode":"eventual"}"#, "not served by this version"),
+            (
+                r#"{"mode":"eventual","replication_factor":4}"#,
+                "between 1 and the cluster's 3",
+            ),
         ];
         for (json, reason) in cases {
             let error = KeyspaceConfig::from_spec(name(), &spec(json), 3)
                 .expect_err(json)
                 .to_string();
             assert!(error.contains(reason), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn eventual_keyspaces_take_any_strategy_and_any_levels() {
+        for conflict in ["lww", "merge", "siblings"] {
+            let json = format!(
+                r#"{{"mode":"eventual","conflict":"{conflict}","read_consistency":"one","write_consistency":"one"}}"#
+            );
+            let config = KeyspaceConfig::from_spec(name(), &spec(&json), 3).expect(&json);
+            assert_eq!(config.mode, KeyspaceMode::Eventual);
+            assert_eq!(config.write_consistency, ConsistencyLevel::One);
         }
     }
 

@@ -5,6 +5,8 @@
 //! - [`version`]: record versions and the records storage nodes hold.
 //! - [`consistency`]: consistency levels and quorum arithmetic.
 //! - [`keyspace`]: keyspace settings.
+//! - [`conflict`]: the siblings a read of a `siblings` keyspace answers with 300.
+//! - [`causal`]: causal states, version vectors and conflict strategies (re-exported from `kvorum-causality`).
 //! - [`cluster`]: nodes, cluster settings, the partition map and the cluster view.
 //! - [`detector`]: the failure detector's report.
 //! - [`metadata`]: the metadata service's commands and state.
@@ -16,6 +18,7 @@
 //! - [`headers`]: the names of Kvorum's HTTP headers.
 
 pub mod cluster;
+pub mod conflict;
 pub mod consistency;
 pub mod detector;
 pub mod error;
@@ -39,3 +42,7 @@ pub use ids::{Epoch, NodeId, PartitionId};
 pub use key::{Key, KeyError, KeyspaceName, MAX_KEY_BYTES};
 pub use keyspace::{ConflictStrategy, InvalidKeyspace, KeyspaceConfig, KeyspaceMode, KeyspaceSpec};
 pub use version::{Record, Version, VersionTokenError};
+
+/// Causal states, version vectors and conflict strategies of eventual keyspaces.
+pub use kvorum_causality as causal;
+pub use kvorum_causality::{CausalState, Sibling, VersionVector};

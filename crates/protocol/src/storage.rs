@@ -10,11 +10,22 @@
 //! | `POST /internal/v1/partitions/{id}/fence` | [`FenceRequest`] | [`FenceResponse`] |
 //! | `PUT /internal/v1/partitions/{id}` | [`PartitionExport`] | [`ImportResponse`] |
 //! | `DELETE /internal/v1/partitions/{id}` | | [`DropResponse`] |
+//! | `POST /internal/v1/causal/read` | [`ReplicaKey`] | [`CausalReadResponse`] |
+//! | `POST /internal/v1/causal/write` | [`CausalWriteRequest`] | [`CausalWriteResponse`] |
+//! | `POST /internal/v1/causal/merge` | [`CausalMergeRequest`] | [`CausalMergeResponse`] |
+//! | `POST /internal/v1/causal/{read,merge}/batch` | [`Batch`] of the above | [`Batch`] of [`ItemOutcome`] |
+//! | `POST /internal/v1/hints` | [`HintRequest`] | [`HintResponse`] |
+//! | `GET /internal/v1/partitions/{id}/digest` | | [`PartitionDigest`] |
+//! | `POST /internal/v1/partitions/{id}/buckets` | [`BucketQuery`] | [`PartitionExport`] |
+//! | `POST /internal/v1/partitions/{id}/purge` | [`PurgeRequest`] | [`PurgeResponse`] |
 
 use serde::{Deserialize, Serialize};
 
+use kvorum_causality::{CausalState, VersionVector};
+use serde_with::{base64::Base64, serde_as};
+
 use crate::error::ErrorDetail;
-use crate::ids::{Epoch, PartitionId};
+use crate::ids::{Epoch, NodeId, PartitionId};
 use crate::key::{Key, KeyspaceName};
 use crate::version::{Record, Version};
 
@@ -83,6 +94,30 @@ pub enum ItemOutcome<T> {
     Error(ErrorDetail),
 }
 
+/// What a node holds for one key: a strong keyspace's record or an eventual keyspace's causal state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Held {
+    /// A strong keyspace's versioned record; imports keep the higher version.
+    Strong(Record),
+    /// An eventual keyspace's siblings and context; imports join it with what is held.
+    Causal(CausalState),
+}
+
+impl Held {
+    /// The bytes of value it carries (every sibling's, for a causal state), for rate limits.
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            Held::Strong(record) => record.value.as_ref().map_or(0, Vec::len),
+            Held::Causal(state) => state
+                .siblings()
+                .iter()
+                .map(|s| s.value.as_ref().map_or(0, Vec::len) + 24)
+                .sum(),
+        }
+    }
+}
+
 /// One record of an exported partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,7 +127,7 @@ pub struct ExportedRecord {
     /// The key.
     pub key: Key,
     /// What the node holds.
-    pub record: Record,
+    pub record: Held,
 }
 
 /// Where a page of a partition export ends: the last record's keyspace and key.
@@ -172,4 +207,156 @@ pub struct CheckpointInfo {
     pub created_ms: u64,
     /// Its size on disk.
     pub bytes: u64,
+}
+
+/// An eventual keyspace's state of one key on one replica (empty when it has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CausalReadResponse {
+    /// The key's siblings and context.
+    pub state: CausalState,
+}
+
+/// A write to an eventual keyspace, coordinated by the replica that receives it.
+///
+/// The replica gives the write a dot of its own, applies it durably and
+/// answers with the key's new state, which the router then merges into the
+/// other replicas.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CausalWriteRequest {
+    /// Where the write goes.
+    pub target: ReplicaKey,
+    /// The value (base64), or `None` for a delete.
+    #[serde_as(as = "Option<Base64>")]
+    pub value: Option<Vec<u8>>,
+    /// The siblings it supersedes: a client's context, or `None` for whatever the replica holds.
+    #[serde(default)]
+    pub context: Option<VersionVector>,
+    /// Replicas known to be down: the replica stores a durable hint for each, in the same transaction.
+    #[serde(default)]
+    pub hint_for: Vec<NodeId>,
+}
+
+/// The key's state after a coordinated write; durable (fsync'd) before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CausalWriteResponse {
+    /// The key's siblings and context, including the write.
+    pub state: CausalState,
+}
+
+/// Join a key's state from elsewhere (replication, read repair, hint replay) into a replica's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CausalMergeRequest {
+    /// Where the state goes.
+    pub target: ReplicaKey,
+    /// The state to join.
+    pub state: CausalState,
+}
+
+/// What a merge did; durable before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CausalMergeResponse {
+    /// Whether the replica learned anything from it.
+    pub changed: bool,
+}
+
+/// Keep durable hints: the key's state is to be handed to `targets` once they are back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintRequest {
+    /// The key's partition.
+    pub partition: PartitionId,
+    /// The keyspace.
+    pub keyspace: KeyspaceName,
+    /// The key.
+    pub key: Key,
+    /// The replicas that missed the write.
+    pub targets: Vec<NodeId>,
+}
+
+/// How many hints were stored (fsync'd before the answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintResponse {
+    /// Hints stored.
+    pub stored: usize,
+}
+
+/// Buckets per partition in an anti-entropy digest.
+pub const DIGEST_BUCKETS: usize = 64;
+
+/// A partition's anti-entropy digest: one hash per bucket of keys.
+///
+/// A key's bucket and hash are functions of its keyspace, key and stored
+/// bytes only, so two replicas holding the same records have equal digests,
+/// and a differing bucket names the keys worth exchanging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionDigest {
+    /// The partition.
+    pub partition: PartitionId,
+    /// [`DIGEST_BUCKETS`] hashes, each the XOR of its keys' hashes.
+    pub buckets: Vec<u64>,
+}
+
+/// The records of some digest buckets, for anti-entropy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketQuery {
+    /// Bucket numbers, each below [`DIGEST_BUCKETS`].
+    pub buckets: Vec<u32>,
+}
+
+/// One tombstone to collect: removed only where the replica's state still equals `state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeItem {
+    /// The keyspace.
+    pub keyspace: KeyspaceName,
+    /// The key.
+    pub key: Key,
+    /// The lone tombstone every replica was seen to hold.
+    pub state: CausalState,
+}
+
+/// Collect tombstones every replica of the partition holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// The tombstones.
+    pub items: Vec<PurgeItem>,
+}
+
+/// How many tombstones a replica removed (the rest had changed, or were not yet in its newest checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeResponse {
+    /// Tombstones removed.
+    pub purged: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_records_of_both_kinds_round_trip() {
+        let (state, _) = CausalState::empty().write(3, None, Some(b"v".to_vec()), 9);
+        let strong = Record {
+            version: Version {
+                counter: 1,
+                writer: 2,
+            },
+            value: None,
+        };
+        for record in [Held::Causal(state), Held::Strong(strong)] {
+            let exported = ExportedRecord {
+                keyspace: KeyspaceName::default_keyspace(),
+                key: Key::parse("k").expect("key"),
+                record,
+            };
+            let json = serde_json::to_string(&exported).expect("serialize");
+            let back: ExportedRecord = serde_json::from_str(&json).expect(&json);
+            assert_eq!(back, exported);
+        }
+    }
 }

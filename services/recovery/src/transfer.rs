@@ -300,10 +300,8 @@ impl Mover {
                 .records
                 .iter()
                 .map(|r| {
-                    (r.key.as_str().len()
-                        + r.keyspace.as_str().len()
-                        + r.record.value.as_ref().map_or(0, Vec::len)
-                        + 24) as u64
+                    (r.key.as_str().len() + r.keyspace.as_str().len() + r.record.value_bytes() + 24)
+                        as u64
                 })
                 .sum();
             let records = page.records.len() as u64;

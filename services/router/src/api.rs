@@ -13,17 +13,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use kvorum_metad_client::MetadClientError;
+use kvorum_protocol::causal::{ContextTokenError, Resolution, resolve};
+use kvorum_protocol::conflict::{SiblingView, SiblingsResponse};
 use kvorum_protocol::metadata::MetadataError;
 use kvorum_protocol::{
     ClusterView, ConsistencyLevel, ErrorCode, ErrorDetail, InvalidKeyspace, Key, KeyError,
-    KeyspaceConfig, KeyspaceName, KeyspaceSpec, UnknownConsistency, Version, VersionTokenError,
-    headers,
+    KeyspaceConfig, KeyspaceMode, KeyspaceName, KeyspaceSpec, UnknownConsistency, Version,
+    VersionTokenError, VersionVector, headers,
 };
 use kvorum_server::{PathParam, error_response, with_standard_layers};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use crate::coordinator::{Coordinator, CoordinatorError, Receipt};
+use crate::eventual::CausalWrite;
 use crate::keyspaces::{KeyspaceError, Operation, effective_level};
 use crate::metadata::{Metadata, NotReady, Snapshot};
 use crate::transport::HttpReplicas;
@@ -40,6 +43,8 @@ pub struct AppState {
     pub coordinator: Coordinator<HttpReplicas>,
     /// Largest value a client may PUT.
     pub max_value_bytes: usize,
+    /// Whether eventual writes leave durable hints for replicas that miss them.
+    pub hinted_handoff: bool,
 }
 
 /// Why a client request failed; maps to the JSON error body.
@@ -60,6 +65,9 @@ pub enum ApiError {
     /// The `X-Kvorum-Context` header is not a token Kvorum issued.
     #[error(transparent)]
     BadContext(#[from] VersionTokenError),
+    /// The `X-Kvorum-Context` header is not a causal context of an eventual keyspace.
+    #[error(transparent)]
+    BadCausalContext(#[from] ContextTokenError),
     /// The value is larger than the limit.
     #[error("the value is larger than the limit of {limit} bytes")]
     ValueTooLarge {
@@ -103,9 +111,10 @@ impl ApiError {
     fn detail(&self) -> ErrorDetail {
         let code = match self {
             ApiError::InvalidKey(_) => ErrorCode::InvalidKey,
-            ApiError::BadQuery(_) | ApiError::BadContext(_) | ApiError::BadBody(_) => {
-                ErrorCode::BadRequest
-            }
+            ApiError::BadQuery(_)
+            | ApiError::BadContext(_)
+            | ApiError::BadCausalContext(_)
+            | ApiError::BadBody(_) => ErrorCode::BadRequest,
             ApiError::UnknownConsistency(_)
             | ApiError::Keyspace(KeyspaceError::LevelNotAllowed { .. }) => {
                 ErrorCode::InvalidConsistency
@@ -125,9 +134,6 @@ impl ApiError {
             ApiError::KeyspaceName(_)
             | ApiError::Metad(MetadClientError::Refused(MetadataError::Invalid { .. })) => {
                 ErrorCode::BadRequest
-            }
-            ApiError::InvalidKeyspace(InvalidKeyspace::EventualNotSupported) => {
-                ErrorCode::NotImplemented
             }
             ApiError::InvalidKeyspace(_) => ErrorCode::BadRequest,
             ApiError::KeyspaceExists(_)
@@ -299,17 +305,37 @@ fn add_version(headers: &mut HeaderMap, version: Version) {
     headers.insert(HeaderName::from_static(headers::CONTEXT), token);
 }
 
-/// Validates the causal context a client sent back, if any.
-fn check_context(headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(value) = headers.get(headers::CONTEXT) {
-        let text = value
-            .to_str()
-            .map_err(|_| VersionTokenError("(not ASCII)".into()))?;
-        // Strong keyspaces order writes by version alone; the context is checked
-        // here so a garbled token is refused, and is put to use by eventual keyspaces.
-        text.parse::<Version>()?;
+fn add_causal_context(headers: &mut HeaderMap, context: &VersionVector) {
+    headers.insert(
+        HeaderName::from_static(headers::CONTEXT),
+        header_value(&context.to_token()),
+    );
+}
+
+/// The causal context a client sent back, checked against the keyspace's mode.
+///
+/// Strong keyspaces order writes by version alone: their token is checked so a
+/// garbled one is refused, and has no further effect. Eventual keyspaces take
+/// the version vector: the write supersedes exactly the siblings it names.
+fn context(headers: &HeaderMap, mode: KeyspaceMode) -> Result<Option<VersionVector>, ApiError> {
+    let Some(value) = headers.get(headers::CONTEXT) else {
+        return Ok(None);
+    };
+    match mode {
+        KeyspaceMode::Strong => {
+            let text = value
+                .to_str()
+                .map_err(|_| VersionTokenError("(not ASCII)".into()))?;
+            text.parse::<Version>()?;
+            Ok(None)
+        }
+        KeyspaceMode::Eventual => {
+            let text = value
+                .to_str()
+                .map_err(|_| ContextTokenError("(not ASCII)".into()))?;
+            Ok(Some(text.parse::<VersionVector>()?))
+        }
     }
-    Ok(())
 }
 
 async fn read_value(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
@@ -362,6 +388,9 @@ async fn get_key(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Respons
 async fn read(state: &AppState, snapshot: &Snapshot, uri: &Uri) -> Result<Response, ApiError> {
     let request = KvRequest::parse(snapshot, uri, Operation::Read)?;
     let route = snapshot.topology.route(request.keyspace, &request.key);
+    if request.keyspace.mode == KeyspaceMode::Eventual {
+        return read_eventual(state, &request, &route).await;
+    }
     let outcome = state
         .coordinator
         .read(&route, &request.keyspace.name, &request.key, request.level)
@@ -389,6 +418,47 @@ async fn read(state: &AppState, snapshot: &Snapshot, uri: &Uri) -> Result<Respon
     }
 }
 
+/// An eventual keyspace's read: the joined state, resolved by the keyspace's strategy.
+async fn read_eventual(
+    state: &AppState,
+    request: &KvRequest<'_>,
+    route: &crate::topology::Route,
+) -> Result<Response, ApiError> {
+    let outcome = state
+        .coordinator
+        .causal_read(route, &request.keyspace.name, &request.key, request.level)
+        .await?;
+    let mut response = match resolve(&outcome.state, request.keyspace.conflict) {
+        Resolution::Value(value) => (
+            StatusCode::OK,
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
+            value,
+        )
+            .into_response(),
+        Resolution::Siblings(siblings) => (
+            StatusCode::MULTIPLE_CHOICES,
+            Json(SiblingsResponse {
+                siblings: siblings.into_iter().map(SiblingView::from).collect(),
+                context: outcome.state.context().to_token(),
+            }),
+        )
+            .into_response(),
+        Resolution::Missing => ApiError::KeyNotFound {
+            key: request.key.clone(),
+            keyspace: request.keyspace.name.clone(),
+            receipt: Box::new(outcome.receipt.clone()),
+        }
+        .into_response(),
+    };
+    add_receipt(response.headers_mut(), &outcome.receipt);
+    // Also on a 404: a write with this context supersedes the delete it saw.
+    add_causal_context(response.headers_mut(), outcome.state.context());
+    Ok(response)
+}
+
 async fn put_key(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -396,10 +466,13 @@ async fn put_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     // Refuse a bad request before reading its body.
-    KvRequest::parse(&*state.metadata.current()?, &uri, Operation::Write)?;
-    check_context(&headers)?;
+    {
+        let snapshot = state.metadata.current()?;
+        let request = KvRequest::parse(&snapshot, &uri, Operation::Write)?;
+        context(&headers, request.keyspace.mode)?;
+    }
     let value = read_value(body, &headers, state.max_value_bytes).await?;
-    write(&state, &uri, Some(&value)).await
+    write(&state, &uri, &headers, Some(&value)).await
 }
 
 async fn delete_key(
@@ -407,16 +480,61 @@ async fn delete_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_context(&headers)?;
-    write(&state, &uri, None).await
+    write(&state, &uri, &headers, None).await
 }
 
-async fn write(state: &AppState, uri: &Uri, value: Option<&[u8]>) -> Result<Response, ApiError> {
+async fn write(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    value: Option<&[u8]>,
+) -> Result<Response, ApiError> {
     let mut snapshot = state.metadata.current()?;
     let mut retried = false;
     loop {
         let request = KvRequest::parse(&snapshot, uri, Operation::Write)?;
+        let causal_context = context(headers, request.keyspace.mode)?;
         let route = snapshot.topology.route(request.keyspace, &request.key);
+        if request.keyspace.mode == KeyspaceMode::Eventual {
+            let write = CausalWrite {
+                // A `siblings` keyspace keeps a write sent without a context beside
+                // what is there (the client saw nothing); `lww` and `merge` let it
+                // supersede what the coordinating replica holds, so repeated blind
+                // writes do not pile up siblings.
+                context: causal_context.or_else(|| {
+                    (request.keyspace.conflict == kvorum_protocol::ConflictStrategy::Siblings)
+                        .then(VersionVector::new)
+                }),
+                hinted_handoff: state.hinted_handoff,
+            };
+            let written = state
+                .coordinator
+                .causal_write(
+                    &route,
+                    &request.keyspace.name,
+                    &request.key,
+                    value,
+                    write,
+                    request.level,
+                )
+                .await
+                .map_err(ApiError::from);
+            match written {
+                Err(error) if !retried && error.retry_with_newer_map() => {
+                    retried = true;
+                    state.metadata.refresh(snapshot.version, REFRESH_WAIT).await;
+                    snapshot = state.metadata.current()?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+                Ok(outcome) => {
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    add_receipt(response.headers_mut(), &outcome.receipt);
+                    add_causal_context(response.headers_mut(), outcome.state.context());
+                    return Ok(response);
+                }
+            }
+        }
         let written = state
             .coordinator
             .write(
@@ -638,6 +756,7 @@ mod tests {
                 HttpReplicas::new(HttpClient::new(config).expect("client")),
                 1,
             ),
+            hinted_handoff: true,
             max_value_bytes: 16,
         };
         router(Arc::new(state), Duration::from_secs(5))
@@ -732,9 +851,13 @@ mod tests {
                 "keyspace_not_found",
             ),
             (
-                request("PUT", "/v1/keyspaces/new", "{\"mode\":\"eventual\"}"),
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
+                request(
+                    "PUT",
+                    "/v1/keyspaces/new",
+                    "{\"mode\":\"eventual\",\"replication_factor\":9}",
+                ),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
             ),
             (
                 request(

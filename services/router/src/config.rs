@@ -22,6 +22,10 @@ pub struct RouterConfig {
     #[arg(long, env = "KVORUM_MAX_VALUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(16 << 20)))]
     pub max_value_bytes: u64,
 
+    /// Whether eventual writes leave durable hints for replicas that miss them (`false` leaves them to anti-entropy alone).
+    #[arg(long, env = "KVORUM_HINTED_HANDOFF", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hinted_handoff: bool,
+
     /// Deadline of one client request, in milliseconds; past it the client gets 504.
     #[arg(long, env = "KVORUM_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,

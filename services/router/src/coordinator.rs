@@ -144,11 +144,11 @@ pub struct WriteOutcome {
 }
 
 /// Replies gathered from one fan-out.
-struct Gathered<R> {
-    ok: Vec<(NodeId, R)>,
-    failed: Vec<(NodeId, ReplicaError)>,
-    asked: usize,
-    met: bool,
+pub(crate) struct Gathered<R> {
+    pub(crate) ok: Vec<(NodeId, R)>,
+    pub(crate) failed: Vec<(NodeId, ReplicaError)>,
+    pub(crate) asked: usize,
+    pub(crate) met: bool,
 }
 
 impl<R> Gathered<R> {
@@ -156,11 +156,11 @@ impl<R> Gathered<R> {
         self.asked - self.ok.len() - self.failed.len()
     }
 
-    fn fenced(&self) -> bool {
+    pub(crate) fn fenced(&self) -> bool {
         self.failed.iter().any(|(_, e)| e.stale_epoch.is_some())
     }
 
-    fn last_error(&self) -> Option<String> {
+    pub(crate) fn last_error(&self) -> Option<String> {
         self.failed
             .last()
             .map(|(node, e)| format!("node {node}: {e}"))
@@ -168,7 +168,7 @@ impl<R> Gathered<R> {
 }
 
 /// Records on the current span how many replicas acknowledged, success or not.
-fn record_acked(receipt: Result<&Receipt, &CoordinatorError>) {
+pub(crate) fn record_acked(receipt: Result<&Receipt, &CoordinatorError>) {
     let receipt = receipt.unwrap_or_else(|error| error.receipt());
     tracing::Span::current().record("kvorum.replicas_acked", receipt.acked.len());
 }
@@ -180,7 +180,7 @@ fn record_acked(receipt: Result<&Receipt, &CoordinatorError>) {
 /// level cannot be met, the remaining replies are still awaited (each call is
 /// bounded by the client's timeout), so the error reports exactly how many
 /// replicas answered and whether a write may have landed.
-async fn fan_out<R, F, Fut>(
+pub(crate) async fn fan_out<R, F, Fut>(
     background: &TaskTracker,
     replicas: &[Replica],
     required: usize,
@@ -231,11 +231,11 @@ where
 /// Coordinates strong reads and writes over a replica transport.
 #[derive(Debug)]
 pub struct Coordinator<T> {
-    transport: Arc<T>,
+    pub(crate) transport: Arc<T>,
     /// Source of the per-write `writer` tags that break version ties.
     tags: Mutex<StdRng>,
     /// Replica calls, including those that outlive the request that made them.
-    background: TaskTracker,
+    pub(crate) background: TaskTracker,
 }
 
 impl<T: ReplicaTransport> Coordinator<T> {
@@ -261,7 +261,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
             .next_u64()
     }
 
-    fn receipt(route: &Route, consistency: ConsistencyLevel) -> Receipt {
+    pub(crate) fn receipt(route: &Route, consistency: ConsistencyLevel) -> Receipt {
         Receipt {
             partition: route.partition,
             epoch: route.epoch,
@@ -278,7 +278,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         }
     }
 
-    fn target(route: &Route, keyspace: &KeyspaceName, key: &Key) -> ReplicaKey {
+    pub(crate) fn target(route: &Route, keyspace: &KeyspaceName, key: &Key) -> ReplicaKey {
         ReplicaKey {
             partition: route.partition,
             epoch: route.epoch,
@@ -512,6 +512,10 @@ mod tests {
     struct Replicas {
         behaviour: HashMap<NodeId, Behaviour>,
         records: HashMap<(NodeId, String), Record>,
+        causal: HashMap<(NodeId, String), kvorum_protocol::CausalState>,
+        /// (holder, target) of every hint stored.
+        hints: Vec<(NodeId, NodeId)>,
+        clock: u64,
     }
 
     /// In-process replicas with the storage node's keep-if-higher rule.
@@ -542,6 +546,20 @@ mod tests {
                 .records
                 .get(&(NodeId(node), key.to_owned()))
                 .cloned()
+        }
+
+        fn causal(&self, node: u64, key: &str) -> kvorum_protocol::CausalState {
+            self.0
+                .lock()
+                .expect("lock")
+                .causal
+                .get(&(NodeId(node), key.to_owned()))
+                .cloned()
+                .unwrap_or_default()
+        }
+
+        fn hints(&self) -> Vec<(NodeId, NodeId)> {
+            self.0.lock().expect("lock").hints.clone()
         }
 
         fn call<R, F>(
@@ -636,6 +654,91 @@ mod tests {
                 }
             })
         }
+
+        fn causal_read(
+            &self,
+            replica: &Replica,
+            target: ReplicaKey,
+        ) -> impl Future<
+            Output = Result<kvorum_protocol::storage::CausalReadResponse, ReplicaError>,
+        >
+        + Send
+        + 'static
+        + use<> {
+            let node = replica.id;
+            self.call(node, false, move |r| {
+                kvorum_protocol::storage::CausalReadResponse {
+                    state: r
+                        .causal
+                        .get(&(node, target.key.to_string()))
+                        .cloned()
+                        .unwrap_or_default(),
+                }
+            })
+        }
+
+        fn causal_write(
+            &self,
+            replica: &Replica,
+            request: kvorum_protocol::storage::CausalWriteRequest,
+        ) -> impl Future<
+            Output = Result<kvorum_protocol::storage::CausalWriteResponse, ReplicaError>,
+        >
+        + Send
+        + 'static
+        + use<> {
+            let node = replica.id;
+            self.call(node, true, move |r| {
+                let slot = (node, request.target.key.to_string());
+                r.clock += 1;
+                let held = r.causal.get(&slot).cloned().unwrap_or_default();
+                let (state, _) =
+                    held.write(node.0, request.context.as_ref(), request.value, r.clock);
+                r.causal.insert(slot, state.clone());
+                r.hints
+                    .extend(request.hint_for.iter().map(|target| (node, *target)));
+                kvorum_protocol::storage::CausalWriteResponse { state }
+            })
+        }
+
+        fn causal_merge(
+            &self,
+            replica: &Replica,
+            request: kvorum_protocol::storage::CausalMergeRequest,
+        ) -> impl Future<
+            Output = Result<kvorum_protocol::storage::CausalMergeResponse, ReplicaError>,
+        >
+        + Send
+        + 'static
+        + use<> {
+            let node = replica.id;
+            self.call(node, true, move |r| {
+                let slot = (node, request.target.key.to_string());
+                let held = r.causal.get(&slot).cloned().unwrap_or_default();
+                let joined = held.join(&request.state);
+                let changed = joined != held;
+                r.causal.insert(slot, joined);
+                kvorum_protocol::storage::CausalMergeResponse { changed }
+            })
+        }
+
+        fn store_hints(
+            &self,
+            replica: &Replica,
+            request: kvorum_protocol::storage::HintRequest,
+        ) -> impl Future<Output = Result<kvorum_protocol::storage::HintResponse, ReplicaError>>
+        + Send
+        + 'static
+        + use<> {
+            let node = replica.id;
+            self.call(node, false, move |r| {
+                r.hints
+                    .extend(request.targets.iter().map(|target| (node, *target)));
+                kvorum_protocol::storage::HintResponse {
+                    stored: request.targets.len(),
+                }
+            })
+        }
     }
 
     fn route() -> Route {
@@ -643,6 +746,7 @@ mod tests {
             .map(|i| Replica {
                 id: NodeId(i),
                 address: Arc::from(format!("node-{i}")),
+                down: false,
             })
             .collect();
         Route {
@@ -937,6 +1041,7 @@ mod tests {
         let harness = Harness::new();
         let moving = Route {
             joining: vec![Replica {
+                down: false,
                 id: NodeId(4),
                 address: Arc::from("node-4"),
             }],
@@ -1002,5 +1107,157 @@ mod tests {
         .expect("read");
         assert!(read.receipt.read_repair);
         assert_eq!(harness.replicas.get(4, "r"), Some(record(5, "newest")));
+    }
+
+    mod eventual {
+        use super::*;
+        use crate::eventual::CausalWrite;
+        use kvorum_protocol::VersionVector;
+
+        fn key() -> Key {
+            Key::parse("k").expect("key")
+        }
+
+        fn ks() -> KeyspaceName {
+            KeyspaceName::parse("carts").expect("name")
+        }
+
+        fn hinted(context: Option<VersionVector>) -> CausalWrite {
+            CausalWrite {
+                context,
+                hinted_handoff: true,
+            }
+        }
+
+        async fn write(
+            harness: &Harness,
+            route: &Route,
+            value: &str,
+            context: Option<VersionVector>,
+            level: ConsistencyLevel,
+        ) -> Result<crate::eventual::CausalWriteOutcome, CoordinatorError> {
+            within(harness.coordinator.causal_write(
+                route,
+                &ks(),
+                &key(),
+                Some(value.as_bytes()),
+                hinted(context),
+                level,
+            ))
+            .await
+        }
+
+        #[tokio::test]
+        async fn a_write_reaches_every_replica_and_blind_writes_become_siblings() {
+            let harness = Harness::new();
+            let first = write(&harness, &route(), "a", None, Quorum)
+                .await
+                .expect("write");
+            assert_eq!(first.receipt.acked.len(), 2);
+            assert!(!first.receipt.hinted);
+            let second = write(&harness, &route(), "b", Some(VersionVector::new()), All)
+                .await
+                .expect("write");
+            assert_eq!(second.state.siblings().len(), 2);
+            let read = within(
+                harness
+                    .coordinator
+                    .causal_read(&route(), &ks(), &key(), All),
+            )
+            .await
+            .expect("read");
+            assert_eq!(read.state, second.state);
+            // A write carrying the read's context supersedes both siblings.
+            let resolved = write(
+                &harness,
+                &route(),
+                "c",
+                Some(read.state.context().clone()),
+                All,
+            )
+            .await
+            .expect("write");
+            assert_eq!(resolved.state.siblings().len(), 1);
+            for node in 1..=3 {
+                assert_eq!(
+                    harness.replicas.causal(node, "k"),
+                    resolved.state,
+                    "node {node}"
+                );
+            }
+        }
+
+        #[tokio::test]
+        async fn replicas_known_down_or_failing_get_hints_instead() {
+            let harness = Harness::new();
+            let mut route = route();
+            route.replicas[2].down = true;
+            harness.replicas.set(2, Behaviour::Down);
+            // Node 1 coordinates; node 2 refuses the merge; node 3 is known down and not called.
+            let written = write(&harness, &route, "v", None, One)
+                .await
+                .expect("write");
+            assert!(written.receipt.hinted);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let mut hints = harness.replicas.hints();
+                hints.sort();
+                if hints == vec![(NodeId(1), NodeId(2)), (NodeId(1), NodeId(3))] {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "hints: {hints:?}");
+                tokio::task::yield_now().await;
+            }
+            assert!(harness.replicas.causal(3, "k").is_empty());
+            // ALL cannot be met with a replica down: the write took effect somewhere, outcome unknown.
+            let failed = write(&harness, &route, "w", None, All).await;
+            assert_eq!(quorum_failure(failed), (Phase::Commit, 1, 3, Some(true)));
+        }
+
+        #[tokio::test]
+        async fn the_first_reachable_replica_coordinates() {
+            let harness = Harness::new();
+            harness.replicas.set(1, Behaviour::Down);
+            let written = write(&harness, &route(), "v", None, Quorum)
+                .await
+                .expect("write");
+            assert_eq!(written.state.siblings()[0].dot.actor, 2);
+            assert!(written.receipt.hinted, "node 1 missed it and is hinted");
+        }
+
+        #[tokio::test]
+        async fn a_read_repairs_the_replicas_that_answered_stale() {
+            let harness = Harness::new();
+            harness.replicas.set(3, Behaviour::Down);
+            let written = write(&harness, &route(), "v", None, Quorum)
+                .await
+                .expect("write");
+            harness.replicas.set(3, Behaviour::Up);
+            let read = within(
+                harness
+                    .coordinator
+                    .causal_read(&route(), &ks(), &key(), All),
+            )
+            .await
+            .expect("read");
+            assert!(read.receipt.read_repair);
+            assert_eq!(read.state, written.state);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while harness.replicas.causal(3, "k") != written.state {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node 3 was not repaired"
+                );
+                tokio::task::yield_now().await;
+            }
+            let again = within(
+                harness
+                    .coordinator
+                    .causal_read(&route(), &ks(), &key(), All),
+            )
+            .await
+            .expect("read");
+            assert!(!again.receipt.read_repair);
+        }
     }
 }

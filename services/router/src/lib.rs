@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod coordinator;
+pub mod eventual;
 pub mod keyspaces;
 pub mod metadata;
 pub mod quorum;
@@ -64,6 +65,7 @@ pub async fn run(
         metadata: Metadata::new(metad, follower),
         coordinator: Coordinator::new(HttpReplicas::new(client), rand::random()),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
+        hinted_handoff: config.hinted_handoff,
     });
     let app = api::router(state.clone(), config.request_timeout());
     tracing::info!(address = %listener.local_addr()?, "router serving");

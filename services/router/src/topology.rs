@@ -17,6 +17,8 @@ pub struct Replica {
     pub id: NodeId,
     /// `host:port` of its internal API.
     pub address: Arc<str>,
+    /// Whether the failure detector holds it down: eventual writes hint it instead of calling it.
+    pub down: bool,
 }
 
 /// Where a key lives: its partition, the epoch routed by, and the ordered replica set.
@@ -49,7 +51,7 @@ impl Route {
 pub struct Topology {
     nodes: Vec<NodeInfo>,
     map: PartitionMap,
-    addresses: HashMap<NodeId, Arc<str>>,
+    addresses: HashMap<NodeId, (Arc<str>, bool)>,
 }
 
 impl Topology {
@@ -59,7 +61,10 @@ impl Topology {
         let addresses = state
             .nodes
             .values()
-            .map(|n| (n.id, Arc::from(n.address.as_str())))
+            .map(|n| {
+                let down = n.state == kvorum_protocol::cluster::NodeState::Down;
+                (n.id, (Arc::from(n.address.as_str()), down))
+            })
             .collect();
         Some(Self {
             nodes: state.nodes.values().cloned().collect(),
@@ -78,9 +83,10 @@ impl Topology {
         let used =
             &assignment.replicas[..keyspace.replication_factor.min(assignment.replicas.len())];
         let replica = |id: &NodeId| {
-            self.addresses.get(id).map(|address| Replica {
+            self.addresses.get(id).map(|(address, down)| Replica {
                 id: *id,
                 address: address.clone(),
+                down: *down,
             })
         };
         Route {

@@ -7,7 +7,9 @@ use std::future::Future;
 
 use kvorum_http_client::{CallError, HttpClient, Idempotency};
 use kvorum_protocol::storage::{
-    CommitRequest, CommitResponse, PrepareResponse, ReadResponse, ReplicaKey,
+    CausalMergeRequest, CausalMergeResponse, CausalReadResponse, CausalWriteRequest,
+    CausalWriteResponse, CommitRequest, CommitResponse, HintRequest, HintResponse, PrepareResponse,
+    ReadResponse, ReplicaKey,
 };
 use kvorum_protocol::{Epoch, ErrorCode};
 
@@ -47,6 +49,34 @@ pub trait ReplicaTransport: Send + Sync + 'static {
         replica: &Replica,
         request: CommitRequest,
     ) -> impl Future<Output = Result<CommitResponse, ReplicaError>> + Send + 'static + use<Self>;
+
+    /// Reads an eventual keyspace's causal state of a key.
+    fn causal_read(
+        &self,
+        replica: &Replica,
+        target: ReplicaKey,
+    ) -> impl Future<Output = Result<CausalReadResponse, ReplicaError>> + Send + 'static + use<Self>;
+
+    /// Asks a replica to coordinate an eventual write (it gives the write its dot).
+    fn causal_write(
+        &self,
+        replica: &Replica,
+        request: CausalWriteRequest,
+    ) -> impl Future<Output = Result<CausalWriteResponse, ReplicaError>> + Send + 'static + use<Self>;
+
+    /// Joins a causal state into a replica's (replication and read repair).
+    fn causal_merge(
+        &self,
+        replica: &Replica,
+        request: CausalMergeRequest,
+    ) -> impl Future<Output = Result<CausalMergeResponse, ReplicaError>> + Send + 'static + use<Self>;
+
+    /// Asks a replica to keep durable hints for replicas that missed a write.
+    fn store_hints(
+        &self,
+        replica: &Replica,
+        request: HintRequest,
+    ) -> impl Future<Output = Result<HintResponse, ReplicaError>> + Send + 'static + use<Self>;
 }
 
 /// Replicas reached over HTTP with the shared client.
@@ -129,6 +159,87 @@ impl ReplicaTransport for HttpReplicas {
                 .post_json(
                     &address,
                     "/internal/v1/commit",
+                    &request,
+                    Idempotency::Idempotent,
+                )
+                .await
+                .map_err(replica_error)
+        }
+    }
+
+    fn causal_read(
+        &self,
+        replica: &Replica,
+        target: ReplicaKey,
+    ) -> impl Future<Output = Result<CausalReadResponse, ReplicaError>> + Send + 'static + use<>
+    {
+        let (client, address) = (self.client.clone(), replica.address.clone());
+        async move {
+            client
+                .post_json(
+                    &address,
+                    "/internal/v1/causal/read",
+                    &target,
+                    Idempotency::Idempotent,
+                )
+                .await
+                .map_err(replica_error)
+        }
+    }
+
+    fn causal_write(
+        &self,
+        replica: &Replica,
+        request: CausalWriteRequest,
+    ) -> impl Future<Output = Result<CausalWriteResponse, ReplicaError>> + Send + 'static + use<>
+    {
+        let (client, address) = (self.client.clone(), replica.address.clone());
+        // Each delivery makes a new dot: a retry could write the value twice as two siblings.
+        async move {
+            client
+                .post_json(
+                    &address,
+                    "/internal/v1/causal/write",
+                    &request,
+                    Idempotency::NotIdempotent,
+                )
+                .await
+                .map_err(replica_error)
+        }
+    }
+
+    fn causal_merge(
+        &self,
+        replica: &Replica,
+        request: CausalMergeRequest,
+    ) -> impl Future<Output = Result<CausalMergeResponse, ReplicaError>> + Send + 'static + use<>
+    {
+        let (client, address) = (self.client.clone(), replica.address.clone());
+        // A join is idempotent: merging the same state twice equals once.
+        async move {
+            client
+                .post_json(
+                    &address,
+                    "/internal/v1/causal/merge",
+                    &request,
+                    Idempotency::Idempotent,
+                )
+                .await
+                .map_err(replica_error)
+        }
+    }
+
+    fn store_hints(
+        &self,
+        replica: &Replica,
+        request: HintRequest,
+    ) -> impl Future<Output = Result<HintResponse, ReplicaError>> + Send + 'static + use<> {
+        let (client, address) = (self.client.clone(), replica.address.clone());
+        async move {
+            client
+                .post_json(
+                    &address,
+                    "/internal/v1/hints",
                     &request,
                     Idempotency::Idempotent,
                 )

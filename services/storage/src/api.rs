@@ -10,12 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kvorum_protocol::storage::{
     Batch, CheckpointInfo, CommitRequest, CommitResponse, DropResponse, ExportQuery, FenceRequest,
-    FenceResponse, ImportResponse, ItemOutcome, PartitionExport, PrepareResponse, ReadResponse,
-    ReplicaKey,
+    FenceResponse, Held, ImportResponse, ItemOutcome, PartitionExport, PrepareResponse,
+    ReadResponse, ReplicaKey,
 };
 use kvorum_protocol::{Epoch, ErrorCode, ErrorDetail, PartitionId, Version};
 use kvorum_server::{JsonBody, PathParam, QueryParams, error_response, with_standard_layers};
 
+use crate::causal_api as causal;
 use crate::fence::EpochFence;
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
 use crate::writer::{WriteError, Writer};
@@ -64,6 +65,9 @@ pub enum ApiError {
     /// A paged export names only half of its starting point.
     #[error("after_keyspace and after_key go together")]
     HalfCursor,
+    /// An anti-entropy bucket number out of range.
+    #[error("bucket {0} is out of range: a digest has {n} buckets", n = kvorum_protocol::storage::DIGEST_BUCKETS)]
+    BadBucket(u32),
     /// A record version above [`Version::MAX_COUNTER`].
     #[error("version counter {0} is above the maximum {max}", max = Version::MAX_COUNTER)]
     InvalidVersion(u64),
@@ -79,11 +83,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn detail(&self) -> ErrorDetail {
+    pub(crate) fn detail(&self) -> ErrorDetail {
         let code = match self {
             ApiError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
             ApiError::PartitionMismatch { .. }
             | ApiError::InvalidVersion(_)
+            | ApiError::BadBucket(_)
             | ApiError::HalfCursor => ErrorCode::BadRequest,
             ApiError::Internal(_) => ErrorCode::Internal,
             ApiError::Checkpoint(crate::checkpoint::CheckpointError::NotFound(_)) => {
@@ -118,6 +123,30 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes
         .route("/internal/v1/prepare/batch", post(prepare_batch))
         .route("/internal/v1/commit", post(commit))
         .route("/internal/v1/commit/batch", post(commit_batch))
+        .route("/internal/v1/causal/read", post(causal::causal_read))
+        .route(
+            "/internal/v1/causal/read/batch",
+            post(causal::causal_read_batch),
+        )
+        .route("/internal/v1/causal/write", post(causal::causal_write))
+        .route("/internal/v1/causal/merge", post(causal::causal_merge))
+        .route(
+            "/internal/v1/causal/merge/batch",
+            post(causal::causal_merge_batch),
+        )
+        .route("/internal/v1/hints", post(causal::store_hints))
+        .route(
+            "/internal/v1/partitions/{partition}/digest",
+            get(causal::partition_digest),
+        )
+        .route(
+            "/internal/v1/partitions/{partition}/buckets",
+            post(causal::export_buckets),
+        )
+        .route(
+            "/internal/v1/partitions/{partition}/purge",
+            post(causal::purge_tombstones),
+        )
         .route(
             "/internal/v1/partitions/{partition}",
             get(export_partition)
@@ -142,7 +171,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes
 }
 
 impl AppState {
-    fn admit(&self, target: &ReplicaKey) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, target: &ReplicaKey) -> Result<(), ApiError> {
         self.fence
             .admit(target.partition, target.epoch)
             .map_err(|current| ApiError::StaleEpoch {
@@ -199,13 +228,13 @@ fn commit_response(
             request,
             current,
         }),
-        WriteOutcome::Dropped(_) | WriteOutcome::Epoch(_) => Err(ApiError::Internal(
+        _ => Err(ApiError::Internal(
             "the writer answered a commit with another op's outcome",
         )),
     }
 }
 
-fn outcome<T>(result: Result<T, ApiError>) -> ItemOutcome<T> {
+pub(crate) fn outcome<T>(result: Result<T, ApiError>) -> ItemOutcome<T> {
     match result {
         Ok(value) => ItemOutcome::Ok(value),
         Err(error) => ItemOutcome::Error(error.detail()),
@@ -352,10 +381,7 @@ async fn restore_checkpoint(
         let chunk: Vec<WriteOp> = ops.by_ref().take(1024).collect();
         total += chunk.len();
         let outcomes = state.writer.submit(chunk).await?;
-        applied += outcomes
-            .iter()
-            .filter(|o| matches!(o, WriteOutcome::Committed { applied: true, .. }))
-            .count();
+        applied += outcomes.iter().filter(|o| o.changed()).count();
     }
     Ok(Json(ImportResponse {
         applied,
@@ -399,25 +425,21 @@ async fn import_partition(
             body: export.partition,
         });
     }
-    if let Some(bad) = export.records.iter().find(|r| !r.record.version.is_valid()) {
-        return Err(ApiError::InvalidVersion(bad.record.version.counter));
+    let invalid = export.records.iter().find_map(|r| match &r.record {
+        Held::Strong(record) if !record.version.is_valid() => Some(record.version.counter),
+        _ => None,
+    });
+    if let Some(counter) = invalid {
+        return Err(ApiError::InvalidVersion(counter));
     }
     let ops = export
         .records
         .into_iter()
-        .map(|r| WriteOp::Commit {
-            partition,
-            epoch: None,
-            keyspace: r.keyspace,
-            key: r.key,
-            record: r.record,
-        })
+        .map(|r| WriteOp::import(partition, r))
         .collect();
     let outcomes = state.writer.submit(ops).await?;
-    let applied = outcomes
-        .iter()
-        .filter(|o| matches!(o, WriteOutcome::Committed { applied: true, .. }))
-        .count();
+    let applied = outcomes.iter().filter(|o| o.changed()).count();
+
     Ok(Json(ImportResponse {
         applied,
         skipped: outcomes.len() - applied,

@@ -142,13 +142,7 @@ async fn copy_from(
         let ops: Vec<WriteOp> = page
             .records
             .into_iter()
-            .map(|r| WriteOp::Commit {
-                partition: page.partition,
-                epoch: None,
-                keyspace: r.keyspace,
-                key: r.key,
-                record: r.record,
-            })
+            .map(|r| WriteOp::import(page.partition, r))
             .collect();
         imported += ops.len() as u64;
         writer.submit(ops).await.map_err(|e| e.to_string())?;

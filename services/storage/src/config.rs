@@ -49,6 +49,22 @@ pub struct StorageConfig {
     #[arg(long, env = "KVORUM_CHECKPOINT_RETENTION", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub checkpoint_retention: u64,
 
+    /// Milliseconds between two passes that hand hinted writes to replicas that are back.
+    #[arg(long, env = "KVORUM_HINT_REPLAY_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub hint_replay_interval_ms: u64,
+
+    /// Milliseconds between two anti-entropy rounds with every peer (0: never).
+    #[arg(long, env = "KVORUM_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub anti_entropy_interval_ms: u64,
+
+    /// Most records anti-entropy exchanges per second.
+    #[arg(long, env = "KVORUM_ANTI_ENTROPY_KEYS_PER_SECOND", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub anti_entropy_keys_per_second: u64,
+
+    /// Milliseconds a tombstone is kept at least, even once every replica holds it (in-flight writes older than this must not exist).
+    #[arg(long, env = "KVORUM_TOMBSTONE_GRACE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=31_536_000_000))]
+    pub tombstone_grace_ms: u64,
+
     /// Most write ops one group-commit transaction takes.
     #[arg(long, env = "KVORUM_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_batch: u64,

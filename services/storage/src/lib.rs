@@ -8,13 +8,19 @@
 //! - [`membership`]: registering with the metadata service and following the partition map.
 //! - [`checkpoint`]: periodic consistent checkpoints, and restoring a lost data directory.
 //! - [`catchup`]: streaming every partition from peers after a restore.
+//! - [`hints`]: handing replicas the writes they missed (hinted handoff).
+//! - [`anti_entropy`]: comparing hashed key ranges with peers, and collecting tombstones.
 //! - [`api`]: the internal HTTP API.
+//! - [`causal_api`]: the internal API of eventual keyspaces, hints and anti-entropy.
 
+pub mod anti_entropy;
 pub mod api;
 pub mod catchup;
+pub mod causal_api;
 pub mod checkpoint;
 pub mod config;
 pub mod fence;
+pub mod hints;
 pub mod membership;
 pub mod record_codec;
 pub mod store;
@@ -102,11 +108,44 @@ pub async fn run(
     // A restored node catches up before it is ready; a restarted one catches up
     // in the background (read repair covers what it serves meanwhile); a new
     // node has nothing to catch up with (state transfer fills it).
-    let catch_up = if restored.is_some() || restarting {
+    let peers = {
         let mut peers = kvorum_http_client::ClientConfig::new("storage");
         peers.request_timeout = std::time::Duration::from_secs(30);
-        let peers = kvorum_http_client::HttpClient::new(peers)
-            .map_err(|e| StorageError::Config(e.to_string()))?;
+        kvorum_http_client::HttpClient::new(peers)
+            .map_err(|e| StorageError::Config(e.to_string()))?
+    };
+    // Hints and anti-entropy move small batches: a short deadline keeps a
+    // paused peer from holding up a whole round.
+    let background_peers = {
+        let mut config = kvorum_http_client::ClientConfig::new("storage");
+        config.request_timeout = std::time::Duration::from_secs(3);
+        kvorum_http_client::HttpClient::new(config)
+            .map_err(|e| StorageError::Config(e.to_string()))?
+    };
+    tokio::spawn(hints::replay_hints(
+        store.clone(),
+        writer.clone(),
+        membership.follower(),
+        background_peers.clone(),
+        std::time::Duration::from_millis(config.hint_replay_interval_ms),
+        shutdown.clone(),
+    ));
+    if config.anti_entropy_interval_ms > 0 {
+        let anti_entropy = anti_entropy::AntiEntropy {
+            node: config.node(),
+            store: store.clone(),
+            writer: writer.clone(),
+            follower: membership.follower(),
+            peers: background_peers,
+            config: anti_entropy::AntiEntropyConfig {
+                interval: std::time::Duration::from_millis(config.anti_entropy_interval_ms),
+                keys_per_second: config.anti_entropy_keys_per_second,
+                tombstone_grace: std::time::Duration::from_millis(config.tombstone_grace_ms),
+            },
+        };
+        tokio::spawn(anti_entropy.run(shutdown.clone()));
+    }
+    let catch_up = if restored.is_some() || restarting {
         CatchUp::start(
             config.node(),
             membership.follower(),

@@ -6,13 +6,18 @@
 //! `Durability::Immediate`: redb fsyncs before `commit` returns.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use kvorum_protocol::storage::{ExportCursor, ExportedRecord, PartitionExport};
+use kvorum_protocol::causal::{CausalState, HybridClock, VersionVector};
+use kvorum_protocol::storage::{
+    DIGEST_BUCKETS, ExportCursor, ExportedRecord, Held, PartitionExport,
+};
 use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version};
 use redb::{
-    Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
-    TableDefinition, WriteTransaction,
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageBackend, TableDefinition, WriteTransaction,
 };
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::record_codec::{self, CorruptRecord};
 
@@ -22,6 +27,9 @@ const RECORDS: TableDefinition<(u32, &str, &str), &[u8]> = TableDefinition::new(
 const EPOCHS: TableDefinition<u32, u64> = TableDefinition::new("partition_epochs");
 /// Facts about the node itself, such as its id.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `(target node, partition, keyspace, key)` → the hint's sequence number: the
+/// key's state is owed to a replica that missed a write to it.
+const HINTS: TableDefinition<(u64, u32, &str, &str), u64> = TableDefinition::new("hints");
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "kvorum.redb";
@@ -73,6 +81,60 @@ pub enum WriteOp {
     },
     /// Remove every record of a partition.
     DropPartition(PartitionId),
+    /// Join an eventual keyspace's causal state into the one held.
+    Merge {
+        /// The partition.
+        partition: PartitionId,
+        /// The epoch routed by, fenced as for commits; `None` for imports and hint replays.
+        epoch: Option<Epoch>,
+        /// The keyspace.
+        keyspace: KeyspaceName,
+        /// The key.
+        key: Key,
+        /// The state to join.
+        state: CausalState,
+    },
+    /// Coordinate a write to an eventual keyspace: a new sibling with this node's next dot.
+    CausalWrite {
+        /// The partition.
+        partition: PartitionId,
+        /// The epoch routed by.
+        epoch: Epoch,
+        /// The keyspace.
+        keyspace: KeyspaceName,
+        /// The key.
+        key: Key,
+        /// The siblings superseded, or `None` for every sibling held.
+        context: Option<VersionVector>,
+        /// The value, or `None` for a delete.
+        value: Option<Vec<u8>>,
+        /// Replicas to keep a hint for, in the same transaction.
+        hint_for: Vec<NodeId>,
+    },
+    /// Keep hints that `targets` are owed the key's state.
+    StoreHints {
+        /// The partition.
+        partition: PartitionId,
+        /// The keyspace.
+        keyspace: KeyspaceName,
+        /// The key.
+        key: Key,
+        /// The replicas that missed a write.
+        targets: Vec<NodeId>,
+    },
+    /// Forget a hint that was handed off, unless a newer one replaced it meanwhile.
+    ClearHint(Hint),
+    /// Remove a tombstone, only if the key's state still equals `state`.
+    Purge {
+        /// The partition.
+        partition: PartitionId,
+        /// The keyspace.
+        keyspace: KeyspaceName,
+        /// The key.
+        key: Key,
+        /// The lone tombstone every replica holds.
+        state: CausalState,
+    },
     /// Record that requests routed below `epoch` are refused for the partition.
     RaiseEpoch {
         /// The partition.
@@ -92,6 +154,17 @@ pub enum WriteOutcome {
         /// The version the node holds after the op.
         current: Version,
     },
+    /// A merge or coordinated write: whether the held state changed, and the state now held.
+    Merged {
+        /// Whether the state learned anything.
+        changed: bool,
+        /// The key's state after the op.
+        state: CausalState,
+    },
+    /// How many hints were stored.
+    Hinted(usize),
+    /// Whether a hint or tombstone was removed.
+    Removed(bool),
     /// How many records a partition drop removed.
     Dropped(usize),
     /// The epoch recorded for the partition after a raise.
@@ -103,10 +176,86 @@ pub enum WriteOutcome {
     },
 }
 
+impl WriteOutcome {
+    /// Whether the op changed what the node holds for a key (a commit applied or a merge that learned something).
+    pub fn changed(&self) -> bool {
+        matches!(
+            self,
+            WriteOutcome::Committed { applied: true, .. }
+                | WriteOutcome::Merged { changed: true, .. }
+        )
+    }
+}
+
+impl WriteOp {
+    /// The op that imports an exported record: keep-if-higher for strong records, join for causal states.
+    pub fn import(partition: PartitionId, record: ExportedRecord) -> WriteOp {
+        let ExportedRecord {
+            keyspace,
+            key,
+            record,
+        } = record;
+        match record {
+            Held::Strong(record) => WriteOp::Commit {
+                partition,
+                epoch: None,
+                keyspace,
+                key,
+                record,
+            },
+            Held::Causal(state) => WriteOp::Merge {
+                partition,
+                epoch: None,
+                keyspace,
+                key,
+                state,
+            },
+        }
+    }
+}
+
+/// A hint: `target` is owed the state of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// The replica that missed a write.
+    pub target: NodeId,
+    /// The key's partition.
+    pub partition: PartitionId,
+    /// The keyspace.
+    pub keyspace: KeyspaceName,
+    /// The key.
+    pub key: Key,
+    /// Distinguishes this hint from a later one for the same key and target.
+    pub seq: u64,
+}
+
 /// The node's database.
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    node: NodeId,
+    /// Stamps coordinated writes; observes every state merged in.
+    clock: Mutex<HybridClock>,
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The anti-entropy bucket of a key: stable across nodes and builds.
+pub fn digest_bucket(keyspace: &str, key: &str) -> usize {
+    (key_hash(keyspace, key) % DIGEST_BUCKETS as u64) as usize
+}
+
+fn key_hash(keyspace: &str, key: &str) -> u64 {
+    let mut input = Vec::with_capacity(keyspace.len() + 1 + key.len());
+    input.extend_from_slice(keyspace.as_bytes());
+    input.push(0);
+    input.extend_from_slice(key.as_bytes());
+    xxh3_64_with_seed(&input, 0x6b76_6f72)
 }
 
 impl Store {
@@ -134,6 +283,7 @@ impl Store {
         {
             txn.open_table(RECORDS).map_err(db_error)?;
             txn.open_table(EPOCHS).map_err(db_error)?;
+            txn.open_table(HINTS).map_err(db_error)?;
             let mut meta = txn.open_table(META).map_err(db_error)?;
             let found = meta
                 .get("node_id")
@@ -154,7 +304,11 @@ impl Store {
             }
         }
         txn.commit().map_err(db_error)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            node,
+            clock: Mutex::new(HybridClock::new()),
+        })
     }
 
     /// Writes a consistent copy of the whole database (one read transaction) to
@@ -185,16 +339,139 @@ impl Store {
         {
             let (key, value) = entry.map_err(db_error)?;
             let (partition, keyspace, key) = key.value();
-            ops.push(WriteOp::Commit {
+            ops.push(WriteOp::import(
+                PartitionId(partition),
+                exported(keyspace, key, value.value())?,
+            ));
+        }
+        Ok(ops)
+    }
+
+    /// The causal states a checkpoint file holds for some keys of one partition.
+    pub fn checkpoint_states(
+        path: &Path,
+        partition: PartitionId,
+        keys: &[(KeyspaceName, Key)],
+    ) -> Result<Vec<Option<CausalState>>, StoreError> {
+        let db = Database::open(path).map_err(db_error)?;
+        let txn = db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(RECORDS).map_err(db_error)?;
+        keys.iter()
+            .map(|(keyspace, key)| {
+                let guard = table
+                    .get((partition.0, keyspace.as_str(), key.as_str()))
+                    .map_err(db_error)?;
+                // A strong record or a corrupt one is simply not the tombstone asked about.
+                Ok(guard.and_then(|g| record_codec::decode_causal(g.value()).ok()))
+            })
+            .collect()
+    }
+
+    /// The causal state held for a key of an eventual keyspace.
+    pub fn read_causal(
+        &self,
+        partition: PartitionId,
+        keyspace: &KeyspaceName,
+        key: &Key,
+    ) -> Result<Option<CausalState>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(RECORDS).map_err(db_error)?;
+        let guard = table
+            .get((partition.0, keyspace.as_str(), key.as_str()))
+            .map_err(db_error)?;
+        Ok(guard
+            .map(|g| record_codec::decode_causal(g.value()))
+            .transpose()?)
+    }
+
+    /// A partition's anti-entropy digest: per bucket, the XOR of its keys' hashes over their stored bytes.
+    pub fn digest(&self, partition: PartitionId) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(RECORDS).map_err(db_error)?;
+        let mut buckets = vec![0u64; DIGEST_BUCKETS];
+        for entry in table.range(partition_range(partition)).map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let (_, keyspace, key) = key.value();
+            let hash = key_hash(keyspace, key);
+            buckets[(hash % DIGEST_BUCKETS as u64) as usize] ^=
+                xxh3_64_with_seed(value.value(), hash);
+        }
+        Ok(buckets)
+    }
+
+    /// Every record of a partition whose key falls in one of `buckets`.
+    pub fn export_buckets(
+        &self,
+        partition: PartitionId,
+        buckets: &[u32],
+    ) -> Result<Vec<ExportedRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(RECORDS).map_err(db_error)?;
+        let mut records = Vec::new();
+        for entry in table.range(partition_range(partition)).map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let (_, keyspace, key) = key.value();
+            if buckets.contains(&(digest_bucket(keyspace, key) as u32)) {
+                records.push(exported(keyspace, key, value.value())?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The keys of a partition whose only version is one tombstone, with their states.
+    pub fn lone_tombstones(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Vec<(KeyspaceName, Key, CausalState)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(RECORDS).map_err(db_error)?;
+        let mut found = Vec::new();
+        for entry in table.range(partition_range(partition)).map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let ExportedRecord {
+                keyspace,
+                key,
+                record,
+            } = {
+                let (_, keyspace, key) = key.value();
+                exported(keyspace, key, value.value())?
+            };
+            if let Held::Causal(state) = record
+                && state.is_deleted()
+            {
+                found.push((keyspace, key, state));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` hints, ordered by target node.
+    pub fn hints(&self, limit: usize) -> Result<Vec<Hint>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(HINTS).map_err(db_error)?;
+        let mut hints = Vec::new();
+        for entry in table.iter().map_err(db_error)?.take(limit) {
+            let (key, seq) = entry.map_err(db_error)?;
+            let (target, partition, keyspace, key) = key.value();
+            hints.push(Hint {
+                target: NodeId(target),
                 partition: PartitionId(partition),
-                epoch: None,
                 keyspace: KeyspaceName::parse(keyspace)
                     .map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
                 key: Key::parse(key).map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
-                record: record_codec::decode(value.value())?,
+                seq: seq.value(),
             });
         }
-        Ok(ops)
+        Ok(hints)
+    }
+
+    /// How many hints are waiting to be handed off.
+    pub fn hint_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        txn.open_table(HINTS)
+            .map_err(db_error)?
+            .len()
+            .map_err(db_error)
     }
 
     /// The record held for a key, tombstones included.
@@ -236,7 +513,7 @@ impl Store {
             .map_err(db_error)?;
         let outcomes = ops
             .iter()
-            .map(|op| apply_one(&txn, op))
+            .map(|op| self.apply_one(&txn, op))
             .collect::<Result<Vec<_>, _>>()?;
         txn.commit().map_err(db_error)?;
         Ok(outcomes)
@@ -280,12 +557,7 @@ impl Store {
             }
             let (key, value) = entry.map_err(db_error)?;
             let (_, keyspace, key) = key.value();
-            records.push(ExportedRecord {
-                keyspace: KeyspaceName::parse(keyspace)
-                    .map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
-                key: Key::parse(key).map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
-                record: record_codec::decode(value.value())?,
-            });
+            records.push(exported(keyspace, key, value.value())?);
         }
         Ok(PartitionExport {
             partition,
@@ -335,71 +607,239 @@ fn partition_range(partition: PartitionId) -> std::ops::Range<(u32, &'static str
     (partition.0, "", "")..(partition.0, "\u{7f}", "")
 }
 
-fn apply_one(txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
-    match op {
-        WriteOp::Commit {
-            partition,
-            epoch,
-            keyspace,
-            key,
-            record,
-        } => {
-            let mut records = txn.open_table(RECORDS).map_err(db_error)?;
-            let table_key = (partition.0, keyspace.as_str(), key.as_str());
-            let held = records
-                .get(table_key)
-                .map_err(db_error)?
-                .map(|g| record_codec::decode_version(g.value()))
-                .transpose()?;
-            // The fence is checked here, inside the transaction, so that no commit
-            // routed by an old epoch slips in after a newer epoch was recorded.
-            let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
-            let known = epochs
-                .get(partition.0)
-                .map_err(db_error)?
-                .map(|g| Epoch(g.value()));
-            if let (Some(epoch), Some(known)) = (epoch, known)
-                && *epoch < known
-            {
-                return Ok(WriteOutcome::Fenced { current: known });
-            }
-            if let Some(epoch) = epoch.filter(|e| known.is_none_or(|k| k < *e)) {
-                epochs.insert(partition.0, epoch.0).map_err(db_error)?;
-            }
-            let outcome = match held {
-                Some(current) if current >= record.version => WriteOutcome::Committed {
-                    applied: false,
-                    current,
-                },
-                _ => {
-                    records
-                        .insert(table_key, record_codec::encode(record).as_slice())
-                        .map_err(db_error)?;
-                    WriteOutcome::Committed {
-                        applied: true,
-                        current: record.version,
-                    }
+/// A stored row as an exported record.
+fn exported(keyspace: &str, key: &str, bytes: &[u8]) -> Result<ExportedRecord, StoreError> {
+    Ok(ExportedRecord {
+        keyspace: KeyspaceName::parse(keyspace)
+            .map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
+        key: Key::parse(key).map_err(|e| StoreError::BadStoredKey(e.to_string()))?,
+        record: record_codec::decode_held(bytes)?,
+    })
+}
+
+/// Checks a routed op's epoch against the partition's, inside the transaction;
+/// records a newer one. Returns the recorded epoch when the op is fenced off.
+fn fenced(
+    txn: &WriteTransaction,
+    partition: PartitionId,
+    epoch: Option<Epoch>,
+) -> Result<Option<Epoch>, StoreError> {
+    let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
+    let known = epochs
+        .get(partition.0)
+        .map_err(db_error)?
+        .map(|g| Epoch(g.value()));
+    if let (Some(epoch), Some(known)) = (epoch, known)
+        && epoch < known
+    {
+        return Ok(Some(known));
+    }
+    if let Some(epoch) = epoch.filter(|e| known.is_none_or(|k| k < *e)) {
+        epochs.insert(partition.0, epoch.0).map_err(db_error)?;
+    }
+    Ok(None)
+}
+
+fn held_causal(
+    txn: &WriteTransaction,
+    table_key: (u32, &str, &str),
+) -> Result<Option<CausalState>, StoreError> {
+    let records = txn.open_table(RECORDS).map_err(db_error)?;
+    let held = records.get(table_key).map_err(db_error)?;
+    Ok(held
+        .map(|g| record_codec::decode_causal(g.value()))
+        .transpose()?)
+}
+
+fn put_causal(
+    txn: &WriteTransaction,
+    table_key: (u32, &str, &str),
+    state: &CausalState,
+) -> Result<(), StoreError> {
+    let mut records = txn.open_table(RECORDS).map_err(db_error)?;
+    records
+        .insert(table_key, record_codec::encode_causal(state).as_slice())
+        .map_err(db_error)?;
+    Ok(())
+}
+
+fn put_hints(
+    txn: &WriteTransaction,
+    targets: &[NodeId],
+    table_key: (u32, &str, &str),
+    seq: u64,
+) -> Result<usize, StoreError> {
+    let mut hints = txn.open_table(HINTS).map_err(db_error)?;
+    let (partition, keyspace, key) = table_key;
+    for target in targets {
+        hints
+            .insert((target.0, partition, keyspace, key), seq)
+            .map_err(db_error)?;
+    }
+    Ok(targets.len())
+}
+
+impl Store {
+    fn tick(&self, observed: u64) -> u64 {
+        let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        clock.observe(observed);
+        clock.tick(wall_ms())
+    }
+
+    fn observe(&self, timestamp: u64) {
+        self.clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(timestamp);
+    }
+
+    fn apply_one(&self, txn: &WriteTransaction, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+        match op {
+            WriteOp::Merge {
+                partition,
+                epoch,
+                keyspace,
+                key,
+                state,
+            } => {
+                if let Some(current) = fenced(txn, *partition, *epoch)? {
+                    return Ok(WriteOutcome::Fenced { current });
                 }
-            };
-            Ok(outcome)
-        }
-        WriteOp::RaiseEpoch { partition, epoch } => {
-            let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
-            let known = epochs
-                .get(partition.0)
-                .map_err(db_error)?
-                .map(|g| Epoch(g.value()));
-            let raised = known.map_or(*epoch, |k| k.max(*epoch));
-            epochs.insert(partition.0, raised.0).map_err(db_error)?;
-            Ok(WriteOutcome::Epoch(raised))
-        }
-        WriteOp::DropPartition(partition) => {
-            let mut records = txn.open_table(RECORDS).map_err(db_error)?;
-            let removed = records
-                .extract_from_if(partition_range(*partition), |_, _| true)
-                .map_err(db_error)?
-                .count();
-            Ok(WriteOutcome::Dropped(removed))
+                let table_key = (partition.0, keyspace.as_str(), key.as_str());
+                self.observe(state.max_timestamp());
+                let held = held_causal(txn, table_key)?;
+                let joined = held
+                    .as_ref()
+                    .map_or_else(|| state.clone(), |h| h.join(state));
+                let changed = held.as_ref() != Some(&joined) && !joined.is_empty();
+                if changed {
+                    put_causal(txn, table_key, &joined)?;
+                }
+                Ok(WriteOutcome::Merged {
+                    changed,
+                    state: joined,
+                })
+            }
+            WriteOp::CausalWrite {
+                partition,
+                epoch,
+                keyspace,
+                key,
+                context,
+                value,
+                hint_for,
+            } => {
+                if let Some(current) = fenced(txn, *partition, Some(*epoch))? {
+                    return Ok(WriteOutcome::Fenced { current });
+                }
+                let table_key = (partition.0, keyspace.as_str(), key.as_str());
+                let held = held_causal(txn, table_key)?.unwrap_or_default();
+                let timestamp = self.tick(held.max_timestamp());
+                let (state, _) =
+                    held.write(self.node.0, context.as_ref(), value.clone(), timestamp);
+                put_causal(txn, table_key, &state)?;
+                put_hints(txn, hint_for, table_key, timestamp)?;
+                Ok(WriteOutcome::Merged {
+                    changed: true,
+                    state,
+                })
+            }
+            WriteOp::StoreHints {
+                partition,
+                keyspace,
+                key,
+                targets,
+            } => {
+                let seq = self.tick(0);
+                let table_key = (partition.0, keyspace.as_str(), key.as_str());
+                Ok(WriteOutcome::Hinted(put_hints(
+                    txn, targets, table_key, seq,
+                )?))
+            }
+            WriteOp::ClearHint(hint) => {
+                let mut hints = txn.open_table(HINTS).map_err(db_error)?;
+                let hint_key = (
+                    hint.target.0,
+                    hint.partition.0,
+                    hint.keyspace.as_str(),
+                    hint.key.as_str(),
+                );
+                let current = hints.get(hint_key).map_err(db_error)?.map(|g| g.value());
+                let removed = current == Some(hint.seq);
+                if removed {
+                    hints.remove(hint_key).map_err(db_error)?;
+                }
+                Ok(WriteOutcome::Removed(removed))
+            }
+            WriteOp::Purge {
+                partition,
+                keyspace,
+                key,
+                state,
+            } => {
+                let table_key = (partition.0, keyspace.as_str(), key.as_str());
+                let removed =
+                    state.is_deleted() && held_causal(txn, table_key)?.as_ref() == Some(state);
+                if removed {
+                    let mut records = txn.open_table(RECORDS).map_err(db_error)?;
+                    records.remove(table_key).map_err(db_error)?;
+                }
+                Ok(WriteOutcome::Removed(removed))
+            }
+            WriteOp::Commit {
+                partition,
+                epoch,
+                keyspace,
+                key,
+                record,
+            } => {
+                let mut records = txn.open_table(RECORDS).map_err(db_error)?;
+                let table_key = (partition.0, keyspace.as_str(), key.as_str());
+                let held = records
+                    .get(table_key)
+                    .map_err(db_error)?
+                    .map(|g| record_codec::decode_version(g.value()))
+                    .transpose()?;
+                // The fence is checked here, inside the transaction, so that no commit
+                // routed by an old epoch slips in after a newer epoch was recorded.
+                if let Some(current) = fenced(txn, *partition, *epoch)? {
+                    return Ok(WriteOutcome::Fenced { current });
+                }
+                let outcome = match held {
+                    Some(current) if current >= record.version => WriteOutcome::Committed {
+                        applied: false,
+                        current,
+                    },
+                    _ => {
+                        records
+                            .insert(table_key, record_codec::encode(record).as_slice())
+                            .map_err(db_error)?;
+                        WriteOutcome::Committed {
+                            applied: true,
+                            current: record.version,
+                        }
+                    }
+                };
+                Ok(outcome)
+            }
+            WriteOp::RaiseEpoch { partition, epoch } => {
+                let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
+                let known = epochs
+                    .get(partition.0)
+                    .map_err(db_error)?
+                    .map(|g| Epoch(g.value()));
+                let raised = known.map_or(*epoch, |k| k.max(*epoch));
+                epochs.insert(partition.0, raised.0).map_err(db_error)?;
+                Ok(WriteOutcome::Epoch(raised))
+            }
+            WriteOp::DropPartition(partition) => {
+                let mut records = txn.open_table(RECORDS).map_err(db_error)?;
+                let removed = records
+                    .extract_from_if(partition_range(*partition), |_, _| true)
+                    .map_err(db_error)?
+                    .count();
+                Ok(WriteOutcome::Dropped(removed))
+            }
         }
     }
 }
@@ -541,7 +981,7 @@ mod tests {
         let ops: Vec<_> = export
             .records
             .iter()
-            .map(|r| commit(1, r.key.as_str(), r.record.clone()))
+            .map(|r| WriteOp::import(PartitionId(1), r.clone()))
             .collect();
         other.apply(&ops).expect("import");
         assert_eq!(
@@ -633,6 +1073,195 @@ mod tests {
         assert_eq!(
             store.partition_epochs().expect("epochs"),
             vec![(PartitionId(0), Epoch(3))]
+        );
+    }
+
+    fn eventual() -> KeyspaceName {
+        KeyspaceName::parse("carts").expect("name")
+    }
+
+    fn causal_write(k: &str, value: Option<&str>, context: Option<VersionVector>) -> WriteOp {
+        WriteOp::CausalWrite {
+            partition: PartitionId(2),
+            epoch: Epoch(1),
+            keyspace: eventual(),
+            key: key(k),
+            context,
+            value: value.map(|v| v.as_bytes().to_vec()),
+            hint_for: vec![NodeId(9)],
+        }
+    }
+
+    fn merged_state(outcome: &WriteOutcome) -> CausalState {
+        match outcome {
+            WriteOutcome::Merged { state, .. } => state.clone(),
+            other => panic!("expected a merge outcome, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn coordinated_writes_take_the_nodes_dots_and_merges_join() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(3)).expect("open");
+        let first = merged_state(
+            &store
+                .apply(&[causal_write("k", Some("a"), None)])
+                .expect("write")[0],
+        );
+        assert_eq!(first.siblings()[0].dot.actor, 3);
+        // A blind write with an empty context keeps the first as a sibling.
+        let both = merged_state(
+            &store
+                .apply(&[causal_write("k", Some("b"), Some(VersionVector::new()))])
+                .expect("write")[0],
+        );
+        assert_eq!(both.siblings().len(), 2);
+        assert_eq!(
+            store
+                .read_causal(PartitionId(2), &eventual(), &key("k"))
+                .expect("read"),
+            Some(both.clone())
+        );
+        // A state from another replica joins in; merging it again changes nothing.
+        let (theirs, _) = CausalState::empty().write(5, None, Some(b"c".to_vec()), 1);
+        let merge = WriteOp::Merge {
+            partition: PartitionId(2),
+            epoch: Some(Epoch(1)),
+            keyspace: eventual(),
+            key: key("k"),
+            state: theirs.clone(),
+        };
+        let outcomes = store.apply(&[merge.clone(), merge]).expect("merge");
+        assert!(outcomes[0].changed() && !outcomes[1].changed());
+        assert_eq!(merged_state(&outcomes[1]), both.join(&theirs));
+        // A write with the joined context resolves all three.
+        let resolved = merged_state(
+            &store
+                .apply(&[causal_write(
+                    "k",
+                    Some("d"),
+                    Some(both.join(&theirs).context().clone()),
+                )])
+                .expect("write")[0],
+        );
+        assert_eq!(resolved.siblings().len(), 1);
+        // Coordinated timestamps stay above what the node has seen.
+        assert!(resolved.max_timestamp() > both.max_timestamp());
+    }
+
+    #[test]
+    fn hints_are_durable_and_cleared_only_while_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), NodeId(1)).expect("open");
+            store
+                .apply(&[causal_write("k", Some("a"), None)])
+                .expect("write");
+        }
+        let store = Store::open(dir.path(), NodeId(1)).expect("reopen");
+        let hints = store.hints(10).expect("hints");
+        assert_eq!(hints.len(), 1);
+        assert_eq!((hints[0].target, hints[0].key.as_str()), (NodeId(9), "k"));
+        // A newer hint for the same key replaces it: clearing the old one is a no-op.
+        store
+            .apply(&[WriteOp::StoreHints {
+                partition: PartitionId(2),
+                keyspace: eventual(),
+                key: key("k"),
+                targets: vec![NodeId(9)],
+            }])
+            .expect("hint");
+        let outcomes = store
+            .apply(&[WriteOp::ClearHint(hints[0].clone())])
+            .expect("clear");
+        assert_eq!(outcomes, vec![WriteOutcome::Removed(false)]);
+        let newer = store.hints(10).expect("hints");
+        store
+            .apply(&[WriteOp::ClearHint(newer[0].clone())])
+            .expect("clear");
+        assert_eq!(store.hint_count().expect("count"), 0);
+    }
+
+    #[test]
+    fn digests_match_exactly_when_records_match_and_buckets_name_the_difference() {
+        let (a_dir, b_dir) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let a = Store::open(a_dir.path(), NodeId(1)).expect("open");
+        let b = Store::open(b_dir.path(), NodeId(2)).expect("open");
+        for i in 0..50 {
+            let op = commit(2, &format!("k{i}"), record(1, "v"));
+            a.apply(std::slice::from_ref(&op)).expect("a");
+            b.apply(&[op]).expect("b");
+        }
+        assert_eq!(
+            a.digest(PartitionId(2)).expect("digest"),
+            b.digest(PartitionId(2)).expect("digest")
+        );
+        b.apply(&[commit(2, "k7", record(2, "newer"))]).expect("b");
+        let (da, db) = (
+            a.digest(PartitionId(2)).expect("digest"),
+            b.digest(PartitionId(2)).expect("digest"),
+        );
+        let differing: Vec<u32> = (0..da.len())
+            .filter(|&i| da[i] != db[i])
+            .map(|i| i as u32)
+            .collect();
+        assert_eq!(differing, vec![digest_bucket(ks().as_str(), "k7") as u32]);
+        let exchanged = b
+            .export_buckets(PartitionId(2), &differing)
+            .expect("bucket");
+        assert!(exchanged.iter().any(|r| r.key.as_str() == "k7"));
+        let ops: Vec<_> = exchanged
+            .into_iter()
+            .map(|r| WriteOp::import(PartitionId(2), r))
+            .collect();
+        a.apply(&ops).expect("repair");
+        assert_eq!(
+            a.digest(PartitionId(2)).expect("digest"),
+            b.digest(PartitionId(2)).expect("digest")
+        );
+    }
+
+    #[test]
+    fn a_purge_removes_only_the_exact_lone_tombstone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(1)).expect("open");
+        let live = merged_state(
+            &store
+                .apply(&[causal_write("k", Some("a"), None)])
+                .expect("write")[0],
+        );
+        let purge = |state: &CausalState| WriteOp::Purge {
+            partition: PartitionId(2),
+            keyspace: eventual(),
+            key: key("k"),
+            state: state.clone(),
+        };
+        assert_eq!(
+            store.apply(&[purge(&live)]).expect("purge"),
+            vec![WriteOutcome::Removed(false)]
+        );
+        let tomb = merged_state(
+            &store
+                .apply(&[causal_write("k", None, None)])
+                .expect("delete")[0],
+        );
+        assert!(tomb.is_deleted());
+        assert_eq!(
+            store.lone_tombstones(PartitionId(2)).expect("scan").len(),
+            1
+        );
+        assert_eq!(
+            store.apply(&[purge(&tomb)]).expect("purge"),
+            vec![WriteOutcome::Removed(true)]
+        );
+        assert_eq!(
+            store
+                .read_causal(PartitionId(2), &eventual(), &key("k"))
+                .expect("read"),
+            None
         );
     }
 }

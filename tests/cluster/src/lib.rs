@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use kvorum_launcher::{ClusterSpec, LocalCluster};
 use kvorum_metad_client::{MetadAddresses, MetadClient};
-use kvorum_protocol::storage::{ReadResponse, ReplicaKey};
-use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId};
+use kvorum_protocol::storage::{CausalReadResponse, ReadResponse, ReplicaKey};
+use kvorum_protocol::{CausalState, Epoch, Key, KeyspaceName, NodeId, PartitionId};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use tempfile::TempDir;
@@ -112,6 +112,40 @@ impl TestCluster {
     }
 }
 
+impl TestCluster {
+    /// Reads an eventual keyspace's causal state of a key straight from one storage node.
+    pub async fn read_causal(
+        &self,
+        node: NodeId,
+        keyspace: &str,
+        key: &str,
+        partition: PartitionId,
+        epoch: Epoch,
+    ) -> anyhow::Result<CausalState> {
+        let address = self.cluster.storage_address(node)?;
+        let target = ReplicaKey {
+            partition,
+            epoch,
+            keyspace: KeyspaceName::parse(keyspace)?,
+            key: Key::parse(key)?,
+        };
+        let response = self
+            .client
+            .http
+            .post(format!("http://{address}/internal/v1/causal/read"))
+            .json(&target)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "replica causal read answered {}",
+            response.status()
+        );
+        let answer: CausalReadResponse = response.json().await?;
+        Ok(answer.state)
+    }
+}
+
 /// An answer from the router.
 #[derive(Debug)]
 pub struct Answer {
@@ -190,6 +224,27 @@ impl Client {
             .http
             .request(method, format!("{}{path}", self.base))
             .body(body)
+            .send()
+            .await?;
+        Ok(Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await?.to_vec(),
+        })
+    }
+
+    /// `PUT /v1/kv/{key_and_query}` carrying a causal context from an earlier answer.
+    pub async fn put_with_context(
+        &self,
+        key_and_query: &str,
+        value: &[u8],
+        context: &str,
+    ) -> anyhow::Result<Answer> {
+        let response = self
+            .http
+            .put(format!("{}/v1/kv/{key_and_query}", self.base))
+            .header("x-kvorum-context", context)
+            .body(value.to_vec())
             .send()
             .await?;
         Ok(Answer {

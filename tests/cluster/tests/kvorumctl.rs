@@ -102,17 +102,45 @@ async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()
         "{}",
         text(&created.stdout)
     );
-    let unsupported = kvorumctl(
+    let eventual = kvorumctl(
         &cluster,
-        &["keyspace", "create", "later", "--mode", "eventual"],
+        &[
+            "keyspace",
+            "create",
+            "carts",
+            "--mode",
+            "eventual",
+            "--conflict",
+            "siblings",
+        ],
         None,
     )
     .await?;
-    assert!(!unsupported.status.success());
+    assert!(eventual.status.success(), "{}", text(&eventual.stderr));
     assert!(
-        text(&unsupported.stderr).contains("not_implemented"),
+        text(&eventual.stdout).contains("siblings"),
         "{}",
-        text(&unsupported.stderr)
+        text(&eventual.stdout)
+    );
+    let refused = kvorumctl(
+        &cluster,
+        &[
+            "keyspace",
+            "create",
+            "later",
+            "--mode",
+            "strong",
+            "--conflict",
+            "merge",
+        ],
+        None,
+    )
+    .await?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("bad_request"),
+        "{}",
+        text(&refused.stderr)
     );
     let misspelt = kvorumctl(
         &cluster,

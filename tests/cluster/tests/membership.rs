@@ -133,7 +133,11 @@ async fn the_cluster_runs_on_the_metadata_service() -> anyhow::Result<()> {
             r#"{"mode":"strong","replication_factor":4}"#,
             StatusCode::BAD_REQUEST,
         ),
-        (r#"{"mode":"eventual"}"#, StatusCode::NOT_IMPLEMENTED),
+        (r#"{"mode":"eventual"}"#, StatusCode::CONFLICT),
+        (
+            r#"{"mode":"eventual","replication_factor":0}"#,
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let refused = create("orders", body).await?;
         assert_eq!(refused.status, status, "{body}: {:?}", refused.json());

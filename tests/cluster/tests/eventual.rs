@@ -1,0 +1,380 @@
+//! Eventual keyspaces on real processes: siblings and their resolution, hinted
+//! handoff, anti-entropy, convergence of every replica, and tombstone collection
+//! that never lets deleted data come back.
+
+// The measured timings are printed for the closing notes and CI logs.
+#![allow(clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kvorum_cluster_tests::{Answer, TestCluster};
+use kvorum_launcher::ClusterSpec;
+use kvorum_protocol::{CausalState, Epoch, NodeId, PartitionId};
+use reqwest::StatusCode;
+
+/// Starts the test cluster with extra environment for every process.
+async fn start(env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..ClusterSpec::for_tests(dir.path())
+    };
+    TestCluster::start_spec_in(dir, spec).await
+}
+
+async fn create_keyspace(cluster: &TestCluster, name: &str, spec: &str) -> anyhow::Result<()> {
+    let answer = cluster
+        .client
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/keyspaces/{name}"),
+            spec.as_bytes().to_vec(),
+        )
+        .await?;
+    anyhow::ensure!(
+        answer.status == StatusCode::CREATED,
+        "create {name}: {} {:?}",
+        answer.status,
+        answer.json()
+    );
+    Ok(())
+}
+
+/// Where a key lives, from a write's receipt.
+#[derive(Debug, Clone)]
+struct Placement {
+    partition: PartitionId,
+    epoch: Epoch,
+    replicas: Vec<NodeId>,
+}
+
+fn placement(answer: &Answer) -> Placement {
+    let (partition, epoch) = answer.route();
+    Placement {
+        partition,
+        epoch,
+        replicas: answer.nodes("x-kvorum-replicas-asked"),
+    }
+}
+
+/// Polls until every replica of every key holds the same non-empty state (or, with
+/// `purged`, no state at all); returns how long it took.
+async fn converged(
+    cluster: &TestCluster,
+    keyspace: &str,
+    keys: &BTreeMap<String, Placement>,
+    purged: bool,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut diverged = Vec::new();
+        for (key, place) in keys {
+            let mut states: Vec<CausalState> = Vec::new();
+            for node in &place.replicas {
+                states.push(
+                    cluster
+                        .read_causal(*node, keyspace, key, place.partition, place.epoch)
+                        .await?,
+                );
+            }
+            let agreed = states.windows(2).all(|w| w[0] == w[1]);
+            let wanted = if purged {
+                states.iter().all(CausalState::is_empty)
+            } else {
+                agreed && !states[0].is_empty()
+            };
+            if !wanted {
+                diverged.push(key.clone());
+            }
+        }
+        if diverged.is_empty() {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "{} keys never converged, such as {:?}",
+            diverged.len(),
+            &diverged[..diverged.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls the router's cluster view until `node` has `state`.
+async fn node_state(cluster: &TestCluster, node: NodeId, state: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = cluster.client.get_json("/v1/cluster").await?;
+        let current = view["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"] == node.0))
+            .map(|n| n["state"].clone());
+        if current.as_ref().and_then(|s| s.as_str()) == Some(state) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {node} never became {state}: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_make_siblings_that_a_write_with_their_context_resolves()
+-> anyhow::Result<()> {
+    let cluster = start(&[]).await?;
+    create_keyspace(
+        &cluster,
+        "carts",
+        r#"{"mode":"eventual","conflict":"siblings"}"#,
+    )
+    .await?;
+    let client = &cluster.client;
+
+    let first = client.put("cart-1?keyspace=carts", b"apple").await?;
+    assert_eq!(first.status, StatusCode::NO_CONTENT, "{:?}", first.json());
+    let read = client.get("cart-1?keyspace=carts").await?;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body, b"apple");
+    let seen = read.header("x-kvorum-context").to_owned();
+    assert!(seen.starts_with("c1."), "{seen}");
+
+    // Two clients read the same version and write concurrently.
+    for value in ["apple,banana", "apple,cherry"] {
+        let written = client
+            .put_with_context("cart-1?keyspace=carts", value.as_bytes(), &seen)
+            .await?;
+        assert_eq!(
+            written.status,
+            StatusCode::NO_CONTENT,
+            "{:?}",
+            written.json()
+        );
+    }
+    let conflict = client.get("cart-1?keyspace=carts&consistency=all").await?;
+    assert_eq!(conflict.status, StatusCode::MULTIPLE_CHOICES);
+    let body = conflict.json();
+    let mut texts: Vec<&str> = body["siblings"]
+        .as_array()
+        .expect("siblings")
+        .iter()
+        .map(|s| s["text"].as_str().expect("text"))
+        .collect();
+    texts.sort_unstable();
+    assert_eq!(texts, ["apple,banana", "apple,cherry"], "{body}");
+    let context = body["context"].as_str().expect("context");
+    assert_eq!(context, conflict.header("x-kvorum-context"));
+
+    // The client merges them and writes back with the context it was given.
+    let resolved = client
+        .put_with_context("cart-1?keyspace=carts", b"apple,banana,cherry", context)
+        .await?;
+    assert_eq!(resolved.status, StatusCode::NO_CONTENT);
+    for level in ["one", "quorum", "all"] {
+        let after = client
+            .get(&format!("cart-1?keyspace=carts&consistency={level}"))
+            .await?;
+        assert_eq!(after.status, StatusCode::OK, "{level}: {:?}", after.json());
+        assert_eq!(after.body, b"apple,banana,cherry");
+    }
+
+    // A write without a context in a siblings keyspace supersedes nothing.
+    client.put("cart-1?keyspace=carts", b"blind").await?;
+    let blind = client.get("cart-1?keyspace=carts&consistency=all").await?;
+    assert_eq!(blind.status, StatusCode::MULTIPLE_CHOICES);
+
+    // A garbled or strong-keyspace context is refused and changes nothing.
+    for bad in ["v1.1.1", "c1.zz", "nonsense"] {
+        let refused = client
+            .put_with_context("cart-1?keyspace=carts", b"x", bad)
+            .await?;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let unchanged = client.get("cart-1?keyspace=carts&consistency=all").await?;
+    assert_eq!(unchanged.json()["siblings"], blind.json()["siblings"]);
+
+    // lww and merge keyspaces answer one value.
+    create_keyspace(
+        &cluster,
+        "prefs",
+        r#"{"mode":"eventual","conflict":"merge"}"#,
+    )
+    .await?;
+    client
+        .put("p?keyspace=prefs", br#"{"theme":"dark"}"#)
+        .await?;
+    let p = client.get("p?keyspace=prefs").await?;
+    let empty = "c1.";
+    client
+        .put_with_context("p?keyspace=prefs", br#"{"lang":"en"}"#, empty)
+        .await?;
+    let merged = client.get("p?keyspace=prefs&consistency=all").await?;
+    assert_eq!(merged.status, StatusCode::OK, "{:?}", p.json());
+    assert_eq!(merged.body, br#"{"lang":"en","theme":"dark"}"#);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_down_receives_its_writes_by_hinted_handoff() -> anyhow::Result<()> {
+    // Anti-entropy off: only hints can bring the missed writes.
+    let cluster = start(&[("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "0")]).await?;
+    create_keyspace(&cluster, "events", r#"{"mode":"eventual"}"#).await?;
+    let absent = NodeId(2);
+    cluster.cluster.pause_storage(absent)?;
+    node_state(&cluster, absent, "down").await?;
+
+    let mut keys = BTreeMap::new();
+    let mut hinted = 0;
+    for i in 0..60 {
+        let key = format!("e-{i}");
+        let answer = cluster
+            .client
+            .put(
+                &format!("{key}?keyspace=events"),
+                format!("v{i}").as_bytes(),
+            )
+            .await?;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.json());
+        let place = placement(&answer);
+        if place.replicas.contains(&absent) {
+            assert_eq!(answer.header("x-kvorum-hinted"), "true", "{key}");
+            hinted += 1;
+            keys.insert(key, place);
+        }
+    }
+    assert!(hinted > 10, "only {hinted} keys live on node {absent}");
+
+    cluster.cluster.resume_storage(absent)?;
+    let resumed = Instant::now();
+    let took = converged(&cluster, "events", &keys, false, Duration::from_secs(30)).await?;
+    eprintln!(
+        "{hinted} hinted keys handed to node {absent} {:?} after it resumed",
+        resumed.elapsed().min(took)
+    );
+    // The nodes that coordinated the writes say they handed the hints off.
+    let http = reqwest::Client::new();
+    let mut replayed = 0.0;
+    for (_, address) in cluster.cluster.storage_nodes() {
+        let text = http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        replayed += text
+            .lines()
+            .filter(|l| l.starts_with("kvorum_hints_replayed_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(
+        replayed >= hinted as f64,
+        "{replayed} hints replayed for {hinted} keys"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_hints_were_lost_converges_by_anti_entropy() -> anyhow::Result<()> {
+    // No hints at all (as if the node holding them lost them): anti-entropy alone repairs.
+    let cluster = start(&[
+        ("KVORUM_HINTED_HANDOFF", "false"),
+        ("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "500"),
+    ])
+    .await?;
+    create_keyspace(
+        &cluster,
+        "events",
+        r#"{"mode":"eventual","write_consistency":"one"}"#,
+    )
+    .await?;
+    let absent = NodeId(3);
+    cluster.cluster.pause_storage(absent)?;
+    node_state(&cluster, absent, "down").await?;
+    let mut keys = BTreeMap::new();
+    for i in 0..80 {
+        let key = format!("a-{i}");
+        let answer = cluster
+            .client
+            .put(
+                &format!("{key}?keyspace=events"),
+                format!("v{i}").as_bytes(),
+            )
+            .await?;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.json());
+        assert_eq!(answer.header("x-kvorum-hinted"), "false");
+        keys.insert(key, placement(&answer));
+    }
+    cluster.cluster.resume_storage(absent)?;
+    let took = converged(&cluster, "events", &keys, false, Duration::from_secs(30)).await?;
+    eprintln!(
+        "anti-entropy converged {} keys {took:?} after node {absent} resumed",
+        keys.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_collected_only_once_every_replica_holds_them() -> anyhow::Result<()> {
+    let cluster = start(&[
+        ("KVORUM_HINTED_HANDOFF", "false"),
+        ("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "500"),
+        ("KVORUM_TOMBSTONE_GRACE_MS", "0"),
+        ("KVORUM_CHECKPOINT_INTERVAL_MS", "0"),
+    ])
+    .await?;
+    create_keyspace(&cluster, "sessions", r#"{"mode":"eventual"}"#).await?;
+    let mut keys = BTreeMap::new();
+    for i in 0..30 {
+        let key = format!("s-{i}");
+        let answer = cluster
+            .client
+            .put(&format!("{key}?keyspace=sessions&consistency=all"), b"live")
+            .await?;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.json());
+        keys.insert(key, placement(&answer));
+    }
+    // One replica misses the deletes: it still holds the values.
+    let absent = NodeId(4);
+    cluster.cluster.pause_storage(absent)?;
+    for key in keys.keys() {
+        let answer = cluster
+            .client
+            .delete(&format!("{key}?keyspace=sessions"))
+            .await?;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.json());
+    }
+    // While it is away nothing may be collected: every key on it must still be
+    // deleted (a tombstone, not nothing) on the replicas that saw the delete.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (key, place) in &keys {
+        if place.replicas.contains(&absent) {
+            for node in place.replicas.iter().filter(|n| **n != absent) {
+                let state = cluster
+                    .read_causal(*node, "sessions", key, place.partition, place.epoch)
+                    .await?;
+                assert!(state.is_deleted(), "{key} on node {node}: {state:?}");
+            }
+        }
+    }
+    cluster.cluster.resume_storage(absent)?;
+    let took = converged(&cluster, "sessions", &keys, true, Duration::from_secs(40)).await?;
+    eprintln!(
+        "{} tombstones collected on every replica {took:?} after node {absent} resumed",
+        keys.len()
+    );
+    for key in keys.keys() {
+        let answer = cluster
+            .client
+            .get(&format!("{key}?keyspace=sessions&consistency=all"))
+            .await?;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{key} came back");
+    }
+    Ok(())
+}
