@@ -50,6 +50,10 @@ struct KeyArgs {
     /// one, quorum or all (default: the keyspace's).
     #[arg(long)]
     consistency: Option<String>,
+    /// For put and delete: the causal context of an earlier read (its X-Kvorum-Context,
+    /// shown by `get --verbose` and with siblings); the write supersedes what that read saw.
+    #[arg(long)]
+    context: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,11 +200,33 @@ struct Client {
 
 impl Client {
     async fn call(&self, method: Method, path: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
+        self.call_with_context(method, path, body, None).await
+    }
+
+    /// A key request, carrying the causal context the user gave.
+    async fn call_key(
+        &self,
+        method: Method,
+        args: &KeyArgs,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        self.call_with_context(method, &key_path(args), body, args.context.as_deref())
+            .await
+    }
+
+    async fn call_with_context(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        context: Option<&str>,
+    ) -> anyhow::Result<Answer> {
         let url = format!("{}{path}", self.router.trim_end_matches('/'));
-        let response = self
-            .http
-            .request(method, &url)
-            .body(body)
+        let mut request = self.http.request(method, &url).body(body);
+        if let Some(context) = context {
+            request = request.header(kvorum_protocol::headers::CONTEXT, context);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the router at {}: {e}", self.router))?;
@@ -325,9 +351,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Get(args) => {
-            let answer = client
-                .call(Method::GET, &key_path(&args), Vec::new())
-                .await?;
+            let answer = client.call_key(Method::GET, &args, Vec::new()).await?;
+            if answer.status == StatusCode::MULTIPLE_CHOICES {
+                // Concurrent siblings: show them all, and how to resolve them.
+                let siblings: kvorum_protocol::conflict::SiblingsResponse =
+                    serde_json::from_slice(&answer.body)?;
+                println!("{}", serde_json::to_string_pretty(&siblings)?);
+                eprintln!(
+                    "{} concurrent versions; write the resolved value with --context {}",
+                    siblings.siblings.len(),
+                    siblings.context
+                );
+                return Ok(());
+            }
             anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());
             std::io::stdout().write_all(&answer.body)?;
         }
@@ -339,13 +375,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 value.into_bytes()
             };
-            let answer = client.call(Method::PUT, &key_path(&key), bytes).await?;
+            let answer = client.call_key(Method::PUT, &key, bytes).await?;
             anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
         }
         Command::Delete(args) => {
-            let answer = client
-                .call(Method::DELETE, &key_path(&args), Vec::new())
-                .await?;
+            let answer = client.call_key(Method::DELETE, &args, Vec::new()).await?;
             anyhow::ensure!(answer.status.is_success(), "{}", answer.error());
         }
         Command::Keyspace(KeyspaceCommand::List) => {
@@ -495,6 +529,7 @@ mod tests {
             key: key.into(),
             keyspace: keyspace.map(Into::into),
             consistency: None,
+            context: None,
         };
         assert_eq!(key_path(&args("a/b", None)), "/v1/kv/a/b");
         assert_eq!(

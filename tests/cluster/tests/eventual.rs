@@ -378,3 +378,80 @@ async fn tombstones_are_collected_only_once_every_replica_holds_them() -> anyhow
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_converge_after_concurrent_writers_and_a_crashed_node() -> anyhow::Result<()> {
+    let mut cluster = start(&[("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "500")]).await?;
+    create_keyspace(
+        &cluster,
+        "tallies",
+        r#"{"mode":"eventual","conflict":"siblings","write_consistency":"one","read_consistency":"one"}"#,
+    )
+    .await?;
+    let keys: Vec<String> = (0..6).map(|i| format!("t-{i}")).collect();
+    let placements = std::sync::Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let (client, keys, placements, stop) = (
+            cluster.client.clone(),
+            keys.clone(),
+            placements.clone(),
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut acked = 0u32;
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = &keys[(i * 7 + writer) % keys.len()];
+                i += 1;
+                // Read-modify-write with the context half the time, blind otherwise.
+                let read = client.get(&format!("{key}?keyspace=tallies")).await?;
+                let value = format!("w{writer}-{i}");
+                let path = format!("{key}?keyspace=tallies");
+                let context = read.header("x-kvorum-context").to_owned();
+                let answer = if i % 2 == 0 && !context.is_empty() {
+                    client
+                        .put_with_context(&path, value.as_bytes(), &context)
+                        .await?
+                } else {
+                    client.put(&path, value.as_bytes()).await?
+                };
+                if answer.status == StatusCode::NO_CONTENT {
+                    acked += 1;
+                    placements
+                        .lock()
+                        .await
+                        .insert(key.clone(), placement(&answer));
+                }
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    let victim = NodeId(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.cluster.kill_storage(victim).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.cluster.restart_storage(victim).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = 0;
+    for writer in writers {
+        acked += writer.await??;
+    }
+    assert!(acked > 50, "only {acked} writes were acknowledged");
+    let placements = placements.lock().await.clone();
+    assert_eq!(placements.len(), keys.len());
+    let took = converged(
+        &cluster,
+        "tallies",
+        &placements,
+        false,
+        Duration::from_secs(30),
+    )
+    .await?;
+    eprintln!(
+        "{acked} writes by 4 writers with node {victim} crashed and restarted; every replica of every key agreed {took:?} after the writers stopped"
+    );
+    Ok(())
+}
