@@ -410,7 +410,7 @@ async fn replicas_converge_after_concurrent_writers_and_a_crashed_node() -> anyh
                 let value = format!("w{writer}-{i}");
                 let path = format!("{key}?keyspace=tallies");
                 let context = read.header("x-kvorum-context").to_owned();
-                let answer = if i % 2 == 0 && !context.is_empty() {
+                let answer = if i.is_multiple_of(2) && !context.is_empty() {
                     client
                         .put_with_context(&path, value.as_bytes(), &context)
                         .await?
