@@ -145,11 +145,26 @@ impl CausalState {
         value: Option<Vec<u8>>,
         timestamp: u64,
     ) -> (CausalState, Dot) {
+        self.write_above(actor, 0, context, value, timestamp)
+    }
+
+    /// [`Self::write`] with a dot counter above `floor` as well: a replica passes
+    /// the highest counter it ever issued for any key, so a key whose state it
+    /// no longer holds (collected, or dropped with its partition) never gets a
+    /// dot that an old context elsewhere already covers.
+    pub fn write_above(
+        &self,
+        actor: u64,
+        floor: u64,
+        context: Option<&VersionVector>,
+        value: Option<Vec<u8>>,
+        timestamp: u64,
+    ) -> (CausalState, Dot) {
         let context = context.unwrap_or(&self.context);
         let mut seen = self.context.merged(context);
         let dot = Dot {
             actor,
-            counter: seen.get(actor) + 1,
+            counter: seen.get(actor).max(floor).saturating_add(1),
         };
         seen.add(dot);
         let mut siblings: Vec<Sibling> = self
@@ -286,6 +301,27 @@ mod tests {
         let joined = deleted.join(&concurrent);
         assert_eq!(value(&joined), vec![None, Some(&b"x"[..])]);
         assert!(!joined.is_deleted());
+    }
+
+    #[test]
+    fn a_floor_keeps_a_new_dot_clear_of_every_old_context() {
+        // The key's state was collected on this replica, but a tombstone elsewhere saw dot 1:5.
+        let (fresh, dot) = CausalState::empty().write_above(1, 5, None, Some(b"new".to_vec()), 1);
+        assert_eq!(
+            dot,
+            Dot {
+                actor: 1,
+                counter: 6
+            }
+        );
+        let old: VersionVector = [Dot {
+            actor: 1,
+            counter: 5,
+        }]
+        .into_iter()
+        .collect();
+        let tombstone = CausalState::new(Vec::new(), old).expect("valid");
+        assert_eq!(tombstone.join(&fresh).siblings().len(), 1);
     }
 
     #[test]

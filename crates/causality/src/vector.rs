@@ -133,8 +133,10 @@ impl fmt::Display for VersionVector {
 }
 
 const TOKEN_PREFIX: &str = "c1.";
-/// More actors than any replica set could hold: a longer token is not one Kvorum issued.
-const MAX_TOKEN_ACTORS: usize = 1024;
+/// More actors than any cluster's history could hold: a longer token is not one Kvorum issued.
+pub const MAX_TOKEN_ACTORS: usize = 256;
+/// The largest counter a token may carry: far above any a node issues, far below overflow.
+pub const MAX_COUNTER: u64 = 1 << 53;
 
 /// A context token that is not one Kvorum issued for an eventual keyspace.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,7 +166,11 @@ impl FromStr for VersionVector {
                 hex(actor).ok_or_else(error)?,
                 hex(counter).ok_or_else(error)?,
             );
-            if i >= MAX_TOKEN_ACTORS || counter == 0 || vector.get(actor) != 0 {
+            if i >= MAX_TOKEN_ACTORS
+                || counter == 0
+                || counter > MAX_COUNTER
+                || vector.get(actor) != 0
+            {
                 return Err(error());
             }
             vector.add(Dot { actor, counter });
@@ -221,7 +227,7 @@ mod tests {
         for v in [
             VersionVector::new(),
             vv(&[(1, 2)]),
-            vv(&[(7, 0xff), (u64::MAX, u64::MAX)]),
+            vv(&[(7, 0xff), (u64::MAX, MAX_COUNTER)]),
         ] {
             assert_eq!(v.to_token().parse::<VersionVector>(), Ok(v));
         }
@@ -238,6 +244,7 @@ mod tests {
             "c1.1:2,",
             "c1.x:1",
             "c1.11111111111111111:1",
+            "c1.1:ffffffffffffffff",
         ] {
             assert!(bad.parse::<VersionVector>().is_err(), "{bad}");
         }

@@ -354,6 +354,12 @@ impl LocalCluster {
         self.wait_healthy(StorageOrRouter::Storage(index)).await
     }
 
+    /// Stops a storage node with SIGTERM (a graceful shutdown) and waits for it to exit.
+    pub async fn terminate_storage(&mut self, node: NodeId) -> Result<(), LaunchError> {
+        let index = self.storage_index(node)?;
+        self.storage[index].terminate().await
+    }
+
     /// Starts one more storage node (the next id, on a free port) and waits until
     /// it is healthy; it registers itself. Returns its id and address.
     pub async fn add_storage(&mut self) -> Result<(NodeId, SocketAddr), LaunchError> {
@@ -410,6 +416,18 @@ impl LocalCluster {
                 "no recovery controller {index}"
             ))),
         }
+    }
+
+    /// Starts recovery controller `index` (0-based) again, after [`Self::kill_recovery`].
+    pub async fn restart_recovery(&mut self, index: usize) -> Result<(), LaunchError> {
+        if index >= self.recovery.len() {
+            return Err(LaunchError::Invalid(format!(
+                "no recovery controller {index}"
+            )));
+        }
+        self.recovery[index].kill().await?;
+        self.recovery[index] = self.spawn_recovery(index)?;
+        Ok(())
     }
 
     /// Kills failure detector `index` (0-based) with SIGKILL.

@@ -214,6 +214,11 @@ pub struct CheckpointInfo {
 pub struct CausalReadResponse {
     /// The key's siblings and context.
     pub state: CausalState,
+    /// For a deleted key (every sibling a tombstone): how long this replica has
+    /// held exactly this state, in milliseconds; tombstone collection waits for
+    /// every replica to have held it for the grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_for_ms: Option<u64>,
 }
 
 /// A write to an eventual keyspace, coordinated by the replica that receives it.

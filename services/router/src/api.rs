@@ -317,7 +317,11 @@ fn add_causal_context(headers: &mut HeaderMap, context: &VersionVector) {
 /// Strong keyspaces order writes by version alone: their token is checked so a
 /// garbled one is refused, and has no further effect. Eventual keyspaces take
 /// the version vector: the write supersedes exactly the siblings it names.
-fn context(headers: &HeaderMap, mode: KeyspaceMode) -> Result<Option<VersionVector>, ApiError> {
+fn context(
+    headers: &HeaderMap,
+    mode: KeyspaceMode,
+    known_actor: impl Fn(u64) -> bool,
+) -> Result<Option<VersionVector>, ApiError> {
     let Some(value) = headers.get(headers::CONTEXT) else {
         return Ok(None);
     };
@@ -333,7 +337,13 @@ fn context(headers: &HeaderMap, mode: KeyspaceMode) -> Result<Option<VersionVect
             let text = value
                 .to_str()
                 .map_err(|_| ContextTokenError("(not ASCII)".into()))?;
-            Ok(Some(text.parse::<VersionVector>()?))
+            let vector = text.parse::<VersionVector>()?;
+            // Actors are storage nodes: a context naming others was not issued
+            // by this cluster, and would grow the key's context for ever.
+            if vector.entries().any(|(actor, _)| !known_actor(actor)) {
+                return Err(ContextTokenError(text.chars().take(64).collect()).into());
+            }
+            Ok(Some(vector))
         }
     }
 }
@@ -469,7 +479,9 @@ async fn put_key(
     {
         let snapshot = state.metadata.current()?;
         let request = KvRequest::parse(&snapshot, &uri, Operation::Write)?;
-        context(&headers, request.keyspace.mode)?;
+        context(&headers, request.keyspace.mode, |a| {
+            snapshot.topology.has_node(kvorum_protocol::NodeId(a))
+        })?;
     }
     let value = read_value(body, &headers, state.max_value_bytes).await?;
     write(&state, &uri, &headers, Some(&value)).await
@@ -493,7 +505,9 @@ async fn write(
     let mut retried = false;
     loop {
         let request = KvRequest::parse(&snapshot, uri, Operation::Write)?;
-        let causal_context = context(headers, request.keyspace.mode)?;
+        let causal_context = context(headers, request.keyspace.mode, |a| {
+            snapshot.topology.has_node(kvorum_protocol::NodeId(a))
+        })?;
         let route = snapshot.topology.route(request.keyspace, &request.key);
         if request.keyspace.mode == KeyspaceMode::Eventual {
             let write = CausalWrite {
@@ -530,7 +544,13 @@ async fn write(
                 Ok(outcome) => {
                     let mut response = StatusCode::NO_CONTENT.into_response();
                     add_receipt(response.headers_mut(), &outcome.receipt);
-                    add_causal_context(response.headers_mut(), outcome.state.context());
+                    // The new state's context also covers siblings the client never
+                    // saw when the write was concurrent with others; handing it out
+                    // would let the next write discard them unseen. Only a write that
+                    // left one version gets a context back.
+                    if outcome.state.siblings().len() == 1 {
+                        add_causal_context(response.headers_mut(), outcome.state.context());
+                    }
                     return Ok(response);
                 }
             }

@@ -26,6 +26,11 @@ pub struct RouterConfig {
     #[arg(long, env = "KVORUM_HINTED_HANDOFF", default_value_t = true, action = clap::ArgAction::Set)]
     pub hinted_handoff: bool,
 
+    /// A deliberate bug, for testing the chaos checkers only: strong writes are
+    /// committed to one replica and acknowledged from there. Loses writes.
+    #[arg(long, env = "KVORUM_TEST_ONLY_ACK_BEFORE_QUORUM", default_value_t = false, action = clap::ArgAction::Set)]
+    pub test_only_ack_before_quorum: bool,
+
     /// Deadline of one client request, in milliseconds; past it the client gets 504.
     #[arg(long, env = "KVORUM_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,

@@ -236,6 +236,8 @@ pub struct Coordinator<T> {
     tags: Mutex<StdRng>,
     /// Replica calls, including those that outlive the request that made them.
     pub(crate) background: TaskTracker,
+    /// A deliberate bug for testing the chaos checkers: strong commits go to one replica only.
+    ack_before_quorum: bool,
 }
 
 impl<T: ReplicaTransport> Coordinator<T> {
@@ -245,7 +247,16 @@ impl<T: ReplicaTransport> Coordinator<T> {
             transport: Arc::new(transport),
             tags: Mutex::new(StdRng::seed_from_u64(seed)),
             background: TaskTracker::new(),
+            ack_before_quorum: false,
         }
+    }
+
+    /// Breaks the write protocol on purpose: a strong write's commit goes to its
+    /// first replica only and is acknowledged from there. For testing that the
+    /// chaos checkers catch lost writes; never in production.
+    pub fn with_test_only_ack_before_quorum(mut self, enabled: bool) -> Self {
+        self.ack_before_quorum = enabled;
+        self
     }
 
     /// Waits for replica calls still in flight (background commits) to finish.
@@ -453,7 +464,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         // A node joining the set must hold the write too, or the switch to the new
         // set could leave it on fewer than a quorum (Cassandra's pending ranges):
         // each joining node adds one to the acknowledgements required.
-        let required = level.required(replication_factor) + route.joining.len();
+        let mut required = level.required(replication_factor) + route.joining.len();
         let request = CommitRequest {
             target,
             record: Record {
@@ -461,7 +472,14 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 value: value.map(<[u8]>::to_vec),
             },
         };
-        let committed = fan_out(&self.background, &route.commit_targets(), required, |r| {
+        let targets = route.commit_targets();
+        let targets = if self.ack_before_quorum {
+            required = 1;
+            &targets[..1]
+        } else {
+            &targets[..]
+        };
+        let committed = fan_out(&self.background, targets, required, |r| {
             transport.commit(r, request.clone())
         })
         .await;
@@ -673,6 +691,7 @@ mod tests {
                         .get(&(node, target.key.to_string()))
                         .cloned()
                         .unwrap_or_default(),
+                    deleted_for_ms: None,
                 }
             })
         }

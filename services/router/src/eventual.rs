@@ -215,8 +215,9 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 Err(error) => {
                     let last = Some(format!("node {}: {error}", replica.id));
                     if error.stale_epoch.is_some() {
-                        // Refused before applying: a newer map may route it elsewhere.
-                        return Err(failure(receipt, 0, false, last, true));
+                        // Refused before applying: a newer map may route it elsewhere
+                        // (a duplicate of a timed-out attempt is one more equal sibling).
+                        return Err(failure(receipt, 0, maybe_applied, last, true));
                     }
                     // Always writable while one replica is: the next one coordinates.
                     // A write that timed out may still land on this one as a sibling

@@ -61,9 +61,15 @@ pub async fn run(
     client_config.request_timeout = config.replica_timeout();
     client_config.retries = config.replica_retries;
     let client = HttpClient::new(client_config).map_err(|e| RouterError::Client(e.to_string()))?;
+    if config.test_only_ack_before_quorum {
+        tracing::warn!(
+            "--test-only-ack-before-quorum is set: strong writes are acknowledged by one replica and WILL be lost; this router is for testing the chaos checkers only"
+        );
+    }
     let state = Arc::new(AppState {
         metadata: Metadata::new(metad, follower),
-        coordinator: Coordinator::new(HttpReplicas::new(client), rand::random()),
+        coordinator: Coordinator::new(HttpReplicas::new(client), rand::random())
+            .with_test_only_ack_before_quorum(config.test_only_ack_before_quorum),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
         hinted_handoff: config.hinted_handoff,
     });

@@ -102,6 +102,11 @@ impl Topology {
         }
     }
 
+    /// Whether `id` is a node of the cluster (decommissioned ones included).
+    pub fn has_node(&self, id: NodeId) -> bool {
+        self.addresses.contains_key(&id)
+    }
+
     /// The partition map in use.
     pub fn partition_map(&self) -> &PartitionMap {
         &self.map

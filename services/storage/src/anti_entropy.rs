@@ -10,18 +10,17 @@
 //! records the task pauses so that it never exceeds its keys-per-second budget.
 //!
 //! Tombstone collection runs on the partition's first replica, only when no
-//! move is under way: a tombstone older than the grace period that every
-//! replica holds identically is purged on every replica, each of which also
-//! requires its oldest checkpoint to hold it (so no restore brings the deleted
-//! value back). A purge removes a key only where its state is still exactly
-//! that tombstone, so a write that raced the collection survives.
+//! move is under way: a deleted state that every replica holds identically,
+//! and has held for the grace period, is purged on every replica, each of
+//! which also requires its oldest checkpoint to hold it (so no restore brings
+//! the deleted value back). A purge removes a key only where its state is still
+//! exactly that tombstone, so a write that raced the collection survives.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kvorum_http_client::{HttpClient, Idempotency};
 use kvorum_metad_client::Follower;
-use kvorum_protocol::causal::HybridClock;
 use kvorum_protocol::cluster::{NodeState, PartitionAssignment};
 use kvorum_protocol::metadata::MetadataState;
 use kvorum_protocol::storage::{
@@ -230,21 +229,17 @@ impl AntiEntropy {
             .collect::<Option<_>>()
             .ok_or("a replica is not up")?;
         let store = self.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.lone_tombstones(partition))
+        let found = tokio::task::spawn_blocking(move || store.deleted_keys(partition))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let now = HybridClock::from_wall(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        );
-        let grace = HybridClock::from_wall(self.config.tombstone_grace.as_millis() as u64);
+        let grace = self.config.tombstone_grace.as_millis() as u64;
+        // Held here for the grace period; the other replicas are asked below.
         let mut candidates: Vec<PurgeItem> = found
             .into_iter()
-            .filter(|(_, _, s)| s.max_timestamp().saturating_add(grace) <= now)
+            .filter(|(_, _, _, held_for)| *held_for >= grace)
             .take(PURGE_BATCH)
-            .map(|(keyspace, key, state)| PurgeItem {
+            .map(|(keyspace, key, state, _)| PurgeItem {
                 keyspace,
                 key,
                 state,

@@ -27,7 +27,16 @@ impl AppState {
             .store
             .read_causal(target.partition, &target.keyspace, &target.key)?
             .unwrap_or_default();
-        Ok(CausalReadResponse { state })
+        let deleted_for_ms = if state.is_deleted() {
+            self.store
+                .deleted_for_ms(target.partition, &target.keyspace, &target.key)?
+        } else {
+            None
+        };
+        Ok(CausalReadResponse {
+            state,
+            deleted_for_ms,
+        })
     }
 }
 

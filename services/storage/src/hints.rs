@@ -10,7 +10,6 @@
 //! whose key is gone, is dropped (state transfer or tombstone collection
 //! covered it).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,18 +53,23 @@ pub async fn replay_hints(
         let Some(state) = follower.current() else {
             continue;
         };
-        let hints = match store.hints(BATCH * 16) {
-            Ok(hints) => hints,
+        let targets = match store.hint_targets() {
+            Ok(targets) => targets,
             Err(error) => {
                 tracing::warn!(%error, "cannot read hints");
                 continue;
             }
         };
-        let mut by_target: BTreeMap<NodeId, Vec<Hint>> = BTreeMap::new();
-        for hint in hints {
-            by_target.entry(hint.target).or_default().push(hint);
-        }
-        for (target, hints) in by_target {
+        // Each target is read on its own, so one that is down or refusing
+        // never holds up the hints of the others.
+        for target in targets {
+            let hints = match store.hints_for(target, BATCH) {
+                Ok(hints) => hints,
+                Err(error) => {
+                    tracing::warn!(%error, %target, "cannot read hints");
+                    continue;
+                }
+            };
             let span =
                 tracing::info_span!("hint_replay", kvorum.target = %target, hints = hints.len());
             if let Err(error) = hand_off(&store, &writer, &state, &peers, target, hints)
@@ -106,18 +110,16 @@ async fn hand_off(
                 obsolete.push(WriteOp::ClearHint(hint));
             }
             (Some(assignment), Some(held), _) => {
-                if batch.len() < BATCH {
-                    batch.push(CausalMergeRequest {
-                        target: ReplicaKey {
-                            partition: hint.partition,
-                            epoch: assignment.epoch,
-                            keyspace: hint.keyspace.clone(),
-                            key: hint.key.clone(),
-                        },
-                        state: held,
-                    });
-                    sent.push(hint);
-                }
+                batch.push(CausalMergeRequest {
+                    target: ReplicaKey {
+                        partition: hint.partition,
+                        epoch: assignment.epoch,
+                        keyspace: hint.keyspace.clone(),
+                        key: hint.key.clone(),
+                    },
+                    state: held,
+                });
+                sent.push(hint);
             }
         }
     }

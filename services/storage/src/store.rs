@@ -30,6 +30,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `(target node, partition, keyspace, key)` → the hint's sequence number: the
 /// key's state is owed to a replica that missed a write to it.
 const HINTS: TableDefinition<(u64, u32, &str, &str), u64> = TableDefinition::new("hints");
+/// `(partition, keyspace, key)` → when (this node's wall clock, ms) the key's
+/// causal state became the deleted state it holds; tombstones are collected
+/// only once every replica has held theirs for the grace period.
+const DELETED_SINCE: TableDefinition<(u32, &str, &str), u64> =
+    TableDefinition::new("deleted_since");
+/// The `META` entry holding the highest dot counter this node ever issued.
+const DOT_COUNTER: &str = "dot_counter";
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "kvorum.redb";
@@ -284,6 +291,7 @@ impl Store {
             txn.open_table(RECORDS).map_err(db_error)?;
             txn.open_table(EPOCHS).map_err(db_error)?;
             txn.open_table(HINTS).map_err(db_error)?;
+            txn.open_table(DELETED_SINCE).map_err(db_error)?;
             let mut meta = txn.open_table(META).map_err(db_error)?;
             let found = meta
                 .get("node_id")
@@ -353,7 +361,7 @@ impl Store {
         partition: PartitionId,
         keys: &[(KeyspaceName, Key)],
     ) -> Result<Vec<Option<CausalState>>, StoreError> {
-        let db = Database::open(path).map_err(db_error)?;
+        let db = redb::ReadOnlyDatabase::open(path).map_err(db_error)?;
         let txn = db.begin_read().map_err(db_error)?;
         let table = txn.open_table(RECORDS).map_err(db_error)?;
         keys.iter()
@@ -418,13 +426,16 @@ impl Store {
         Ok(records)
     }
 
-    /// The keys of a partition whose only version is one tombstone, with their states.
-    pub fn lone_tombstones(
+    /// The deleted keys of a partition (every sibling a tombstone), with their
+    /// states and how long this node has held each state, in milliseconds.
+    pub fn deleted_keys(
         &self,
         partition: PartitionId,
-    ) -> Result<Vec<(KeyspaceName, Key, CausalState)>, StoreError> {
+    ) -> Result<Vec<(KeyspaceName, Key, CausalState, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(RECORDS).map_err(db_error)?;
+        let since = txn.open_table(DELETED_SINCE).map_err(db_error)?;
+        let now = wall_ms();
         let mut found = Vec::new();
         for entry in table.range(partition_range(partition)).map_err(db_error)? {
             let (key, value) = entry.map_err(db_error)?;
@@ -439,18 +450,68 @@ impl Store {
             if let Held::Causal(state) = record
                 && state.is_deleted()
             {
-                found.push((keyspace, key, state));
+                let held_for = since
+                    .get((partition.0, keyspace.as_str(), key.as_str()))
+                    .map_err(db_error)?
+                    .map_or(0, |g| now.saturating_sub(g.value()));
+                found.push((keyspace, key, state, held_for));
             }
         }
         Ok(found)
     }
 
-    /// Up to `limit` hints, ordered by target node.
-    pub fn hints(&self, limit: usize) -> Result<Vec<Hint>, StoreError> {
+    /// How long this node has held a key's deleted state, in milliseconds (`None` when it is not deleted).
+    pub fn deleted_for_ms(
+        &self,
+        partition: PartitionId,
+        keyspace: &KeyspaceName,
+        key: &Key,
+    ) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let since = txn.open_table(DELETED_SINCE).map_err(db_error)?;
+        Ok(since
+            .get((partition.0, keyspace.as_str(), key.as_str()))
+            .map_err(db_error)?
+            .map(|g| wall_ms().saturating_sub(g.value())))
+    }
+
+    /// The nodes that hints are waiting for.
+    pub fn hint_targets(&self) -> Result<Vec<NodeId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(HINTS).map_err(db_error)?;
+        let mut targets = Vec::new();
+        let mut from = 0u64;
+        // Jump from target to target instead of reading every hint.
+        while let Some(entry) = table
+            .range((from, 0u32, "", "")..)
+            .map_err(db_error)?
+            .next()
+        {
+            let (key, _) = entry.map_err(db_error)?;
+            let target = key.value().0;
+            targets.push(NodeId(target));
+            match target.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Up to `limit` hints for one target.
+    pub fn hints_for(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(HINTS).map_err(db_error)?;
         let mut hints = Vec::new();
-        for entry in table.iter().map_err(db_error)?.take(limit) {
+        let range = table
+            .range((target.0, 0u32, "", "")..)
+            .map_err(db_error)?
+            .take_while(|entry| {
+                entry
+                    .as_ref()
+                    .map_or(true, |(k, _)| k.value().0 == target.0)
+            });
+        for entry in range.take(limit) {
             let (key, seq) = entry.map_err(db_error)?;
             let (target, partition, keyspace, key) = key.value();
             hints.push(Hint {
@@ -663,6 +724,21 @@ fn put_causal(
     Ok(())
 }
 
+/// Records when a key's state became deleted, or forgets it once it is not.
+fn track_deleted(
+    txn: &WriteTransaction,
+    table_key: (u32, &str, &str),
+    state: &CausalState,
+) -> Result<(), StoreError> {
+    let mut since = txn.open_table(DELETED_SINCE).map_err(db_error)?;
+    if state.is_deleted() {
+        since.insert(table_key, wall_ms()).map_err(db_error)?;
+    } else {
+        since.remove(table_key).map_err(db_error)?;
+    }
+    Ok(())
+}
+
 fn put_hints(
     txn: &WriteTransaction,
     targets: &[NodeId],
@@ -714,6 +790,7 @@ impl Store {
                 let changed = held.as_ref() != Some(&joined) && !joined.is_empty();
                 if changed {
                     put_causal(txn, table_key, &joined)?;
+                    track_deleted(txn, table_key, &joined)?;
                 }
                 Ok(WriteOutcome::Merged {
                     changed,
@@ -735,9 +812,22 @@ impl Store {
                 let table_key = (partition.0, keyspace.as_str(), key.as_str());
                 let held = held_causal(txn, table_key)?.unwrap_or_default();
                 let timestamp = self.tick(held.max_timestamp());
-                let (state, _) =
-                    held.write(self.node.0, context.as_ref(), value.clone(), timestamp);
+                let mut meta = txn.open_table(META).map_err(db_error)?;
+                let floor = meta
+                    .get(DOT_COUNTER)
+                    .map_err(db_error)?
+                    .map_or(0, |g| g.value());
+                let (state, dot) = held.write_above(
+                    self.node.0,
+                    floor,
+                    context.as_ref(),
+                    value.clone(),
+                    timestamp,
+                );
+                meta.insert(DOT_COUNTER, dot.counter).map_err(db_error)?;
+                drop(meta);
                 put_causal(txn, table_key, &state)?;
+                track_deleted(txn, table_key, &state)?;
                 put_hints(txn, hint_for, table_key, timestamp)?;
                 Ok(WriteOutcome::Merged {
                     changed: true,
@@ -783,6 +873,8 @@ impl Store {
                 if removed {
                     let mut records = txn.open_table(RECORDS).map_err(db_error)?;
                     records.remove(table_key).map_err(db_error)?;
+                    let mut since = txn.open_table(DELETED_SINCE).map_err(db_error)?;
+                    since.remove(table_key).map_err(db_error)?;
                 }
                 Ok(WriteOutcome::Removed(removed))
             }
@@ -838,6 +930,11 @@ impl Store {
                     .extract_from_if(partition_range(*partition), |_, _| true)
                     .map_err(db_error)?
                     .count();
+                let mut since = txn.open_table(DELETED_SINCE).map_err(db_error)?;
+                since
+                    .extract_from_if(partition_range(*partition), |_, _| true)
+                    .map_err(db_error)?
+                    .for_each(drop);
                 Ok(WriteOutcome::Dropped(removed))
             }
         }
@@ -1159,7 +1256,8 @@ mod tests {
                 .expect("write");
         }
         let store = Store::open(dir.path(), NodeId(1)).expect("reopen");
-        let hints = store.hints(10).expect("hints");
+        assert_eq!(store.hint_targets().expect("targets"), vec![NodeId(9)]);
+        let hints = store.hints_for(NodeId(9), 10).expect("hints");
         assert_eq!(hints.len(), 1);
         assert_eq!((hints[0].target, hints[0].key.as_str()), (NodeId(9), "k"));
         // A newer hint for the same key replaces it: clearing the old one is a no-op.
@@ -1175,7 +1273,7 @@ mod tests {
             .apply(&[WriteOp::ClearHint(hints[0].clone())])
             .expect("clear");
         assert_eq!(outcomes, vec![WriteOutcome::Removed(false)]);
-        let newer = store.hints(10).expect("hints");
+        let newer = store.hints_for(NodeId(9), 10).expect("hints");
         store
             .apply(&[WriteOp::ClearHint(newer[0].clone())])
             .expect("clear");
@@ -1249,10 +1347,7 @@ mod tests {
                 .expect("delete")[0],
         );
         assert!(tomb.is_deleted());
-        assert_eq!(
-            store.lone_tombstones(PartitionId(2)).expect("scan").len(),
-            1
-        );
+        assert_eq!(store.deleted_keys(PartitionId(2)).expect("scan").len(), 1);
         assert_eq!(
             store.apply(&[purge(&tomb)]).expect("purge"),
             vec![WriteOutcome::Removed(true)]

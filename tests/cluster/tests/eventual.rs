@@ -190,7 +190,13 @@ async fn concurrent_writers_make_siblings_that_a_write_with_their_context_resolv
     assert_eq!(blind.status, StatusCode::MULTIPLE_CHOICES);
 
     // A garbled or strong-keyspace context is refused and changes nothing.
-    for bad in ["v1.1.1", "c1.zz", "nonsense"] {
+    for bad in [
+        "v1.1.1",
+        "c1.zz",
+        "nonsense",
+        "c1.63:1",
+        "c1.1:ffffffffffffffff",
+    ] {
         let refused = client
             .put_with_context("cart-1?keyspace=carts", b"x", bad)
             .await?;

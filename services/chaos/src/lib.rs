@@ -1,0 +1,19 @@
+//! `kvorum-chaos`: a recorded workload, a nemesis, checkers and a report.
+//!
+//! - [`config`]: flags and environment.
+//! - [`history`]: the recorded operations and faults.
+//! - [`workload`]: concurrent clients against the router's REST API.
+//! - [`nemesis`]: faults on local processes.
+//! - [`scenario`]: when faults happen (periodic or scripted).
+//! - [`check`]: linearizability, lost writes and validity, free of I/O.
+//! - [`report`]: the JSON report and the HTML timeline.
+//! - [`run`]: one whole run.
+
+pub mod check;
+pub mod config;
+pub mod history;
+pub mod nemesis;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod workload;

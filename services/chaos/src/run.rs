@@ -1,0 +1,433 @@
+//! One chaos run: start a local cluster, run the workload and the nemesis
+//! together, heal, wait for recovery, read the end state, check, and report.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvorum_launcher::{ClusterSpec, LocalCluster};
+use kvorum_metad_client::{MetadAddresses, MetadClient};
+use kvorum_protocol::cluster::NodeState;
+use kvorum_protocol::storage::{CausalReadResponse, ReplicaKey};
+use kvorum_protocol::{CausalState, ClusterView, Key, KeyspaceName, NodeId, PartitionId};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::watch;
+
+use crate::check;
+use crate::config::ChaosConfig;
+use crate::history::{FaultRecord, Op, OpKind, Status};
+use crate::nemesis::{FaultKind, ProcessNemesis};
+use crate::report::{self, Report};
+use crate::scenario::{self, Step};
+use crate::workload::{Workload, millis};
+
+const STRONG: &str = "chaos_strong";
+const EVENTUAL: &str = "chaos_eventual";
+const REPLICATION_FACTOR: usize = 3;
+
+/// Runs the whole scenario and writes the report; returns it.
+pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
+    let seed = config.seed.unwrap_or_else(rand::random);
+    tracing::info!(seed, "chaos run starting; replay with --seed {seed}");
+    let steps = match &config.scenario {
+        Some(path) => scenario::load(path)?,
+        None => scenario::periodic(
+            &config.faults,
+            Duration::from_secs(config.quiet_start_s),
+            Duration::from_secs(config.fault_interval_s),
+            Duration::from_secs(config.fault_hold_s),
+            Duration::from_secs(config.duration_s),
+        ),
+    };
+    std::fs::create_dir_all(&config.out)?;
+    let data = config.out.join("cluster");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    let mut spec = ClusterSpec::for_tests(&data);
+    spec.recovery = 2;
+    spec.log_filter = "info".to_owned();
+    if let Some(bin_dir) = &config.bin_dir {
+        spec.bin_dir = bin_dir.clone();
+    } else if let Some(dir) = std::env::current_exe()?.parent() {
+        spec.bin_dir = dir.to_owned();
+    }
+    // Anti-entropy often, so eventual keys converge soon after the faults heal.
+    spec.env
+        .insert("KVORUM_ANTI_ENTROPY_INTERVAL_MS".into(), "2000".into());
+    if config.inject_bug {
+        spec.env
+            .insert("KVORUM_TEST_ONLY_ACK_BEFORE_QUORUM".into(), "true".into());
+    }
+    let cluster = LocalCluster::start(spec).await?;
+    let router = cluster.router_url();
+    let metad = MetadClient::new(
+        "chaos",
+        MetadAddresses(
+            cluster
+                .metad()
+                .addresses()
+                .values()
+                .map(ToString::to_string)
+                .collect(),
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let storage: Vec<NodeId> = cluster.storage_nodes().iter().map(|(id, _)| *id).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    create_keyspace(&http, &router, STRONG, r#"{"mode":"strong"}"#).await?;
+    create_keyspace(
+        &http,
+        &router,
+        EVENTUAL,
+        r#"{"mode":"eventual","conflict":"siblings","write_consistency":"one"}"#,
+    )
+    .await?;
+
+    let workload = Workload {
+        router: router.clone(),
+        clients: config.clients,
+        strong: (STRONG.to_owned(), config.strong_keys as usize),
+        eventual: (EVENTUAL.to_owned(), config.eventual_keys as usize),
+        eventual_share: config.eventual_share,
+        rate: config.rate,
+        duration: Duration::from_secs(config.duration_s),
+        seed,
+        request_timeout: Duration::from_secs(5),
+    };
+    let mut nemesis = ProcessNemesis {
+        cluster,
+        metad,
+        storage,
+    };
+    let clock = Instant::now();
+    let (done, finished) = watch::channel(false);
+    let clients = tokio::spawn(async move {
+        let ops = workload.run(clock).await;
+        let _ = done.send(true);
+        ops
+    });
+    let faults = inject(&mut nemesis, &steps, seed, clock, finished).await;
+    let mut ops = clients.await??;
+    let duration_seconds = clock.elapsed().as_secs_f64();
+    let last_heal = Instant::now();
+
+    let recovered =
+        wait_recovery(&http, &router, Duration::from_secs(config.recovery_bound_s)).await;
+    let recovery_seconds = recovered.then(|| last_heal.elapsed().as_secs_f64());
+    let (strong_finals, final_reads) =
+        final_strong_reads(&http, &router, config, clock, config.clients).await;
+    ops.extend(final_reads);
+    let (eventual_finals, unconverged) = converge(&http, &router, config).await?;
+
+    let (anomalies, undecided) = check::linearizability(&ops, &[STRONG.to_owned()]);
+    let mut lost = check::lost_strong_writes(&ops, &strong_finals);
+    lost.extend(check::lost_eventual_writes(&ops, &eventual_finals));
+    let first_fault = faults.first().map_or(f64::INFINITY, |f| f.start_ms);
+    let ok_before = check::successes_before(&ops, first_fault);
+    let invalid_reason = (ok_before < config.min_ok_before_fault).then(|| {
+        format!(
+            "only {ok_before} operations succeeded before the first fault; {} are needed",
+            config.min_ok_before_fault
+        )
+    });
+    let count = |status| ops.iter().filter(|o| o.status == status).count();
+    let mut report = Report {
+        valid: invalid_reason.is_none(),
+        invalid_reason,
+        passed: false,
+        seed,
+        backend: "process".to_owned(),
+        operations: ops.len(),
+        succeeded: count(Status::Ok),
+        failed: count(Status::Fail),
+        unknown: count(Status::Unknown),
+        acknowledged_writes: ops.iter().filter(|o| o.is_acknowledged_write()).count(),
+        faults: faults.len(),
+        kills: faults.iter().filter(|f| f.kill).count(),
+        lost_writes: lost.len(),
+        linearizability_anomalies: anomalies.len(),
+        undecided_keys: undecided.len(),
+        unconverged_keys: unconverged.len(),
+        rf_restored: recovered,
+        recovery_seconds,
+        duration_seconds,
+        fault_log: faults,
+        anomalies,
+        lost: lost.into_iter().take(100).collect(),
+        unconverged: unconverged.into_iter().take(100).collect(),
+    };
+    report.passed = report.valid
+        && report.lost_writes == 0
+        && report.linearizability_anomalies == 0
+        && report.undecided_keys == 0
+        && report.unconverged_keys == 0
+        && report.rf_restored
+        && report.fault_log.iter().all(|f| f.end_ms.is_some());
+    write_outputs(&config.out, &report, &ops, &config.trace_url)?;
+    nemesis.cluster.stop().await?;
+    Ok(report)
+}
+
+async fn create_keyspace(
+    http: &reqwest::Client,
+    router: &str,
+    name: &str,
+    spec: &str,
+) -> anyhow::Result<()> {
+    let answer = http
+        .put(format!("{router}/v1/keyspaces/{name}"))
+        .body(spec.to_owned())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "creating keyspace {name}: {} {}",
+        answer.status(),
+        answer.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Follows the schedule until it ends or the workload finishes, then heals what is still broken.
+async fn inject(
+    nemesis: &mut ProcessNemesis,
+    steps: &[Step],
+    seed: u64,
+    clock: Instant,
+    mut finished: watch::Receiver<bool>,
+) -> Vec<FaultRecord> {
+    let mut rng = StdRng::seed_from_u64(seed.rotate_left(17));
+    let mut records = Vec::new();
+    for step in steps {
+        let due = tokio::time::Instant::from_std(clock + step.at);
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            _ = finished.wait_for(|done| *done) => break,
+        }
+        let start_ms = millis(clock);
+        let (target, heal) = match nemesis.inject(step.fault, &mut rng).await {
+            Ok(hit) => hit,
+            Err(error) => {
+                tracing::warn!(fault = step.fault.name(), %error, "fault could not be injected");
+                continue;
+            }
+        };
+        tracing::info!(fault = step.fault.name(), %target, "fault injected");
+        let mut record = FaultRecord {
+            kind: step.fault.name().to_owned(),
+            target,
+            start_ms,
+            end_ms: None,
+            kill: step.fault.is_kill(),
+        };
+        tokio::time::sleep(step.hold).await;
+        match nemesis.heal(heal).await {
+            Ok(()) => record.end_ms = Some(millis(clock)),
+            Err(error) => {
+                tracing::warn!(fault = step.fault.name(), %error, "fault could not be healed")
+            }
+        }
+        records.push(record);
+    }
+    records
+}
+
+/// Polls the cluster view until every storage node is up, no move is under way
+/// and every partition has its full replica set of up nodes.
+async fn wait_recovery(http: &reqwest::Client, router: &str, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        if let Ok(answer) = http.get(format!("{router}/v1/cluster")).send().await
+            && let Ok(view) = answer.json::<ClusterView>().await
+        {
+            let up = |id: &NodeId| {
+                view.nodes
+                    .iter()
+                    .any(|n| n.id == *id && n.state == NodeState::Up)
+            };
+            let storage_up = view
+                .nodes
+                .iter()
+                .filter(|n| n.role == kvorum_protocol::cluster::NodeRole::Storage)
+                .all(|n| n.state == NodeState::Up);
+            let whole = view.partitions.iter().all(|p| {
+                p.pending.is_empty()
+                    && p.replicas.len() == REPLICATION_FACTOR
+                    && p.replicas.iter().all(up)
+            });
+            if storage_up && whole && view.moves.is_empty() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// Reads every strong key at ALL once the faults healed; the reads join the history.
+async fn final_strong_reads(
+    http: &reqwest::Client,
+    router: &str,
+    config: &ChaosConfig,
+    clock: Instant,
+    client: u64,
+) -> (BTreeMap<(String, String), Option<String>>, Vec<Op>) {
+    let mut finals = BTreeMap::new();
+    let mut ops = Vec::new();
+    for k in 0..config.strong_keys {
+        let key = format!("k{k}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let invoke_ms = millis(clock);
+            let Ok(answer) = http
+                .get(format!(
+                    "{router}/v1/kv/{key}?keyspace={STRONG}&consistency=all"
+                ))
+                .send()
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let status = answer.status();
+            let body = answer.bytes().await.unwrap_or_default();
+            let found = status == reqwest::StatusCode::OK;
+            if !found && status != reqwest::StatusCode::NOT_FOUND {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let value = found.then(|| String::from_utf8_lossy(&body).into_owned());
+            finals.insert((STRONG.to_owned(), key.clone()), value.clone());
+            ops.push(Op {
+                client,
+                keyspace: STRONG.to_owned(),
+                key: key.clone(),
+                kind: OpKind::Read,
+                value: None,
+                observed: value.map(|v| vec![v]),
+                found,
+                invoke_ms,
+                complete_ms: millis(clock),
+                status: Status::Ok,
+                error: None,
+                trace_id: None,
+            });
+            break;
+        }
+    }
+    (finals, ops)
+}
+
+/// Waits until every replica of every eventual key holds the same state; returns
+/// each key's final values and the keys that never converged.
+async fn converge(
+    http: &reqwest::Client,
+    router: &str,
+    config: &ChaosConfig,
+) -> anyhow::Result<(BTreeMap<(String, String), Vec<String>>, Vec<String>)> {
+    let keyspace = KeyspaceName::parse(EVENTUAL)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view: ClusterView = http
+            .get(format!("{router}/v1/cluster"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let count = u32::try_from(view.partitions.len())?;
+        let mut finals = BTreeMap::new();
+        let mut unconverged = Vec::new();
+        for k in 0..config.eventual_keys {
+            let key = Key::parse(&format!("k{k}"))?;
+            let partition = kvorum_placement::partition_for(&keyspace, &key, count);
+            let assignment = &view.partitions[partition.0 as usize];
+            let mut states: Vec<CausalState> = Vec::new();
+            for replica in &assignment.replicas {
+                let Some(node) = view.nodes.iter().find(|n| n.id == *replica) else {
+                    continue;
+                };
+                let state = read_replica(
+                    http,
+                    &node.address,
+                    partition,
+                    assignment.epoch,
+                    &keyspace,
+                    &key,
+                )
+                .await;
+                if let Ok(state) = state {
+                    states.push(state);
+                }
+            }
+            let agreed = states.len() == assignment.replicas.len()
+                && states.windows(2).all(|w| w[0] == w[1]);
+            if agreed {
+                let values = states[0]
+                    .siblings()
+                    .iter()
+                    .filter_map(|s| s.value.as_ref())
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                finals.insert((EVENTUAL.to_owned(), key.as_str().to_owned()), values);
+            } else {
+                unconverged.push(format!("{EVENTUAL}/{}", key.as_str()));
+            }
+        }
+        if unconverged.is_empty() || Instant::now() >= deadline {
+            return Ok((finals, unconverged));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn read_replica(
+    http: &reqwest::Client,
+    address: &str,
+    partition: PartitionId,
+    epoch: kvorum_protocol::Epoch,
+    keyspace: &KeyspaceName,
+    key: &Key,
+) -> anyhow::Result<CausalState> {
+    let answer: CausalReadResponse = http
+        .post(format!("http://{address}/internal/v1/causal/read"))
+        .json(&ReplicaKey {
+            partition,
+            epoch,
+            keyspace: keyspace.clone(),
+            key: key.clone(),
+        })
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(answer.state)
+}
+
+fn write_outputs(out: &Path, report: &Report, ops: &[Op], trace_url: &str) -> anyhow::Result<()> {
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(
+        out.join("report.html"),
+        report::html(report, ops, trace_url),
+    )?;
+    let mut history = String::new();
+    for op in ops {
+        history.push_str(&serde_json::to_string(op)?);
+        history.push('\n');
+    }
+    std::fs::write(out.join("history.jsonl"), history)?;
+    Ok(())
+}
+
+/// The faults a kind list names, for the summary.
+pub fn describe_faults(kinds: &[FaultKind]) -> String {
+    kinds
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,186 @@
+//! The workload: concurrent clients on a strong and an eventual keyspace, every
+//! operation recorded with its invocation, completion and outcome.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+
+use crate::history::{Op, OpKind, Status};
+
+/// What the clients do.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The router, `http://host:port`.
+    pub router: String,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// The strong keyspace and how many keys it uses.
+    pub strong: (String, usize),
+    /// The eventual (`siblings`) keyspace and how many keys it uses.
+    pub eventual: (String, usize),
+    /// The share of operations that go to the eventual keyspace.
+    pub eventual_share: f64,
+    /// Operations per second, over all clients.
+    pub rate: f64,
+    /// How long the clients run.
+    pub duration: Duration,
+    /// Seeds every client's choices.
+    pub seed: u64,
+    /// Deadline of one request.
+    pub request_timeout: Duration,
+}
+
+/// Milliseconds since `clock`.
+pub fn millis(clock: Instant) -> f64 {
+    clock.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Workload {
+    /// Runs every client until the duration ends; returns their operations.
+    pub async fn run(&self, clock: Instant) -> anyhow::Result<Vec<Op>> {
+        let http = reqwest::Client::builder()
+            .timeout(self.request_timeout)
+            .build()?;
+        let mut clients = Vec::new();
+        for client in 0..self.clients {
+            let (workload, http) = (self.clone(), http.clone());
+            clients.push(tokio::spawn(async move {
+                workload.client(client, http, clock).await
+            }));
+        }
+        let mut ops = Vec::new();
+        for client in clients {
+            ops.extend(client.await?);
+        }
+        ops.sort_by(|a, b| a.invoke_ms.total_cmp(&b.invoke_ms));
+        Ok(ops)
+    }
+
+    async fn client(&self, client: u64, http: reqwest::Client, clock: Instant) -> Vec<Op> {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ client.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let period = Duration::from_secs_f64(self.clients as f64 / self.rate.max(0.001));
+        let started = Instant::now();
+        let mut ops = Vec::new();
+        for n in 0u64.. {
+            // Paced, not synchronised: each client keeps its share of the rate.
+            let due = started + period.mul_f64(n as f64);
+            if due.duration_since(started) >= self.duration {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let eventual = rng.random_bool(self.eventual_share.clamp(0.0, 1.0));
+            let (keyspace, keys) = if eventual {
+                &self.eventual
+            } else {
+                &self.strong
+            };
+            let key = format!("k{}", rng.random_range(0..(*keys).max(1)));
+            let roll = rng.random_range(0..100);
+            let kind = match (eventual, roll) {
+                (true, 0..=69) | (false, 50..=89) => OpKind::Write,
+                (false, 90..) => OpKind::Delete,
+                _ => OpKind::Read,
+            };
+            let value = (kind == OpKind::Write).then(|| format!("c{client}-{n}"));
+            ops.push(
+                self.call(&http, clock, client, keyspace, key, kind, value)
+                    .await,
+            );
+        }
+        ops
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        http: &reqwest::Client,
+        clock: Instant,
+        client: u64,
+        keyspace: &str,
+        key: String,
+        kind: OpKind,
+        value: Option<String>,
+    ) -> Op {
+        let url = format!("{}/v1/kv/{key}?keyspace={keyspace}", self.router);
+        let request = match kind {
+            OpKind::Read => http.get(&url),
+            OpKind::Write => http.put(&url).body(value.clone().unwrap_or_default()),
+            OpKind::Delete => http.delete(&url),
+        };
+        let invoke_ms = millis(clock);
+        let mut op = Op {
+            client,
+            keyspace: keyspace.to_owned(),
+            key,
+            kind,
+            value,
+            observed: None,
+            found: false,
+            invoke_ms,
+            complete_ms: invoke_ms,
+            status: Status::Unknown,
+            error: None,
+            trace_id: None,
+        };
+        let response = request.send().await;
+        op.complete_ms = millis(clock);
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                // No answer: a write may have landed; a read changed nothing.
+                op.status = if kind == OpKind::Read {
+                    Status::Fail
+                } else {
+                    Status::Unknown
+                };
+                op.error = Some(error.to_string());
+                return op;
+            }
+        };
+        let status = response.status();
+        op.trace_id = response
+            .headers()
+            .get(kvorum_protocol::headers::TRACE_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.unwrap_or_default();
+        op.complete_ms = millis(clock);
+        match (kind, status) {
+            (OpKind::Read, StatusCode::OK) => {
+                op.status = Status::Ok;
+                op.found = true;
+                op.observed = Some(vec![String::from_utf8_lossy(&body).into_owned()]);
+            }
+            (OpKind::Read, StatusCode::MULTIPLE_CHOICES) => {
+                op.status = Status::Ok;
+                op.found = true;
+                let siblings: Option<kvorum_protocol::conflict::SiblingsResponse> =
+                    serde_json::from_slice(&body).ok();
+                op.observed = siblings.map(|s| {
+                    s.siblings
+                        .iter()
+                        .filter_map(|v| v.value.as_ref())
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect()
+                });
+            }
+            (OpKind::Read, StatusCode::NOT_FOUND) => op.status = Status::Ok,
+            (_, StatusCode::NO_CONTENT) => op.status = Status::Ok,
+            (_, _) => {
+                let error: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                let known_nowhere =
+                    error["error"]["outcome_unknown"] == false || status.is_client_error();
+                op.status = if kind == OpKind::Read || known_nowhere {
+                    Status::Fail
+                } else {
+                    Status::Unknown
+                };
+                op.error = Some(format!("{status}: {}", error["error"]["message"]));
+            }
+        }
+        op
+    }
+}
