@@ -15,6 +15,8 @@ RECOVERY     ?= 1
 RECOVERY_PORT ?= 7400
 REPLACEMENT_DELAY_MS ?= 15000
 DATA_DIR     ?= data
+CHAOS_DURATION_S ?= 150
+CHAOS_OUT    ?= target/chaos/latest
 
 CARGO ?= cargo
 # A toolchain that ensure-tools.sh installed with rustup lives here.
@@ -26,7 +28,7 @@ KIND_CLUSTER ?= kvorum
 IMAGES := $(shell sed -n 's/^SERVICES=(\(.*\))$$/\1/p' scripts/build-images.sh)
 
 .PHONY: all tools build release run test lint fmt clean clean-data images test-docker \
-	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy
+	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos
 
 all: build
 
@@ -63,6 +65,9 @@ clean-data: ## forget the local cluster's data
 
 clean: clean-data
 	$(CARGO) clean
+
+chaos: build ## a bounded chaos run on local processes (at most 3 minutes); report in target/chaos/latest
+	./target/debug/kvorum-chaos --duration-s $(CHAOS_DURATION_S) --out $(CHAOS_OUT)
 
 images: tools ## container images FROM scratch, tagged $(VERSION)
 	scripts/build-images.sh

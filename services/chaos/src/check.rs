@@ -122,11 +122,20 @@ pub fn linearizability(ops: &[Op], strong: &[String]) -> (Vec<Anomaly>, Vec<Stri
         .collect();
     let verdict = check_per_key(&Register, &history);
     let mut anomalies = Vec::new();
-    for (keyspace, key) in &verdict.failed_keys {
-        let piece = verdict
-            .counterexample
-            .as_ref()
-            .filter(|c| c.key == (keyspace.clone(), key.clone()));
+    for failed in &verdict.failed_keys {
+        // The checker cuts down one failing key; each other one is checked
+        // alone so that it gets its own smallest piece too.
+        let piece = match verdict.counterexample.as_ref().filter(|c| &c.key == failed) {
+            Some(piece) => Some(piece.clone()),
+            None => {
+                let alone: Vec<RegisterOp> = history
+                    .iter()
+                    .filter(|(k, _)| k == failed)
+                    .cloned()
+                    .collect();
+                check_per_key(&Register, &alone).counterexample
+            }
+        };
         let recorded: Vec<&Op> = piece
             .map(|c| {
                 c.operations
@@ -135,17 +144,11 @@ pub fn linearizability(ops: &[Op], strong: &[String]) -> (Vec<Anomaly>, Vec<Stri
                     .collect()
             })
             .unwrap_or_default();
+        let (keyspace, key) = failed;
         anomalies.push(Anomaly {
             keyspace: keyspace.clone(),
             key: key.clone(),
-            operations: if recorded.is_empty() {
-                vec![
-                    "not linearizable (the counterexample is shown for the first failing key)"
-                        .to_owned(),
-                ]
-            } else {
-                recorded.iter().map(|op| describe(op)).collect()
-            },
+            operations: recorded.iter().map(|op| describe(op)).collect(),
             trace_ids: recorded
                 .iter()
                 .filter_map(|op| op.trace_id.clone())

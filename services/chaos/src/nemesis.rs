@@ -121,7 +121,13 @@ impl ProcessNemesis {
                 ))
             }
             FaultKind::KillRecovery => {
-                let index = self.active_recovery().await.unwrap_or(0);
+                let index = match self.active_recovery().await {
+                    Some(index) => index,
+                    None => {
+                        tracing::warn!("no recovery controller holds the lease; killing the first");
+                        0
+                    }
+                };
                 self.cluster.kill_recovery(index).await?;
                 Ok((
                     format!("recovery {} (active)", index + 1),

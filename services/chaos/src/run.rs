@@ -53,6 +53,13 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     } else if let Some(dir) = std::env::current_exe()?.parent() {
         spec.bin_dir = dir.to_owned();
     }
+    // The cluster exports spans where this tool was told to (OTEL_EXPORTER_OTLP_ENDPOINT, ...).
+    // Each process names its own service, so OTEL_SERVICE_NAME is not passed on.
+    for (name, value) in std::env::vars()
+        .filter(|(name, _)| name.starts_with("OTEL_") && name != "OTEL_SERVICE_NAME")
+    {
+        spec.env.insert(name, value);
+    }
     // Anti-entropy often, so eventual keys converge soon after the faults heal.
     spec.env
         .insert("KVORUM_ANTI_ENTROPY_INTERVAL_MS".into(), "2000".into());

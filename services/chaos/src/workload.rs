@@ -104,11 +104,16 @@ impl Workload {
         value: Option<String>,
     ) -> Op {
         let url = format!("{}/v1/kv/{key}?keyspace={keyspace}", self.router);
+        // Every operation starts its own trace, so the report can link any
+        // operation to the router's and storage nodes' spans (when they export them).
+        let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
+        let traceparent = format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1);
         let request = match kind {
             OpKind::Read => http.get(&url),
             OpKind::Write => http.put(&url).body(value.clone().unwrap_or_default()),
             OpKind::Delete => http.delete(&url),
-        };
+        }
+        .header("traceparent", traceparent);
         let invoke_ms = millis(clock);
         let mut op = Op {
             client,
@@ -122,7 +127,7 @@ impl Workload {
             complete_ms: invoke_ms,
             status: Status::Unknown,
             error: None,
-            trace_id: None,
+            trace_id: Some(trace_id),
         };
         let response = request.send().await;
         op.complete_ms = millis(clock);
@@ -140,11 +145,13 @@ impl Workload {
             }
         };
         let status = response.status();
-        op.trace_id = response
+        if let Some(recorded) = response
             .headers()
             .get(kvorum_protocol::headers::TRACE_ID)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        {
+            op.trace_id = Some(recorded.to_owned());
+        }
         let body = response.bytes().await.unwrap_or_default();
         op.complete_ms = millis(clock);
         match (kind, status) {

@@ -1,0 +1,55 @@
+//! The chaos tool catches a store that acknowledges writes before a quorum has
+//! them: a router started with its deliberate test-only bug must fail the run,
+//! with the anomalies in the report.
+
+// The report's summary goes to stderr, which the harness shows on failure.
+#![allow(clippy::print_stderr)]
+
+use kvorum_launcher::default_bin_dir;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_catches_writes_acknowledged_before_a_quorum() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let run = tokio::process::Command::new(default_bin_dir().join("kvorum-chaos"))
+        .args([
+            "--duration-s",
+            "20",
+            "--quiet-start-s",
+            "6",
+            "--seed",
+            "11",
+            "--inject-bug",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "the run passed with the bug on:\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json"))?)?;
+    eprintln!("{report:#}");
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["passed"], false);
+    let found = report["linearizability_anomalies"].as_u64().unwrap_or(0)
+        + report["lost_writes"].as_u64().unwrap_or(0);
+    assert!(found > 0, "no anomaly found: {report}");
+    // Every anomaly names its operations and links them to traces.
+    for anomaly in report["anomalies"].as_array().into_iter().flatten() {
+        assert!(!anomaly["operations"].as_array().is_some_and(Vec::is_empty));
+        assert!(
+            !anomaly["trace_ids"].as_array().is_some_and(Vec::is_empty),
+            "{anomaly}"
+        );
+    }
+    let html = std::fs::read_to_string(out.path().join("report.html"))?;
+    assert!(
+        html.contains("<svg") && html.contains("/trace/"),
+        "the timeline links traces"
+    );
+    Ok(())
+}
