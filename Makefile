@@ -28,7 +28,7 @@ KIND_CLUSTER ?= kvorum
 IMAGES := $(shell sed -n 's/^SERVICES=(\(.*\))$$/\1/p' scripts/build-images.sh)
 
 .PHONY: all tools build release run test lint fmt clean clean-data images test-docker \
-	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos
+	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-docker chaos-k8s
 
 all: build
 
@@ -68,6 +68,12 @@ clean: clean-data
 
 chaos: build ## a bounded chaos run on local processes (at most 3 minutes); report in target/chaos/latest
 	./target/debug/kvorum-chaos --duration-s $(CHAOS_DURATION_S) --out $(CHAOS_OUT)
+
+chaos-docker: tools ## a chaos run with network partitions against the Compose cluster; report in target/chaos/docker
+	scripts/chaos-docker.sh
+
+chaos-k8s: tools ## a chaos run that deletes pods of the kind/minikube deployment; report in target/chaos/k8s
+	scripts/chaos-k8s.sh
 
 images: tools ## container images FROM scratch, tagged $(VERSION)
 	scripts/build-images.sh

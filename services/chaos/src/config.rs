@@ -7,12 +7,73 @@ use kvorum_telemetry::LogArgs;
 
 use crate::nemesis::FaultKind;
 
-/// Runs a recorded workload against a local Kvorum cluster while a nemesis
-/// kills, stops and pauses its processes, then heals everything, checks the
+/// Where the cluster runs, and so how faults are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// A local cluster this tool starts as processes (SIGKILL, SIGTERM, SIGSTOP).
+    Process,
+    /// A running Docker Compose cluster (`docker-compose kill/stop/pause`, `docker network disconnect`).
+    Docker,
+    /// A running Kubernetes deployment (`kubectl delete pod`).
+    K8s,
+}
+
+impl Backend {
+    /// Its name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Process => "process",
+            Backend::Docker => "docker",
+            Backend::K8s => "k8s",
+        }
+    }
+}
+
+/// Runs a recorded workload against a Kvorum cluster while a nemesis kills,
+/// stops, pauses and partitions its parts, then heals everything, checks the
 /// history and writes a report.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvorum-chaos", version)]
 pub struct ChaosConfig {
+    /// Where the cluster runs: `process` starts one here; `docker` and `k8s` attach to a running one.
+    #[arg(long, env = "KVORUM_CHAOS_BACKEND", value_enum, default_value_t = Backend::Process)]
+    pub backend: Backend,
+
+    /// The router's URL (docker and k8s backends), such as `http://127.0.0.1:8080`.
+    #[arg(long, env = "KVORUM_CHAOS_ROUTER")]
+    pub router: Option<String>,
+
+    /// Docker backend: the Compose project name.
+    #[arg(long, env = "KVORUM_CHAOS_COMPOSE_PROJECT")]
+    pub compose_project: Option<String>,
+
+    /// Docker backend: the Compose files, comma-separated.
+    #[arg(
+        long,
+        env = "KVORUM_CHAOS_COMPOSE_FILES",
+        value_delimiter = ',',
+        default_value = "deploy/docker-compose.yml"
+    )]
+    pub compose_files: Vec<PathBuf>,
+
+    /// Kubernetes backend: the namespace.
+    #[arg(long, env = "KVORUM_CHAOS_NAMESPACE", default_value = "kvorum")]
+    pub namespace: String,
+
+    /// Kubernetes backend: delete pods with `--grace-period=0 --force`.
+    #[arg(long, env = "KVORUM_CHAOS_FORCE_DELETE", default_value_t = false)]
+    pub force_delete: bool,
+
+    /// Docker and k8s backends: storage nodes in the cluster.
+    #[arg(long, env = "KVORUM_CHAOS_STORAGE_NODES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub storage_nodes: u64,
+
+    /// How this tool reaches storage nodes whose registered address it cannot
+    /// (for the convergence check): `registered=reachable` pairs, comma-separated,
+    /// such as `storage-1:7001=127.0.0.1:49153`.
+    #[arg(long, env = "KVORUM_CHAOS_ADDRESS_MAP", value_delimiter = ',')]
+    pub address_map: Vec<String>,
+
     /// Seconds the workload runs.
     #[arg(long, env = "KVORUM_CHAOS_DURATION_S", default_value_t = 150, value_parser = clap::value_parser!(u64).range(5..=86_400))]
     pub duration_s: u64,
@@ -119,6 +180,106 @@ impl ChaosConfig {
         if self.faults.is_empty() {
             return Err("--faults needs at least one fault".to_owned());
         }
+        if self.backend != Backend::Process && self.router.is_none() {
+            return Err(format!("--backend {} needs --router", self.backend.name()));
+        }
+        if self.backend == Backend::Docker && self.compose_project.is_none() {
+            return Err("--backend docker needs --compose-project".to_owned());
+        }
+        let unavailable: &[FaultKind] = match self.backend {
+            Backend::Process => &[FaultKind::PartitionStorage],
+            Backend::Docker => &[],
+            Backend::K8s => &[FaultKind::PauseStorage, FaultKind::PartitionStorage],
+        };
+        if let Some(fault) = self.faults.iter().find(|f| unavailable.contains(f)) {
+            return Err(format!(
+                "fault {} is not available with --backend {}",
+                fault.name(),
+                self.backend.name()
+            ));
+        }
+        if let Some(bad) = self.address_map.iter().find(|pair| {
+            pair.split_once('=')
+                .is_none_or(|(from, to)| from.is_empty() || to.is_empty())
+        }) {
+            return Err(format!(
+                "--address-map entry {bad:?} is not registered=reachable"
+            ));
+        }
+        if self.inject_bug && self.backend != Backend::Process {
+            return Err(
+                "--inject-bug needs --backend process (it starts the router itself)".to_owned(),
+            );
+        }
         Ok(())
+    }
+
+    /// The address this tool uses for a node registered at `address`.
+    pub fn reachable(&self, address: &str) -> String {
+        self.address_map
+            .iter()
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(from, _)| *from == address)
+            .map_or_else(|| address.to_owned(), |(_, to)| to.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ChaosConfig, String> {
+        let config = ChaosConfig::try_parse_from(
+            std::iter::once("kvorum-chaos").chain(args.iter().copied()),
+        )
+        .map_err(|e| e.to_string())?;
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        kvorum_telemetry::assert_every_flag_has_an_env(
+            &<ChaosConfig as clap::CommandFactory>::command(),
+        );
+    }
+
+    #[test]
+    fn backends_refuse_what_they_cannot_do() {
+        assert!(parse(&[]).is_ok());
+        for (args, reason) in [
+            (
+                &["--faults", "partition-storage"][..],
+                "not available with --backend process",
+            ),
+            (&["--backend", "docker"][..], "needs --router"),
+            (
+                &["--backend", "docker", "--router", "http://x"][..],
+                "needs --compose-project",
+            ),
+            (
+                &[
+                    "--backend",
+                    "k8s",
+                    "--router",
+                    "http://x",
+                    "--faults",
+                    "pause-storage",
+                ][..],
+                "not available",
+            ),
+            (&["--rate", "0"][..], "--rate"),
+            (&["--eventual-share", "2"][..], "--eventual-share"),
+            (
+                &["--address-map", "storage-1:7001"][..],
+                "registered=reachable",
+            ),
+            (&["--faults", "nuke"][..], "unknown fault"),
+        ] {
+            let error = parse(args).expect_err(&format!("{args:?}"));
+            assert!(error.contains(reason), "{args:?}: {error}");
+        }
+        let mapped = parse(&["--address-map", "storage-1:7001=127.0.0.1:5"]).expect("valid");
+        assert_eq!(mapped.reachable("storage-1:7001"), "127.0.0.1:5");
+        assert_eq!(mapped.reachable("storage-2:7001"), "storage-2:7001");
     }
 }

@@ -1,5 +1,6 @@
-//! Faults for local processes: kill, terminate, pause and restart storage nodes,
-//! the metadata leader and the active recovery controller.
+//! Faults: kill, terminate, pause and partition storage nodes, kill the
+//! metadata leader and the active recovery controller — on local processes,
+//! Docker Compose containers, or Kubernetes pods.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,16 +25,19 @@ pub enum FaultKind {
     KillMetadLeader,
     /// SIGKILL the active recovery controller, restart it when healed.
     KillRecovery,
+    /// Cut a storage container off the network, reconnect it when healed (Docker only).
+    PartitionStorage,
 }
 
 impl FaultKind {
     /// Every kind, in the order a periodic schedule cycles through them.
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::KillStorage,
         FaultKind::KillMetadLeader,
         FaultKind::PauseStorage,
         FaultKind::TermStorage,
         FaultKind::KillRecovery,
+        FaultKind::PartitionStorage,
     ];
 
     /// Its name, as on the command line.
@@ -44,12 +48,13 @@ impl FaultKind {
             FaultKind::PauseStorage => "pause-storage",
             FaultKind::KillMetadLeader => "kill-metad-leader",
             FaultKind::KillRecovery => "kill-recovery",
+            FaultKind::PartitionStorage => "partition-storage",
         }
     }
 
-    /// Whether the fault stops a process (a kill or SIGTERM), as opposed to pausing it.
+    /// Whether the fault stops a process (a kill, SIGTERM or pod deletion), as opposed to pausing or cutting it off.
     pub fn is_kill(self) -> bool {
-        !matches!(self, FaultKind::PauseStorage)
+        !matches!(self, FaultKind::PauseStorage | FaultKind::PartitionStorage)
     }
 }
 
@@ -68,7 +73,7 @@ impl FromStr for FaultKind {
 }
 
 /// How to undo a fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Heal {
     /// Start a storage node again.
     RestartStorage(NodeId),
@@ -78,6 +83,295 @@ pub enum Heal {
     RestartMetad(u64),
     /// Start a recovery controller again.
     RestartRecovery(usize),
+    /// `docker-compose start` a service.
+    ComposeStart(String),
+    /// `docker-compose unpause` a service.
+    ComposeUnpause(String),
+    /// Reconnect a container to a network under its service's name.
+    Reconnect {
+        /// The container id.
+        container: String,
+        /// The network.
+        network: String,
+        /// The service name, restored as its DNS alias.
+        service: String,
+    },
+    /// Wait until a pod Kubernetes recreates is ready again.
+    PodReady(String),
+}
+
+/// Where faults go.
+#[derive(Debug)]
+pub enum Nemesis {
+    /// Local processes.
+    Process(Box<ProcessNemesis>),
+    /// Docker Compose containers.
+    Docker(DockerNemesis),
+    /// Kubernetes pods.
+    K8s(K8sNemesis),
+}
+
+impl Nemesis {
+    /// Injects one fault; returns what it hit and how to heal it.
+    pub async fn inject(
+        &mut self,
+        kind: FaultKind,
+        rng: &mut StdRng,
+        router: &str,
+    ) -> anyhow::Result<(String, Heal)> {
+        match self {
+            Nemesis::Process(nemesis) => nemesis.inject(kind, rng).await,
+            Nemesis::Docker(nemesis) => nemesis.inject(kind, rng, router).await,
+            Nemesis::K8s(nemesis) => nemesis.inject(kind, rng, router).await,
+        }
+    }
+
+    /// Undoes a fault.
+    pub async fn heal(&mut self, heal: Heal) -> anyhow::Result<()> {
+        match self {
+            Nemesis::Process(nemesis) => nemesis.heal(heal).await,
+            Nemesis::Docker(nemesis) => nemesis.heal(heal).await,
+            Nemesis::K8s(nemesis) => nemesis.heal(heal).await,
+        }
+    }
+}
+
+/// The metadata leader's id as the router reports it.
+async fn leader_from_router(router: &str) -> anyhow::Result<u64> {
+    let view: kvorum_protocol::ClusterView = reqwest::get(format!("{router}/v1/cluster"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    view.metad
+        .leader
+        .map(|id| id.0)
+        .ok_or_else(|| anyhow::anyhow!("the router knows no metadata leader"))
+}
+
+/// Runs a command, failing with its stderr.
+async fn command(program: &str, args: &[String]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Faults on a Docker Compose cluster, through `docker-compose` and `docker`.
+#[derive(Debug)]
+pub struct DockerNemesis {
+    /// `docker-compose` and its project and file flags.
+    pub compose: Vec<String>,
+    /// The project's network, where partitions cut containers off.
+    pub network: String,
+    /// Storage services, `storage-1` ...
+    pub storage: Vec<String>,
+}
+
+impl DockerNemesis {
+    async fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all: Vec<String> = self.compose[1..].to_vec();
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        command(&self.compose[0], &all).await
+    }
+
+    async fn inject(
+        &mut self,
+        kind: FaultKind,
+        rng: &mut StdRng,
+        router: &str,
+    ) -> anyhow::Result<(String, Heal)> {
+        let service = self.storage[rng.random_range(0..self.storage.len())].clone();
+        match kind {
+            FaultKind::KillStorage => {
+                self.compose(&["kill", &service]).await?;
+                Ok((service.clone(), Heal::ComposeStart(service)))
+            }
+            FaultKind::TermStorage => {
+                self.compose(&["stop", "--timeout", "10", &service]).await?;
+                Ok((service.clone(), Heal::ComposeStart(service)))
+            }
+            FaultKind::PauseStorage => {
+                self.compose(&["pause", &service]).await?;
+                Ok((service.clone(), Heal::ComposeUnpause(service)))
+            }
+            FaultKind::PartitionStorage => {
+                let container = self.compose(&["ps", "-q", &service]).await?;
+                command(
+                    "docker",
+                    &[
+                        "network",
+                        "disconnect",
+                        "--force",
+                        &self.network,
+                        &container,
+                    ]
+                    .map(str::to_owned),
+                )
+                .await?;
+                Ok((
+                    format!("{service} (partitioned)"),
+                    Heal::Reconnect {
+                        container,
+                        network: self.network.clone(),
+                        service,
+                    },
+                ))
+            }
+            FaultKind::KillMetadLeader => {
+                let service = format!("metad-{}", leader_from_router(router).await?);
+                self.compose(&["kill", &service]).await?;
+                Ok((format!("{service} (leader)"), Heal::ComposeStart(service)))
+            }
+            FaultKind::KillRecovery => {
+                self.compose(&["kill", "recovery"]).await?;
+                Ok((
+                    "recovery".to_owned(),
+                    Heal::ComposeStart("recovery".to_owned()),
+                ))
+            }
+        }
+    }
+
+    async fn heal(&mut self, heal: Heal) -> anyhow::Result<()> {
+        match heal {
+            Heal::ComposeStart(service) => {
+                self.compose(&["start", &service]).await?;
+            }
+            Heal::ComposeUnpause(service) => {
+                self.compose(&["unpause", &service]).await?;
+            }
+            Heal::Reconnect {
+                container,
+                network,
+                service,
+            } => {
+                command(
+                    "docker",
+                    &[
+                        "network", "connect", "--alias", &service, &network, &container,
+                    ]
+                    .map(str::to_owned),
+                )
+                .await?;
+            }
+            other => anyhow::bail!("{other:?} does not heal a Docker fault"),
+        }
+        Ok(())
+    }
+}
+
+/// Faults on a Kubernetes deployment, through `kubectl`: pods are deleted, as a
+/// user's chaos test does, and Kubernetes recreates them.
+#[derive(Debug)]
+pub struct K8sNemesis {
+    /// The namespace.
+    pub namespace: String,
+    /// Delete with `--grace-period=0 --force`.
+    pub force: bool,
+    /// Storage pods, `kvorum-storage-0` ...
+    pub storage_pods: Vec<String>,
+}
+
+impl K8sNemesis {
+    async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["--namespace".to_owned(), self.namespace.clone()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        command("kubectl", &all).await
+    }
+
+    async fn delete(&self, target: &str) -> anyhow::Result<()> {
+        let mut args = vec!["delete", target, "--wait=false"];
+        if self.force {
+            args.extend(["--grace-period=0", "--force"]);
+        }
+        self.kubectl(&args).await.map(drop)
+    }
+
+    async fn inject(
+        &mut self,
+        kind: FaultKind,
+        rng: &mut StdRng,
+        router: &str,
+    ) -> anyhow::Result<(String, Heal)> {
+        let pod = match kind {
+            FaultKind::KillStorage | FaultKind::TermStorage => {
+                self.storage_pods[rng.random_range(0..self.storage_pods.len())].clone()
+            }
+            // StatefulSet ordinals start at 0, metad ids at 1.
+            FaultKind::KillMetadLeader => {
+                format!(
+                    "kvorum-metad-{}",
+                    leader_from_router(router).await?.saturating_sub(1)
+                )
+            }
+            FaultKind::KillRecovery => {
+                let pods = self
+                    .kubectl(&[
+                        "get",
+                        "pods",
+                        "-l",
+                        "app.kubernetes.io/name=kvorum-recovery",
+                        "-o",
+                        "name",
+                    ])
+                    .await?;
+                let pods: Vec<&str> = pods.lines().collect();
+                anyhow::ensure!(!pods.is_empty(), "no recovery controller pods");
+                pods[rng.random_range(0..pods.len())]
+                    .trim_start_matches("pod/")
+                    .to_owned()
+            }
+            FaultKind::PauseStorage | FaultKind::PartitionStorage => {
+                anyhow::bail!("{} is not available on Kubernetes", kind.name())
+            }
+        };
+        self.delete(&format!("pod/{pod}")).await?;
+        Ok((format!("pod {pod}"), Heal::PodReady(pod)))
+    }
+
+    async fn heal(&mut self, heal: Heal) -> anyhow::Result<()> {
+        match heal {
+            Heal::PodReady(pod) => {
+                // A Deployment's replacement has a new name: wait for the whole set instead.
+                let target = if pod.starts_with("kvorum-recovery") {
+                    "deployment/kvorum-recovery".to_owned()
+                } else {
+                    format!("pod/{pod}")
+                };
+                if target.starts_with("deployment") {
+                    self.kubectl(&["rollout", "status", &target, "--timeout=180s"])
+                        .await?;
+                } else {
+                    // The recreated pod may not exist yet; wait until it does and is ready.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+                    loop {
+                        match self
+                            .kubectl(&["wait", "--for=condition=Ready", &target, "--timeout=10s"])
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(error) if std::time::Instant::now() >= deadline => {
+                                return Err(error);
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                        }
+                    }
+                }
+                Ok(())
+            }
+            other => anyhow::bail!("{other:?} does not heal a Kubernetes fault"),
+        }
+    }
 }
 
 /// Faults on a local cluster's processes.
@@ -120,6 +414,9 @@ impl ProcessNemesis {
                     Heal::RestartMetad(leader),
                 ))
             }
+            FaultKind::PartitionStorage => {
+                anyhow::bail!("partition-storage needs the docker backend")
+            }
             FaultKind::KillRecovery => {
                 let index = match self.active_recovery().await {
                     Some(index) => index,
@@ -144,6 +441,7 @@ impl ProcessNemesis {
             Heal::Resume(node) => self.cluster.resume_storage(node)?,
             Heal::RestartMetad(id) => self.cluster.metad_mut().restart(id).await?,
             Heal::RestartRecovery(index) => self.cluster.restart_recovery(index).await?,
+            other => anyhow::bail!("{other:?} does not heal a process fault"),
         }
         Ok(())
     }

@@ -15,9 +15,10 @@ use rand::rngs::StdRng;
 use tokio::sync::watch;
 
 use crate::check;
+use crate::config::Backend;
 use crate::config::ChaosConfig;
 use crate::history::{FaultRecord, Op, OpKind, Status};
-use crate::nemesis::{FaultKind, ProcessNemesis};
+use crate::nemesis::{DockerNemesis, FaultKind, K8sNemesis, Nemesis, ProcessNemesis};
 use crate::report::{self, Report};
 use crate::scenario::{self, Step};
 use crate::workload::{Workload, millis};
@@ -41,47 +42,41 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         ),
     };
     std::fs::create_dir_all(&config.out)?;
-    let data = config.out.join("cluster");
-    if data.exists() {
-        std::fs::remove_dir_all(&data)?;
-    }
-    let mut spec = ClusterSpec::for_tests(&data);
-    spec.recovery = 2;
-    spec.log_filter = "info".to_owned();
-    if let Some(bin_dir) = &config.bin_dir {
-        spec.bin_dir = bin_dir.clone();
-    } else if let Some(dir) = std::env::current_exe()?.parent() {
-        spec.bin_dir = dir.to_owned();
-    }
-    // The cluster exports spans where this tool was told to (OTEL_EXPORTER_OTLP_ENDPOINT, ...).
-    // Each process names its own service, so OTEL_SERVICE_NAME is not passed on.
-    for (name, value) in std::env::vars()
-        .filter(|(name, _)| name.starts_with("OTEL_") && name != "OTEL_SERVICE_NAME")
-    {
-        spec.env.insert(name, value);
-    }
-    // Anti-entropy often, so eventual keys converge soon after the faults heal.
-    spec.env
-        .insert("KVORUM_ANTI_ENTROPY_INTERVAL_MS".into(), "2000".into());
-    if config.inject_bug {
-        spec.env
-            .insert("KVORUM_TEST_ONLY_ACK_BEFORE_QUORUM".into(), "true".into());
-    }
-    let cluster = LocalCluster::start(spec).await?;
-    let router = cluster.router_url();
-    let metad = MetadClient::new(
-        "chaos",
-        MetadAddresses(
-            cluster
-                .metad()
-                .addresses()
-                .values()
-                .map(ToString::to_string)
-                .collect(),
+    let (router, mut nemesis) = match config.backend {
+        Backend::Process => start_local(config).await?,
+        Backend::Docker => {
+            let project = config.compose_project.clone().unwrap_or_default();
+            let mut compose = vec![
+                "docker-compose".to_owned(),
+                "--project-name".to_owned(),
+                project.clone(),
+            ];
+            for file in &config.compose_files {
+                compose.push("--file".to_owned());
+                compose.push(file.display().to_string());
+            }
+            (
+                config.router.clone().unwrap_or_default(),
+                Nemesis::Docker(DockerNemesis {
+                    compose,
+                    network: format!("{project}_default"),
+                    storage: (1..=config.storage_nodes)
+                        .map(|i| format!("storage-{i}"))
+                        .collect(),
+                }),
+            )
+        }
+        Backend::K8s => (
+            config.router.clone().unwrap_or_default(),
+            Nemesis::K8s(K8sNemesis {
+                namespace: config.namespace.clone(),
+                force: config.force_delete,
+                storage_pods: (0..config.storage_nodes)
+                    .map(|i| format!("kvorum-storage-{i}"))
+                    .collect(),
+            }),
         ),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let storage: Vec<NodeId> = cluster.storage_nodes().iter().map(|(id, _)| *id).collect();
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -105,11 +100,6 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         seed,
         request_timeout: Duration::from_secs(5),
     };
-    let mut nemesis = ProcessNemesis {
-        cluster,
-        metad,
-        storage,
-    };
     let clock = Instant::now();
     let (done, finished) = watch::channel(false);
     let clients = tokio::spawn(async move {
@@ -117,7 +107,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         let _ = done.send(true);
         ops
     });
-    let faults = inject(&mut nemesis, &steps, seed, clock, finished).await;
+    let faults = inject(&mut nemesis, &router, &steps, seed, clock, finished).await;
     let mut ops = clients.await??;
     let duration_seconds = clock.elapsed().as_secs_f64();
     let last_heal = Instant::now();
@@ -147,7 +137,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         invalid_reason,
         passed: false,
         seed,
-        backend: "process".to_owned(),
+        backend: config.backend.name().to_owned(),
         operations: ops.len(),
         succeeded: count(Status::Ok),
         failed: count(Status::Fail),
@@ -175,8 +165,62 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         && report.rf_restored
         && report.fault_log.iter().all(|f| f.end_ms.is_some());
     write_outputs(&config.out, &report, &ops, &config.trace_url)?;
-    nemesis.cluster.stop().await?;
+    if let Nemesis::Process(local) = nemesis {
+        local.cluster.stop().await?;
+    }
     Ok(report)
+}
+
+/// Starts the local cluster of the process backend; returns its router and the nemesis over it.
+async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> {
+    let data = config.out.join("cluster");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    let mut spec = ClusterSpec::for_tests(&data);
+    spec.recovery = 2;
+    spec.log_filter = "info".to_owned();
+    if let Some(bin_dir) = &config.bin_dir {
+        spec.bin_dir = bin_dir.clone();
+    } else if let Some(dir) = std::env::current_exe()?.parent() {
+        spec.bin_dir = dir.to_owned();
+    }
+    // Each process names its own service, so OTEL_SERVICE_NAME is not passed on.
+    for (name, value) in std::env::vars()
+        .filter(|(name, _)| name.starts_with("OTEL_") && name != "OTEL_SERVICE_NAME")
+    {
+        spec.env.insert(name, value);
+    }
+    // Anti-entropy often, so eventual keys converge soon after the faults heal.
+    spec.env
+        .insert("KVORUM_ANTI_ENTROPY_INTERVAL_MS".into(), "2000".into());
+    if config.inject_bug {
+        spec.env
+            .insert("KVORUM_TEST_ONLY_ACK_BEFORE_QUORUM".into(), "true".into());
+    }
+    let cluster = LocalCluster::start(spec).await?;
+    let router = cluster.router_url();
+    let metad = MetadClient::new(
+        "chaos",
+        MetadAddresses(
+            cluster
+                .metad()
+                .addresses()
+                .values()
+                .map(ToString::to_string)
+                .collect(),
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let storage: Vec<NodeId> = cluster.storage_nodes().iter().map(|(id, _)| *id).collect();
+    Ok((
+        router,
+        Nemesis::Process(Box::new(ProcessNemesis {
+            cluster,
+            metad,
+            storage,
+        })),
+    ))
 }
 
 async fn create_keyspace(
@@ -201,7 +245,8 @@ async fn create_keyspace(
 
 /// Follows the schedule until it ends or the workload finishes, then heals what is still broken.
 async fn inject(
-    nemesis: &mut ProcessNemesis,
+    nemesis: &mut Nemesis,
+    router: &str,
     steps: &[Step],
     seed: u64,
     clock: Instant,
@@ -216,7 +261,7 @@ async fn inject(
             _ = finished.wait_for(|done| *done) => break,
         }
         let start_ms = millis(clock);
-        let (target, heal) = match nemesis.inject(step.fault, &mut rng).await {
+        let (target, heal) = match nemesis.inject(step.fault, &mut rng, router).await {
             Ok(hit) => hit,
             Err(error) => {
                 tracing::warn!(fault = step.fault.name(), %error, "fault could not be injected");
