@@ -28,7 +28,8 @@ KIND_CLUSTER ?= kvorum
 IMAGES := $(shell sed -n 's/^SERVICES=(\(.*\))$$/\1/p' scripts/build-images.sh)
 
 .PHONY: all tools build release run test lint fmt clean clean-data images test-docker \
-	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-docker chaos-k8s
+	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-docker chaos-k8s \
+	bench profile
 
 all: build
 
@@ -74,6 +75,12 @@ chaos-docker: tools ## a chaos run with network partitions against the Compose c
 
 chaos-k8s: tools ## a chaos run that deletes pods of the kind/minikube deployment; report in target/chaos/k8s
 	scripts/chaos-k8s.sh
+
+bench: tools ## Kvorum against a 3-node etcd on this machine, same load tool; table in target/bench/report.md
+	scripts/bench.sh
+
+profile: tools ## CPU flame graphs of the router and a storage node under 64-connection PUTs, in docs/profiles/
+	scripts/bench.sh --profile
 
 images: tools ## container images FROM scratch, tagged $(VERSION)
 	scripts/build-images.sh

@@ -15,7 +15,7 @@ if [[ -z "${KVORUM_SKIP_IMAGES:-}" ]]; then
     scripts/build-images.sh
 fi
 chaos=target/release/kvorum-chaos
-[[ -x $chaos ]] || cargo build --release --bin kvorum-chaos
+cargo build --release --bin kvorum-chaos
 
 project="kvorum-chaos-$$"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

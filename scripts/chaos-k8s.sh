@@ -13,7 +13,7 @@ storage_nodes=${KVORUM_STORAGE_NODES:-5}
 kubectl get namespace "$namespace" >/dev/null || { log "no namespace $namespace: deploy first (make kind-deploy)"; exit 1; }
 
 chaos=target/release/kvorum-chaos
-[[ -x $chaos ]] || cargo build --release --bin kvorum-chaos
+cargo build --release --bin kvorum-chaos
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 forwards=()

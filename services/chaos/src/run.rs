@@ -393,6 +393,7 @@ async fn converge(
         let count = u32::try_from(view.partitions.len())?;
         let mut finals = BTreeMap::new();
         let mut unconverged = Vec::new();
+        let last_round = Instant::now() >= deadline;
         for k in 0..config.eventual_keys {
             let key = Key::parse(&format!("k{k}"))?;
             let partition = kvorum_placement::partition_for(&keyspace, &key, count);
@@ -402,17 +403,15 @@ async fn converge(
                 let Some(node) = view.nodes.iter().find(|n| n.id == *replica) else {
                     continue;
                 };
-                let state = read_replica(
-                    http,
-                    &node.address,
-                    partition,
-                    assignment.epoch,
-                    &keyspace,
-                    &key,
-                )
-                .await;
-                if let Ok(state) = state {
-                    states.push(state);
+                let address = config.reachable(&node.address);
+                match read_replica(http, &address, partition, assignment.epoch, &keyspace, &key)
+                    .await
+                {
+                    Ok(state) => states.push(state),
+                    Err(error) if last_round => {
+                        tracing::warn!(key = key.as_str(), node = %replica, %address, %error, "cannot read a replica")
+                    }
+                    Err(_) => {}
                 }
             }
             let agreed = states.len() == assignment.replicas.len()
@@ -426,10 +425,17 @@ async fn converge(
                     .collect();
                 finals.insert((EVENTUAL.to_owned(), key.as_str().to_owned()), values);
             } else {
+                if last_round {
+                    tracing::warn!(
+                        key = key.as_str(),
+                        replicas_read = states.len(),
+                        "replicas disagree"
+                    );
+                }
                 unconverged.push(format!("{EVENTUAL}/{}", key.as_str()));
             }
         }
-        if unconverged.is_empty() || Instant::now() >= deadline {
+        if unconverged.is_empty() || last_round {
             return Ok((finals, unconverged));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
