@@ -98,7 +98,7 @@ def start_kvorum(processes, name, env=None):
         "--recovery-port", str(free_port_block(1)),
         "--data-dir", str(data), "--bin-dir", str(ROOT / "target/release"),
     ]
-    full_env = dict(os.environ, RUST_LOG="warn", **(env or {}))
+    full_env = {**os.environ, "RUST_LOG": "info", **(env or {})}
     process = processes.start(args, OUT / f"{name}.log", full_env)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/readyz")
@@ -227,7 +227,7 @@ def tool(name):
         log("installing inferno (flame graphs) into target/tools")
         subprocess.run(
             ["cargo", "install", "--quiet", "--locked", "--root", str(ROOT / "target" / "tools"),
-             "inferno", "--version", "0.12"],
+             "inferno", "--version", "^0.12"],
             check=True,
         )
     return str(path)
@@ -274,7 +274,7 @@ def profile(processes, seconds):
         ).stdout
         (out / f"{name}-put64.svg").write_text(svg)
         report = subprocess.run(
-            ["perf", "report", "-i", str(OUT / f"perf-{name}.data"), "--stdio", "--no-children",
+            ["perf", "report", "-i", str(OUT / f"perf-{name}.data"), "--stdio", "--no-children", "-g", "none",
              "--sort", "symbol", "--percent-limit", "2"],
             capture_output=True, text=True,
         ).stdout
@@ -342,7 +342,6 @@ def main():
         traced_process, traced = start_kvorum(processes, "kvorum-traced", {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
             "OTEL_TRACES_SAMPLER": "always_on",
-            "RUST_LOG": "info",
         })
         traced_runs = [wrk(traced, "kvorum_put.lua", 64, args.seconds, {}) for _ in range(args.runs)]
         t = median_of(traced_runs)

@@ -773,7 +773,10 @@ mod tests {
         let state = AppState {
             metadata: Metadata::new(metad, Follower::fixed(metadata)),
             coordinator: Coordinator::new(
-                HttpReplicas::new(HttpClient::new(config).expect("client")),
+                HttpReplicas::new(
+                    HttpClient::new(config).expect("client"),
+                    Duration::from_secs(2),
+                ),
                 1,
             ),
             hinted_handoff: true,

@@ -10,6 +10,7 @@
 //! - [`api`]: the HTTP routes.
 
 pub mod api;
+pub mod batcher;
 pub mod config;
 pub mod coordinator;
 pub mod eventual;
@@ -68,8 +69,11 @@ pub async fn run(
     }
     let state = Arc::new(AppState {
         metadata: Metadata::new(metad, follower),
-        coordinator: Coordinator::new(HttpReplicas::new(client), rand::random())
-            .with_test_only_ack_before_quorum(config.test_only_ack_before_quorum),
+        coordinator: Coordinator::new(
+            HttpReplicas::new(client, config.replica_timeout()),
+            rand::random(),
+        )
+        .with_test_only_ack_before_quorum(config.test_only_ack_before_quorum),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
         hinted_handoff: config.hinted_handoff,
     });

@@ -11,8 +11,12 @@ use kvorum_protocol::storage::{
     CausalWriteResponse, CommitRequest, CommitResponse, HintRequest, HintResponse, PrepareResponse,
     ReadResponse, ReplicaKey,
 };
-use kvorum_protocol::{Epoch, ErrorCode};
+use std::sync::Arc;
+use std::time::Duration;
 
+use kvorum_protocol::Epoch;
+
+use crate::batcher::Batcher;
 use crate::topology::Replica;
 
 /// A failed call to a replica.
@@ -79,32 +83,59 @@ pub trait ReplicaTransport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<HintResponse, ReplicaError>> + Send + 'static + use<Self>;
 }
 
-/// Replicas reached over HTTP with the shared client.
+/// Replicas reached over HTTP with the shared client; reads, prepares,
+/// commits and merges to one node are coalesced into batches under load.
 #[derive(Debug, Clone)]
 pub struct HttpReplicas {
     client: HttpClient,
+    reads: Arc<Batcher<ReplicaKey, ReadResponse>>,
+    prepares: Arc<Batcher<ReplicaKey, PrepareResponse>>,
+    commits: Arc<Batcher<CommitRequest, CommitResponse>>,
+    causal_reads: Arc<Batcher<ReplicaKey, CausalReadResponse>>,
+    merges: Arc<Batcher<CausalMergeRequest, CausalMergeResponse>>,
 }
 
 impl HttpReplicas {
-    /// Replicas reached through `client`.
-    pub fn new(client: HttpClient) -> Self {
-        Self { client }
+    /// Replicas reached through `client`; a queued call that waited longer than `timeout` is not sent.
+    pub fn new(client: HttpClient, timeout: Duration) -> Self {
+        Self {
+            reads: Arc::new(Batcher::new(
+                client.clone(),
+                timeout,
+                "/internal/v1/read",
+                "/internal/v1/read/batch",
+            )),
+            prepares: Arc::new(Batcher::new(
+                client.clone(),
+                timeout,
+                "/internal/v1/prepare",
+                "/internal/v1/prepare/batch",
+            )),
+            commits: Arc::new(Batcher::new(
+                client.clone(),
+                timeout,
+                "/internal/v1/commit",
+                "/internal/v1/commit/batch",
+            )),
+            causal_reads: Arc::new(Batcher::new(
+                client.clone(),
+                timeout,
+                "/internal/v1/causal/read",
+                "/internal/v1/causal/read/batch",
+            )),
+            merges: Arc::new(Batcher::new(
+                client.clone(),
+                timeout,
+                "/internal/v1/causal/merge",
+                "/internal/v1/causal/merge/batch",
+            )),
+            client,
+        }
     }
 }
 
 fn replica_error(error: CallError) -> ReplicaError {
-    let stale_epoch = match &error {
-        CallError::Status {
-            detail: Some(detail),
-            ..
-        } if detail.code == ErrorCode::StaleEpoch => detail.current_epoch,
-        _ => None,
-    };
-    ReplicaError {
-        maybe_delivered: error.maybe_delivered(),
-        stale_epoch,
-        message: error.to_string(),
-    }
+    crate::batcher::replica_error(&error)
 }
 
 impl ReplicaTransport for HttpReplicas {
@@ -113,18 +144,7 @@ impl ReplicaTransport for HttpReplicas {
         replica: &Replica,
         target: ReplicaKey,
     ) -> impl Future<Output = Result<ReadResponse, ReplicaError>> + Send + 'static + use<> {
-        let (client, address) = (self.client.clone(), replica.address.clone());
-        async move {
-            client
-                .post_json(
-                    &address,
-                    "/internal/v1/read",
-                    &target,
-                    Idempotency::Idempotent,
-                )
-                .await
-                .map_err(replica_error)
-        }
+        self.reads.call(&replica.address, target)
     }
 
     fn prepare(
@@ -132,18 +152,7 @@ impl ReplicaTransport for HttpReplicas {
         replica: &Replica,
         target: ReplicaKey,
     ) -> impl Future<Output = Result<PrepareResponse, ReplicaError>> + Send + 'static + use<> {
-        let (client, address) = (self.client.clone(), replica.address.clone());
-        async move {
-            client
-                .post_json(
-                    &address,
-                    "/internal/v1/prepare",
-                    &target,
-                    Idempotency::Idempotent,
-                )
-                .await
-                .map_err(replica_error)
-        }
+        self.prepares.call(&replica.address, target)
     }
 
     fn commit(
@@ -151,20 +160,7 @@ impl ReplicaTransport for HttpReplicas {
         replica: &Replica,
         request: CommitRequest,
     ) -> impl Future<Output = Result<CommitResponse, ReplicaError>> + Send + 'static + use<> {
-        let (client, address) = (self.client.clone(), replica.address.clone());
-        // A commit carries a fixed version and replicas keep only higher versions,
-        // so applying it twice is the same as applying it once: safe to retry.
-        async move {
-            client
-                .post_json(
-                    &address,
-                    "/internal/v1/commit",
-                    &request,
-                    Idempotency::Idempotent,
-                )
-                .await
-                .map_err(replica_error)
-        }
+        self.commits.call(&replica.address, request)
     }
 
     fn causal_read(
@@ -173,18 +169,7 @@ impl ReplicaTransport for HttpReplicas {
         target: ReplicaKey,
     ) -> impl Future<Output = Result<CausalReadResponse, ReplicaError>> + Send + 'static + use<>
     {
-        let (client, address) = (self.client.clone(), replica.address.clone());
-        async move {
-            client
-                .post_json(
-                    &address,
-                    "/internal/v1/causal/read",
-                    &target,
-                    Idempotency::Idempotent,
-                )
-                .await
-                .map_err(replica_error)
-        }
+        self.causal_reads.call(&replica.address, target)
     }
 
     fn causal_write(
@@ -214,19 +199,7 @@ impl ReplicaTransport for HttpReplicas {
         request: CausalMergeRequest,
     ) -> impl Future<Output = Result<CausalMergeResponse, ReplicaError>> + Send + 'static + use<>
     {
-        let (client, address) = (self.client.clone(), replica.address.clone());
-        // A join is idempotent: merging the same state twice equals once.
-        async move {
-            client
-                .post_json(
-                    &address,
-                    "/internal/v1/causal/merge",
-                    &request,
-                    Idempotency::Idempotent,
-                )
-                .await
-                .map_err(replica_error)
-        }
+        self.merges.call(&replica.address, request)
     }
 
     fn store_hints(
