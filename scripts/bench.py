@@ -288,6 +288,8 @@ def profile(processes, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="",
+                        help="run only the workloads whose name contains this text (no tracing row)")
     parser.add_argument("--profile", action="store_true",
                         help="only record CPU profiles of the router and a storage node (docs/profiles/)")
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "8")))
@@ -320,6 +322,7 @@ def main():
              ("etcd_put.lua", {})),
         ]
         rows = []
+        workloads = [w for w in workloads if args.only in w[0]]
         for name, connections, (k_script, k_env), (e_script, e_env) in workloads:
             k_runs, e_runs = [], []
             for run in range(args.runs):
@@ -336,6 +339,10 @@ def main():
             })
             log(f"{name} c={connections}: kvorum {k['ops']:.0f}/s, etcd {e['ops']:.0f}/s")
 
+        if args.only:
+            for r in rows:
+                print(json.dumps(r))
+            return
         log("tracing overhead: a second Kvorum cluster exporting every span (100% sampling)")
         sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
         threading.Thread(target=sink.serve_forever, daemon=True).start()
