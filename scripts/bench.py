@@ -269,7 +269,8 @@ def profile(processes, seconds):
             [tool("inferno-collapse-perf")], input=script, capture_output=True, text=True, check=True
         ).stdout
         svg = subprocess.run(
-            [tool("inferno-flamegraph"), "--title", f"kvorum-{name}: quorum PUT, 64 connections"],
+            [tool("inferno-flamegraph"), "--minwidth", "0.2",
+             "--title", f"kvorum-{name}: quorum PUT, 64 connections"],
             input=collapsed, capture_output=True, text=True, check=True,
         ).stdout
         (out / f"{name}-put64.svg").write_text(svg)

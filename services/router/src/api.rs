@@ -509,76 +509,56 @@ async fn write(
             snapshot.topology.has_node(kvorum_protocol::NodeId(a))
         })?;
         let route = snapshot.topology.route(request.keyspace, &request.key);
-        if request.keyspace.mode == KeyspaceMode::Eventual {
-            let write = CausalWrite {
-                // A `siblings` keyspace keeps a write sent without a context beside
-                // what is there (the client saw nothing); `lww` and `merge` let it
-                // supersede what the coordinating replica holds, so repeated blind
-                // writes do not pile up siblings.
-                context: causal_context.or_else(|| {
-                    (request.keyspace.conflict == kvorum_protocol::ConflictStrategy::Siblings)
-                        .then(VersionVector::new)
-                }),
-                hinted_handoff: state.hinted_handoff,
-            };
-            let written = state
+        let (keyspace, key, level) = (&request.keyspace.name, &request.key, request.level);
+        let written = match request.keyspace.mode {
+            KeyspaceMode::Eventual => {
+                let write = CausalWrite {
+                    // A `siblings` keyspace keeps a write sent without a context beside
+                    // what is there (the client saw nothing); `lww` and `merge` let it
+                    // supersede what the coordinating replica holds, so repeated blind
+                    // writes do not pile up siblings.
+                    context: causal_context.or_else(|| {
+                        (request.keyspace.conflict == kvorum_protocol::ConflictStrategy::Siblings)
+                            .then(VersionVector::new)
+                    }),
+                    hinted_handoff: state.hinted_handoff,
+                };
+                state
+                    .coordinator
+                    .causal_write(&route, keyspace, key, value, write, level)
+                    .await
+                    .map(|outcome| {
+                        let mut response = StatusCode::NO_CONTENT.into_response();
+                        add_receipt(response.headers_mut(), &outcome.receipt);
+                        // The new state's context also covers siblings the client never
+                        // saw when the write was concurrent with others; handing it out
+                        // would let the next write discard them unseen. Only a write that
+                        // left one version gets a context back.
+                        if outcome.state.siblings().len() == 1 {
+                            add_causal_context(response.headers_mut(), outcome.state.context());
+                        }
+                        response
+                    })
+            }
+            KeyspaceMode::Strong => state
                 .coordinator
-                .causal_write(
-                    &route,
-                    &request.keyspace.name,
-                    &request.key,
-                    value,
-                    write,
-                    request.level,
-                )
+                .write(&route, keyspace, key, value, level)
                 .await
-                .map_err(ApiError::from);
-            match written {
-                Err(error) if !retried && error.retry_with_newer_map() => {
-                    retried = true;
-                    state.metadata.refresh(snapshot.version, REFRESH_WAIT).await;
-                    snapshot = state.metadata.current()?;
-                    continue;
-                }
-                Err(error) => return Err(error),
-                Ok(outcome) => {
+                .map(|outcome| {
                     let mut response = StatusCode::NO_CONTENT.into_response();
                     add_receipt(response.headers_mut(), &outcome.receipt);
-                    // The new state's context also covers siblings the client never
-                    // saw when the write was concurrent with others; handing it out
-                    // would let the next write discard them unseen. Only a write that
-                    // left one version gets a context back.
-                    if outcome.state.siblings().len() == 1 {
-                        add_causal_context(response.headers_mut(), outcome.state.context());
-                    }
-                    return Ok(response);
-                }
-            }
+                    add_version(response.headers_mut(), outcome.version);
+                    response
+                }),
         }
-        let written = state
-            .coordinator
-            .write(
-                &route,
-                &request.keyspace.name,
-                &request.key,
-                value,
-                request.level,
-            )
-            .await
-            .map_err(ApiError::from);
+        .map_err(ApiError::from);
         match written {
             Err(error) if !retried && error.retry_with_newer_map() => {
                 retried = true;
                 state.metadata.refresh(snapshot.version, REFRESH_WAIT).await;
                 snapshot = state.metadata.current()?;
             }
-            Err(error) => return Err(error),
-            Ok(outcome) => {
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                add_receipt(response.headers_mut(), &outcome.receipt);
-                add_version(response.headers_mut(), outcome.version);
-                return Ok(response);
-            }
+            written => return written,
         }
     }
 }

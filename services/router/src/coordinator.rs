@@ -32,9 +32,6 @@ use crate::quorum::{Tally, TallyState, resolve_read};
 use crate::topology::{Replica, Route};
 use crate::transport::{ReplicaError, ReplicaTransport};
 
-/// How long a read at ONE waits for its replica before also asking the next.
-const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// What a request did, reported to the client in `X-Kvorum-*` headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
@@ -323,9 +320,6 @@ impl<T: ReplicaTransport> Coordinator<T> {
         level: ConsistencyLevel,
     ) -> Result<ReadOutcome, CoordinatorError> {
         let mut receipt = Self::receipt(route, level);
-        if level == ConsistencyLevel::One && route.joining.is_empty() {
-            return self.read_one(route, keyspace, key, receipt).await;
-        }
         // During a move the joining node is read too and one more reply is
         // required per joining node: q + 1 replies out of the old set plus the
         // joining node include a quorum of the old set and a quorum of the new
@@ -405,71 +399,6 @@ impl<T: ReplicaTransport> Coordinator<T> {
         Ok(ReadOutcome {
             record: Some(newest),
             receipt,
-        })
-    }
-
-    /// A read at ONE asks one replica, and another only when the first fails or
-    /// has not answered within [`HEDGE_AFTER`] (a hedged request): a third of the
-    /// work of asking all three, and a stalled replica costs milliseconds, not a timeout.
-    async fn read_one(
-        &self,
-        route: &Route,
-        keyspace: &KeyspaceName,
-        key: &Key,
-        mut receipt: Receipt,
-    ) -> Result<ReadOutcome, CoordinatorError> {
-        use futures::StreamExt as _;
-        use futures::stream::FuturesUnordered;
-
-        let target = Self::target(route, keyspace, key);
-        // Replicas the detector holds down go last.
-        let mut order: Vec<&Replica> = route.replicas.iter().filter(|r| !r.down).collect();
-        order.extend(route.replicas.iter().filter(|r| r.down));
-        let mut calls = FuturesUnordered::new();
-        let mut last_error = None;
-        let mut fenced = false;
-        receipt.asked.clear();
-        let launch = |replica: &Replica, receipt: &mut Receipt| {
-            receipt.asked.push(replica.id);
-            let (id, call) = (replica.id, self.transport.read(replica, target.clone()));
-            async move { (id, call.await) }
-        };
-        let mut rest = order.into_iter();
-        if let Some(first) = rest.next() {
-            calls.push(launch(first, &mut receipt));
-        }
-        while !calls.is_empty() {
-            let hedge = tokio::time::sleep(HEDGE_AFTER);
-            tokio::select! {
-                Some((id, reply)) = calls.next() => match reply {
-                    Ok(reply) => {
-                        receipt.acked = vec![id];
-                        return Ok(ReadOutcome { record: reply.record, receipt });
-                    }
-                    Err(error) => {
-                        fenced |= error.stale_epoch.is_some();
-                        last_error = Some(format!("node {id}: {error}"));
-                        if let Some(replica) = rest.next() {
-                            calls.push(launch(replica, &mut receipt));
-                        }
-                    }
-                },
-                () = hedge => {
-                    if let Some(replica) = rest.next() {
-                        calls.push(launch(replica, &mut receipt));
-                    }
-                }
-            }
-        }
-        Err(CoordinatorError::QuorumNotReached {
-            phase: Phase::Read,
-            answered: 0,
-            asked: receipt.asked.len(),
-            required: 1,
-            outcome_unknown: None,
-            last_error,
-            fenced,
-            receipt: Box::new(receipt),
         })
     }
 
@@ -931,30 +860,6 @@ mod tests {
     }
 
     use ConsistencyLevel::{All, One, Quorum};
-
-    #[tokio::test]
-    async fn a_read_at_one_asks_one_replica_and_hedges_past_a_stalled_one() {
-        let harness = Harness::new();
-        harness.write(Some("v"), Quorum).await.expect("write");
-        let read = harness.read(One).await.expect("read");
-        assert_eq!(read.receipt.asked, vec![NodeId(1)]);
-        assert_eq!(read.record.and_then(|r| r.value), Some(b"v".to_vec()));
-        harness.replicas.set(1, Behaviour::Stalled);
-        let started = std::time::Instant::now();
-        let read = harness
-            .read(One)
-            .await
-            .expect("read past the stalled replica");
-        assert_eq!(read.receipt.acked, vec![NodeId(2)]);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
-        harness.replicas.set(2, Behaviour::Down);
-        let read = harness.read(One).await.expect("read from the third");
-        assert_eq!(read.receipt.acked, vec![NodeId(3)]);
-    }
 
     #[tokio::test]
     async fn a_quorum_write_is_read_back_at_every_level() {

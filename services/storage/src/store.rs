@@ -382,14 +382,23 @@ impl Store {
         keyspace: &KeyspaceName,
         key: &Key,
     ) -> Result<Option<CausalState>, StoreError> {
+        self.get_decoded(partition, keyspace, key, record_codec::decode_causal)
+    }
+
+    /// What a key's stored bytes decode to, from one read transaction.
+    fn get_decoded<T>(
+        &self,
+        partition: PartitionId,
+        keyspace: &KeyspaceName,
+        key: &Key,
+        decode: impl Fn(&[u8]) -> Result<T, CorruptRecord>,
+    ) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(RECORDS).map_err(db_error)?;
         let guard = table
             .get((partition.0, keyspace.as_str(), key.as_str()))
             .map_err(db_error)?;
-        Ok(guard
-            .map(|g| record_codec::decode_causal(g.value()))
-            .transpose()?)
+        Ok(guard.map(|g| decode(g.value())).transpose()?)
     }
 
     /// A partition's anti-entropy digest: per bucket, the XOR of its keys' hashes over their stored bytes.
@@ -542,12 +551,7 @@ impl Store {
         keyspace: &KeyspaceName,
         key: &Key,
     ) -> Result<Option<Record>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_error)?;
-        let table = txn.open_table(RECORDS).map_err(db_error)?;
-        let guard = table
-            .get((partition.0, keyspace.as_str(), key.as_str()))
-            .map_err(db_error)?;
-        Ok(guard.map(|g| record_codec::decode(g.value())).transpose()?)
+        self.get_decoded(partition, keyspace, key, record_codec::decode)
     }
 
     /// The version held for a key, without copying its value.
@@ -557,14 +561,7 @@ impl Store {
         keyspace: &KeyspaceName,
         key: &Key,
     ) -> Result<Option<Version>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_error)?;
-        let table = txn.open_table(RECORDS).map_err(db_error)?;
-        let guard = table
-            .get((partition.0, keyspace.as_str(), key.as_str()))
-            .map_err(db_error)?;
-        Ok(guard
-            .map(|g| record_codec::decode_version(g.value()))
-            .transpose()?)
+        self.get_decoded(partition, keyspace, key, record_codec::decode_version)
     }
 
     /// Applies `ops` in order in one transaction, fsync'd before this returns.
