@@ -8,18 +8,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf 'chaos-docker: %s\n' "$*" >&2; }
-fail() { log "FAILED: $*"; exit 1; }
+name=chaos-docker
+source scripts/compose-lib.sh
 
 if [[ -z "${KVORUM_SKIP_IMAGES:-}" ]]; then
     scripts/build-images.sh
 fi
-chaos=target/release/kvorum-chaos
 cargo build --release --bin kvorum-chaos
+chaos=target/release/kvorum-chaos
 
-project="kvorum-chaos-$$"
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export KVORUM_ROUTER_PORT=$port KVORUM_VERSION=$(scripts/version.sh) KVORUM_PARTITIONS=${KVORUM_PARTITIONS:-16}
+export KVORUM_PARTITIONS=${KVORUM_PARTITIONS:-16}
 override=$(mktemp --suffix=.yml)
 # The storage nodes' internal API on fixed free host ports (a random one would
 # change when a killed container starts again), for the convergence check.
@@ -28,34 +26,13 @@ map=()
     echo 'version: "3.9"'
     echo 'services:'
     for i in 1 2 3 4 5; do
-        p=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        p=$(free_port)
         printf '  storage-%s:\n    ports: ["127.0.0.1:%s:7001"]\n' "$i" "$p"
         map+=("storage-$i:7001=127.0.0.1:$p")
     done
 } >"$override"
-compose=(docker-compose --project-name "$project" --file deploy/docker-compose.yml --file "$override")
-router="http://127.0.0.1:$port"
-
-cleanup() {
-    status=$?
-    if [[ $status -ne 0 ]]; then
-        log "logs of the cluster:"
-        "${compose[@]}" logs --no-color --tail 30 >&2 || true
-    fi
-    "${compose[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-    rm -f "$override"
-    exit $status
-}
-trap cleanup EXIT INT TERM
-
-log "starting $project (router on $router)"
-"${compose[@]}" up --detach --quiet-pull 2>&1 | grep -v -e '^Creating' -e '^$' >&2 || true
-deadline=$((SECONDS + 120))
-until curl -sf "$router/readyz" >/dev/null; do
-    (( SECONDS < deadline )) || fail "the router was not ready within 120 s"
-    sleep 0.5
-done
-log "ready after ${SECONDS}s"
+project="kvorum-chaos-$$"
+compose_start "$project" "$override"
 
 address_map=$(IFS=,; echo "${map[*]}")
 

@@ -7,40 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf 'test-docker: %s\n' "$*" >&2; }
-fail() { log "FAILED: $*"; exit 1; }
+name=test-docker
+source scripts/compose-lib.sh
 
 if [[ -z "${KVORUM_SKIP_IMAGES:-}" ]]; then
     scripts/build-images.sh
 fi
-
-project="kvorum-test-$$"
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export KVORUM_ROUTER_PORT=$port KVORUM_VERSION=$(scripts/version.sh)
-compose=(docker-compose --project-name "$project" --file deploy/docker-compose.yml)
-router="http://127.0.0.1:$port"
-
-cleanup() {
-    status=$?
-    if [[ $status -ne 0 ]]; then
-        log "logs of the cluster:"
-        "${compose[@]}" logs --no-color --tail 30 >&2 || true
-    fi
-    "${compose[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-    exit $status
-}
-trap cleanup EXIT INT TERM
-
-log "starting $project (router on $router)"
-"${compose[@]}" up --detach --quiet-pull 2>&1 | grep -v -e '^Creating' -e '^$' >&2 || true
-
-# Ready means: every storage node registered with metad and the map exists.
-deadline=$((SECONDS + 120))
-until curl -sf "$router/readyz" >/dev/null; do
-    (( SECONDS < deadline )) || fail "the router was not ready within 120 s"
-    sleep 0.5
-done
-log "ready after ${SECONDS}s"
+compose_start "kvorum-test-$$"
 
 put() { curl -s -o /dev/null -D - -w '%{http_code}' -X PUT "$router/v1/kv/$1" --data-binary "$2"; }
 get() { curl -s "$router/v1/kv/$1"; }

@@ -299,15 +299,41 @@ async fn commit_batch(
     State(state): State<Arc<AppState>>,
     JsonBody(batch): JsonBody<Batch<CommitRequest>>,
 ) -> Result<Json<Batch<ItemOutcome<CommitResponse>>>, ApiError> {
-    // Fenced items fail alone; the admitted ones share one transaction.
-    let mut items: Vec<Result<(PartitionId, Epoch), ItemOutcome<CommitResponse>>> =
-        Vec::with_capacity(batch.items.len());
+    submit_batch(
+        &state,
+        batch.items,
+        |request| {
+            state.admit_commit(request)?;
+            Ok((request.target.partition, request.target.epoch))
+        },
+        commit_op,
+        |(partition, epoch), outcome| {
+            outcome
+                .ok_or(ApiError::Internal("the writer answered too few outcomes"))
+                .and_then(|o| commit_response(partition, epoch, o))
+        },
+    )
+    .await
+    .map(Json)
+}
+
+/// Writes a batch of requests in one submission to the writer: items refused
+/// by `admit` (fenced, invalid) fail alone, the admitted ones share one
+/// transaction, and each is answered from its own outcome.
+pub(crate) async fn submit_batch<Req, Resp, Key>(
+    state: &AppState,
+    requests: Vec<Req>,
+    admit: impl Fn(&Req) -> Result<Key, ApiError>,
+    op: impl Fn(Req) -> WriteOp,
+    respond: impl Fn(Key, Option<WriteOutcome>) -> Result<Resp, ApiError>,
+) -> Result<Batch<ItemOutcome<Resp>>, ApiError> {
+    let mut items: Vec<Result<Key, ItemOutcome<Resp>>> = Vec::with_capacity(requests.len());
     let mut ops = Vec::new();
-    for request in batch.items {
-        match state.admit_commit(&request) {
-            Ok(()) => {
-                items.push(Ok((request.target.partition, request.target.epoch)));
-                ops.push(commit_op(request));
+    for request in requests {
+        match admit(&request) {
+            Ok(key) => {
+                items.push(Ok(key));
+                ops.push(op(request));
             }
             Err(error) => items.push(Err(ItemOutcome::Error(error.detail()))),
         }
@@ -317,15 +343,10 @@ async fn commit_batch(
         .into_iter()
         .map(|item| match item {
             Err(refused) => refused,
-            Ok((partition, epoch)) => outcome(
-                outcomes
-                    .next()
-                    .ok_or(ApiError::Internal("the writer answered too few outcomes"))
-                    .and_then(|o| commit_response(partition, epoch, o)),
-            ),
+            Ok(key) => outcome(respond(key, outcomes.next())),
         })
         .collect();
-    Ok(Json(Batch { items }))
+    Ok(Batch { items })
 }
 
 /// The whole partition, or with `limit` one page of it after `after_keyspace`/`after_key`.

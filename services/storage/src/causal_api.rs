@@ -17,7 +17,7 @@ use kvorum_protocol::storage::{
 use kvorum_protocol::{Epoch, PartitionId};
 use kvorum_server::{JsonBody, PathParam};
 
-use crate::api::{ApiError, AppState, outcome};
+use crate::api::{ApiError, AppState, outcome, submit_batch};
 use crate::store::{Store, WriteOp, WriteOutcome};
 
 impl AppState {
@@ -138,29 +138,20 @@ pub(crate) async fn causal_merge_batch(
     State(state): State<Arc<AppState>>,
     JsonBody(batch): JsonBody<Batch<CausalMergeRequest>>,
 ) -> Result<Json<Batch<ItemOutcome<CausalMergeResponse>>>, ApiError> {
-    let mut items = Vec::with_capacity(batch.items.len());
-    let mut ops = Vec::new();
-    for request in batch.items {
-        match state.admit(&request.target) {
-            Ok(()) => {
-                items.push(Ok((request.target.partition, request.target.epoch)));
-                ops.push(merge_op(request));
-            }
-            Err(error) => items.push(Err(ItemOutcome::Error(error.detail()))),
-        }
-    }
-    let mut outcomes = state.writer.submit(ops).await?.into_iter();
-    let items = items
-        .into_iter()
-        .map(|item| match item {
-            Err(refused) => refused,
-            Ok((partition, epoch)) => outcome(
-                merged(partition, epoch, outcomes.next())
-                    .map(|(changed, _)| CausalMergeResponse { changed }),
-            ),
-        })
-        .collect();
-    Ok(Json(Batch { items }))
+    submit_batch(
+        &state,
+        batch.items,
+        |request| {
+            state.admit(&request.target)?;
+            Ok((request.target.partition, request.target.epoch))
+        },
+        merge_op,
+        |(partition, epoch), outcome| {
+            merged(partition, epoch, outcome).map(|(changed, _)| CausalMergeResponse { changed })
+        },
+    )
+    .await
+    .map(Json)
 }
 
 /// Stores durable hints: this node will hand the key's state to each target once it is back.
