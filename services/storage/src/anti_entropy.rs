@@ -103,11 +103,13 @@ impl AntiEntropy {
             .iter()
             .filter(|a| a.replicas.contains(&self.node))
         {
+            // One local digest serves every peer, until an exchange changes this replica.
+            let mut local = None;
             for peer in assignment.replicas.iter().filter(|p| **p != self.node) {
                 let Some(address) = up_address(state, *peer) else {
                     continue;
                 };
-                match self.exchange(assignment.id, address).await {
+                match self.exchange(assignment.id, address, &mut local).await {
                     Ok(moved) => repaired += moved,
                     Err(error) => {
                         tracing::debug!(partition = %assignment.id, %peer, %error, "anti-entropy exchange failed")
@@ -125,12 +127,24 @@ impl AntiEntropy {
     }
 
     /// Compares digests with one peer and exchanges the buckets that differ; returns records changed.
-    async fn exchange(&self, partition: PartitionId, address: &str) -> Result<u64, String> {
-        let store = self.store.clone();
-        let local = tokio::task::spawn_blocking(move || store.digest(partition))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+    /// `local` caches this replica's digest of the partition; it is cleared when
+    /// the exchange changed what this replica holds.
+    async fn exchange(
+        &self,
+        partition: PartitionId,
+        address: &str,
+        local: &mut Option<Vec<u64>>,
+    ) -> Result<u64, String> {
+        let digest = match local.take() {
+            Some(digest) => digest,
+            None => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.digest(partition))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?
+            }
+        };
         let remote: PartitionDigest = self
             .peers
             .get_json(
@@ -139,15 +153,17 @@ impl AntiEntropy {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let differing: Vec<u32> = (0..local.len())
-            .filter(|&i| remote.buckets.get(i) != Some(&local[i]))
+        let differing: Vec<u32> = (0..digest.len())
+            .filter(|&i| remote.buckets.get(i) != Some(&digest[i]))
             .map(|i| i as u32)
             .collect();
         let mut repaired = 0;
+        let mut changed_here = false;
         // A few buckets per call, so that no call carries a whole partition.
         for buckets in differing.chunks(BUCKETS_PER_CALL) {
-            let (changed, moved) = self.exchange_buckets(partition, address, buckets).await?;
-            repaired += changed;
+            let (here, there, moved) = self.exchange_buckets(partition, address, buckets).await?;
+            repaired += here + there;
+            changed_here |= here > 0;
             // Bound the rate: what was moved must not exceed the per-second budget.
             let pause =
                 Duration::from_secs_f64(moved as f64 / self.config.keys_per_second.max(1) as f64);
@@ -157,16 +173,20 @@ impl AntiEntropy {
             metrics::counter!("kvorum_anti_entropy_repairs_total").increment(repaired);
             tracing::info!(%partition, peer = %address, repaired, "anti-entropy repaired divergent records");
         }
+        if !changed_here {
+            *local = Some(digest);
+        }
         Ok(repaired)
     }
 
-    /// Exchanges the records of some buckets both ways; returns (records changed, records moved).
+    /// Exchanges the records of some buckets both ways; returns the records
+    /// changed here, those changed on the peer, and the records moved.
     async fn exchange_buckets(
         &self,
         partition: PartitionId,
         address: &str,
         buckets: &[u32],
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64, u64), String> {
         let theirs: PartitionExport = self
             .peers
             .post_json(
@@ -212,7 +232,7 @@ impl AntiEntropy {
             )
             .await
             .map_err(|e| e.to_string())?;
-        Ok((here + there.applied as u64, moved))
+        Ok((here, there.applied as u64, moved))
     }
 
     /// Purges the partition's old tombstones that every replica holds identically.

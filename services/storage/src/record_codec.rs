@@ -106,14 +106,6 @@ pub fn encode_causal(state: &CausalState) -> Vec<u8> {
     bytes
 }
 
-/// Encodes whatever a node holds for a key.
-pub fn encode_held(held: &Held) -> Vec<u8> {
-    match held {
-        Held::Strong(record) => encode(record),
-        Held::Causal(state) => encode_causal(state),
-    }
-}
-
 /// Reads big-endian integers off the front of a byte slice.
 struct Cursor<'a>(&'a [u8]);
 
