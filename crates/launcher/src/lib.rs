@@ -386,6 +386,23 @@ impl LocalCluster {
         std::fs::remove_dir_all(&data).map_err(io(format!("deleting {}", data.display())))
     }
 
+    /// Kills a storage node and deletes its data directory and its checkpoints,
+    /// as losing a disk (or a Kubernetes volume) that held both would.
+    pub async fn wipe_storage_and_checkpoints(&mut self, node: NodeId) -> Result<(), LaunchError> {
+        self.wipe_storage(node).await?;
+        let index = self.storage_index(node)?;
+        let checkpoints = self
+            .spec
+            .data_dir
+            .join(format!("storage-{}-checkpoints", index + 1));
+        match std::fs::remove_dir_all(&checkpoints) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("deleting {}", checkpoints.display()))(error))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Freezes a storage node with SIGSTOP (a long pause, not a crash).
     pub fn pause_storage(&self, node: NodeId) -> Result<(), LaunchError> {
         self.storage[self.storage_index(node)?].pause();

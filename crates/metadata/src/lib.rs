@@ -106,19 +106,48 @@ impl StateMachine {
                     // The cluster decides a known node's role (a standby may have been
                     // promoted) and its state (the failure detector's verdict): a node
                     // that restarts only updates its address.
+                    // A known node on new or restored data is a new incarnation
+                    // (invariant 6): it counts for nothing until it has caught up.
+                    // One already catching up stays in the same incarnation: it
+                    // issued no dots and answered no reads since it began.
                     Some(known) => kvorum_protocol::NodeInfo {
                         role: known.role,
                         state: known.state,
+                        incarnation: if node.catching_up && !known.catching_up {
+                            known.incarnation + 1
+                        } else {
+                            known.incarnation
+                        },
+                        catching_up: known.catching_up || node.catching_up,
                         ..node.clone()
                     },
+                    // A node the cluster never knew holds nothing anybody wrote:
+                    // there is nothing to catch up with.
                     None => kvorum_protocol::NodeInfo {
                         state: NodeState::Up,
+                        incarnation: 0,
+                        catching_up: false,
                         ..node.clone()
                     },
                 };
                 let changed = state.nodes.get(&node.id) != Some(&registered);
                 state.nodes.insert(node.id, registered);
                 bootstrap_partition_map(state) || changed
+            }
+            MetadataOp::NodeCaughtUp { node, incarnation } => {
+                let member = state
+                    .nodes
+                    .get_mut(node)
+                    .ok_or_else(|| not_found(format!("no node {node}")))?;
+                if member.incarnation != *incarnation {
+                    return Err(conflict(format!(
+                        "node {node} is at incarnation {}, not {incarnation}",
+                        member.incarnation
+                    )));
+                }
+                let changed = member.catching_up;
+                member.catching_up = false;
+                changed
             }
             MetadataOp::SetNodeState {
                 node,
@@ -135,12 +164,36 @@ impl StateMachine {
             MetadataOp::SetNodeRole { node, role } => {
                 let member = state
                     .nodes
-                    .get_mut(node)
+                    .get(node)
                     .ok_or_else(|| not_found(format!("no node {node}")))?;
                 if member.state == NodeState::Decommissioned {
                     return Err(conflict(format!("node {node} is decommissioned")));
                 }
-                let changed = member.role != *role;
+                let was = member.role;
+                if *role == NodeRole::Leaving && was == NodeRole::Storage {
+                    // Every partition has the cluster's RF replicas on distinct
+                    // nodes: a drain that leaves fewer nodes could never finish.
+                    let remaining = state
+                        .nodes
+                        .values()
+                        .filter(|n| {
+                            n.id != *node
+                                && n.role == NodeRole::Storage
+                                && n.state != NodeState::Decommissioned
+                        })
+                        .count();
+                    let needed = state.cluster.map_or(0, |c| c.replication_factor);
+                    if remaining < needed {
+                        return Err(conflict(format!(
+                            "decommissioning node {node} would leave {remaining} storage nodes, fewer than the replication factor {needed}"
+                        )));
+                    }
+                }
+                let member = state
+                    .nodes
+                    .get_mut(node)
+                    .ok_or_else(|| not_found(format!("no node {node}")))?;
+                let changed = was != *role;
                 member.role = *role;
                 changed
             }
@@ -337,7 +390,9 @@ pub fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
                 )));
             }
         }
-        MetadataOp::SetNodeState { .. } | MetadataOp::SetNodeRole { .. } => {}
+        MetadataOp::SetNodeState { .. }
+        | MetadataOp::SetNodeRole { .. }
+        | MetadataOp::NodeCaughtUp { .. } => {}
         MetadataOp::CreateKeyspace { .. } => {}
         MetadataOp::SetPartitionMap { map } => validate_map(map)?,
         MetadataOp::SetAssignment { assignment } => validate_assignment(assignment)?,
@@ -453,12 +508,12 @@ mod tests {
     }
 
     fn node(id: u64) -> NodeInfo {
-        NodeInfo {
-            id: NodeId(id),
-            address: format!("127.0.0.1:{}", 7000 + id),
-            role: NodeRole::Storage,
-            state: NodeState::Up,
-        }
+        NodeInfo::registering(
+            NodeId(id),
+            format!("127.0.0.1:{}", 7000 + id),
+            NodeRole::Storage,
+            false,
+        )
     }
 
     fn map(epochs_and_replicas: &[(u64, &[u64])]) -> PartitionMap {
@@ -682,6 +737,101 @@ mod tests {
             name: kvorum_protocol::KeyspaceName::parse("orders").expect("name"),
             ..KeyspaceConfig::default_keyspace(replication_factor)
         }
+    }
+
+    #[test]
+    fn a_known_node_on_new_data_is_a_new_incarnation_until_it_caught_up() {
+        let mut machine = StateMachine::default();
+        let fresh = |id| NodeInfo {
+            catching_up: true,
+            ..node(id)
+        };
+        // A node the cluster never knew has nothing to catch up with.
+        machine
+            .apply(&command("a", MetadataOp::RegisterNode { node: fresh(1) }))
+            .expect("register");
+        let first = machine.state().nodes[&NodeId(1)].clone();
+        assert_eq!((first.incarnation, first.catching_up), (0, false));
+        assert!(first.counts());
+        // Known, and back on new or restored data: incarnation 1, counted by nothing.
+        machine
+            .apply(&command("b", MetadataOp::RegisterNode { node: fresh(1) }))
+            .expect("re-register");
+        let again = machine.state().nodes[&NodeId(1)].clone();
+        assert_eq!((again.incarnation, again.catching_up), (1, true));
+        assert!(!again.counts());
+        // Registering again mid catch-up (a crash) keeps the incarnation; so does a
+        // registration that claims its own data while the cluster says otherwise.
+        for (id, node) in [("c", fresh(1)), ("d", node(1))] {
+            machine
+                .apply(&command(id, MetadataOp::RegisterNode { node }))
+                .expect("register");
+            let still = &machine.state().nodes[&NodeId(1)];
+            assert_eq!((still.incarnation, still.catching_up), (1, true), "{id}");
+        }
+        // The detector's verdicts do not end the catch-up.
+        machine
+            .apply(&command(
+                "e",
+                MetadataOp::SetNodeState {
+                    node: NodeId(1),
+                    state: NodeState::Up,
+                },
+            ))
+            .expect("up");
+        assert!(machine.state().nodes[&NodeId(1)].catching_up);
+        // A stale incarnation's report is refused and changes nothing.
+        let version = machine.state().version;
+        assert!(matches!(
+            machine.apply(&command(
+                "f",
+                MetadataOp::NodeCaughtUp {
+                    node: NodeId(1),
+                    incarnation: 0
+                }
+            )),
+            Err(MetadataError::Conflict { .. })
+        ));
+        assert_eq!(machine.state().version, version);
+        assert!(matches!(
+            machine.apply(&command(
+                "g",
+                MetadataOp::NodeCaughtUp {
+                    node: NodeId(7),
+                    incarnation: 1
+                }
+            )),
+            Err(MetadataError::NotFound { .. })
+        ));
+        machine
+            .apply(&command(
+                "h",
+                MetadataOp::NodeCaughtUp {
+                    node: NodeId(1),
+                    incarnation: 1,
+                },
+            ))
+            .expect("caught up");
+        let caught_up = &machine.state().nodes[&NodeId(1)];
+        assert_eq!((caught_up.incarnation, caught_up.catching_up), (1, false));
+        assert!(caught_up.counts());
+        // The next loss of data is the next incarnation.
+        machine
+            .apply(&command("i", MetadataOp::RegisterNode { node: fresh(1) }))
+            .expect("re-register");
+        assert_eq!(machine.state().nodes[&NodeId(1)].incarnation, 2);
+    }
+
+    #[test]
+    fn each_incarnation_issues_dots_above_every_earlier_one() {
+        use kvorum_protocol::cluster::{INCARNATION_DOT_BITS, dot_floor};
+        assert_eq!(dot_floor(0), 0);
+        for incarnation in 0..64 {
+            let range_end = (incarnation + 1) << INCARNATION_DOT_BITS;
+            assert_eq!(dot_floor(incarnation + 1), range_end);
+        }
+        // Client tokens carry counters up to 2^53: thousands of incarnations fit.
+        assert!(dot_floor(8191) < 1 << 53);
     }
 
     #[test]

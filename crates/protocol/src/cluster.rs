@@ -51,6 +51,51 @@ pub struct NodeInfo {
     /// Its health, as last known.
     #[serde(default)]
     pub state: NodeState,
+    /// How many times the node came back with lost or restored data; each
+    /// incarnation issues causal dots from its own range (see [`dot_floor`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+    /// This incarnation is catching up from its peers: it takes writes but counts
+    /// toward no quorum, level or source until it has caught up (SYSTEM.md, invariant 6).
+    /// In a registration it means "my data directory is new or restored".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catching_up: bool,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// Bits of a causal dot counter that one incarnation of a node may use: an
+/// incarnation's dots lie in `[incarnation << 40, (incarnation + 1) << 40)`.
+pub const INCARNATION_DOT_BITS: u32 = 40;
+
+/// The lowest dot counter incarnation `incarnation` of a node may issue: above
+/// every counter its earlier incarnations could have issued, whether or not
+/// any copy of their dots survived.
+pub fn dot_floor(incarnation: u64) -> u64 {
+    incarnation.saturating_mul(1 << INCARNATION_DOT_BITS)
+}
+
+impl NodeInfo {
+    /// A node as it registers: its id, address and role, with `catching_up`
+    /// saying whether it starts on new or restored data.
+    pub fn registering(id: NodeId, address: String, role: NodeRole, catching_up: bool) -> Self {
+        Self {
+            id,
+            address,
+            role,
+            state: NodeState::Up,
+            incarnation: 0,
+            catching_up,
+        }
+    }
+
+    /// Whether its replies count toward quorums, levels and sources: it is not
+    /// held down or decommissioned, and it is not a new incarnation still catching up.
+    pub fn counts(&self) -> bool {
+        !self.catching_up && matches!(self.state, NodeState::Up | NodeState::Suspect)
+    }
 }
 
 /// The cluster's fixed shape, set once at bootstrap through the metadata service.
@@ -271,6 +316,12 @@ pub struct NodeView {
     pub state: NodeState,
     /// The failure detector's suspicion level, once a detector runs.
     pub phi: Option<f64>,
+    /// Which incarnation of the node this is (0 until it first lost its data).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Whether the node is a new incarnation still catching up, counted by no quorum.
+    #[serde(default)]
+    pub catching_up: bool,
 }
 
 /// `GET /v1/cluster`: nodes, states, suspicion, the partition map and the metad leader.

@@ -36,10 +36,20 @@ pub enum MetadataOp {
         settings: ClusterSettings,
     },
     /// Adds a node (up), or updates the address of a known one, which keeps the
-    /// role and the state the cluster gave it.
+    /// role and the state the cluster gave it. A known node that registers with
+    /// `catching_up` (new or restored data) becomes a new incarnation that counts
+    /// for nothing until [`MetadataOp::NodeCaughtUp`].
     RegisterNode {
         /// The node.
         node: NodeInfo,
+    },
+    /// Ends a new incarnation's catch-up: the node holds every partition it
+    /// replicates as a read quorum of its peers held it, and counts again.
+    NodeCaughtUp {
+        /// The node.
+        node: NodeId,
+        /// The incarnation that caught up (a stale one is refused).
+        incarnation: u64,
     },
     /// Records a node's health as the failure detector sees it.
     SetNodeState {

@@ -74,6 +74,10 @@ pub struct CommitResponse {
     pub applied: bool,
     /// The version the replica now holds: the committed one, or a higher one it already had.
     pub current: Version,
+    /// The replica is a new incarnation catching up: it holds the record, but
+    /// its acknowledgement counts toward no level.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catching_up: bool,
 }
 
 /// A batch of requests of one kind, answered in order.
@@ -265,6 +269,9 @@ pub struct CausalMergeRequest {
 pub struct CausalMergeResponse {
     /// Whether the replica learned anything from it.
     pub changed: bool,
+    /// The replica is a new incarnation catching up: its acknowledgement counts toward no level.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catching_up: bool,
 }
 
 /// Keep durable hints: the key's state is to be handed to `targets` once they are back.

@@ -106,7 +106,12 @@ pub fn cluster(view: &ClusterView) -> String {
                 n.id.to_string(),
                 n.address.clone(),
                 format!("{:?}", n.role).to_lowercase(),
-                format!("{:?}", n.state).to_lowercase(),
+                // A catching-up incarnation counts for nothing whatever its health.
+                if n.catching_up {
+                    format!("{:?},catching-up", n.state).to_lowercase()
+                } else {
+                    format!("{:?}", n.state).to_lowercase()
+                },
                 n.phi.map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
                 replicas.get(&n.id).copied().unwrap_or(0).to_string(),
                 leads.get(&n.id).copied().unwrap_or(0).to_string(),

@@ -227,7 +227,7 @@ async fn reconcile(
         // Rebalance only a settled cluster: while a node that holds replicas is
         // not up, moving others would be churn its return undoes.
         let settled = state.nodes.values().all(|n| {
-            n.state == NodeState::Up
+            (n.state == NodeState::Up && !n.catching_up)
                 || n.state == NodeState::Decommissioned
                 || !state
                     .partition_map

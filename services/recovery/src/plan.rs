@@ -32,7 +32,7 @@ pub fn standbys_for(
     let mut free = state
         .nodes
         .values()
-        .filter(|n| n.role == NodeRole::Standby && n.state == NodeState::Up)
+        .filter(|n| n.role == NodeRole::Standby && n.state == NodeState::Up && !n.catching_up)
         .map(|n| n.id)
         .filter(|id| !designated.values().any(|d| d == id));
     dead.iter()
@@ -80,7 +80,7 @@ fn loads(state: &MetadataState, map: &kvorum_protocol::PartitionMap) -> BTreeMap
     let mut load: BTreeMap<NodeId, usize> = state
         .nodes
         .values()
-        .filter(|n| n.role == NodeRole::Storage && n.state == NodeState::Up)
+        .filter(|n| n.role == NodeRole::Storage && n.state == NodeState::Up && !n.catching_up)
         .map(|n| (n.id, 0))
         .collect();
     for assignment in &map.partitions {
@@ -122,7 +122,7 @@ pub fn replacements(
         state
             .nodes
             .get(node)
-            .is_some_and(|n| n.state == NodeState::Up)
+            .is_some_and(|n| n.state == NodeState::Up && !n.catching_up)
     };
     let mut planned = Vec::new();
     for assignment in &map.partitions {
@@ -189,7 +189,7 @@ pub fn rebalance(
         state
             .nodes
             .get(node)
-            .is_some_and(|n| n.state == NodeState::Up)
+            .is_some_and(|n| n.state == NodeState::Up && !n.catching_up)
     };
     let mut load = loads(state, map);
     if load.is_empty() {
@@ -305,10 +305,13 @@ mod tests {
                     (
                         id,
                         NodeInfo {
-                            id,
-                            address: format!("127.0.0.1:{}", 7001 + i),
-                            role: NodeRole::Storage,
                             state: *s,
+                            ..NodeInfo::registering(
+                                id,
+                                format!("127.0.0.1:{}", 7001 + i),
+                                NodeRole::Storage,
+                                false,
+                            )
                         },
                     )
                 })

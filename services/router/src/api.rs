@@ -644,12 +644,12 @@ async fn add_node(
             "a node is added as storage or standby; decommission it to make it leave".to_owned(),
         ));
     }
-    let node = kvorum_protocol::NodeInfo {
-        id: kvorum_protocol::NodeId(id),
-        address: spec.address,
+    let node = kvorum_protocol::NodeInfo::registering(
+        kvorum_protocol::NodeId(id),
+        spec.address,
         role,
-        state: Default::default(),
-    };
+        false,
+    );
     state
         .metadata
         .submit(kvorum_protocol::metadata::MetadataOp::RegisterNode { node: node.clone() })
@@ -663,6 +663,18 @@ async fn decommission_node(
     State(state): State<Arc<AppState>>,
     PathParam(id): PathParam<u64>,
 ) -> Result<StatusCode, ApiError> {
+    // Asking again is not an error and changes nothing.
+    let snapshot = state.metadata.current()?;
+    if snapshot
+        .topology
+        .node(kvorum_protocol::NodeId(id))
+        .is_some_and(|n| {
+            n.role == kvorum_protocol::cluster::NodeRole::Leaving
+                || n.state == kvorum_protocol::cluster::NodeState::Decommissioned
+        })
+    {
+        return Ok(StatusCode::OK);
+    }
     state
         .metadata
         .submit(kvorum_protocol::metadata::MetadataOp::SetNodeRole {
@@ -732,12 +744,12 @@ mod tests {
                 .map(|&id| {
                     (
                         id,
-                        NodeInfo {
+                        NodeInfo::registering(
                             id,
-                            address: format!("127.0.0.1:{}", id.0),
-                            role: Default::default(),
-                            state: Default::default(),
-                        },
+                            format!("127.0.0.1:{}", id.0),
+                            Default::default(),
+                            false,
+                        ),
                     )
                 })
                 .collect(),

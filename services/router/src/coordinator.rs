@@ -143,17 +143,49 @@ pub struct WriteOutcome {
     pub receipt: Receipt,
 }
 
+/// A replica's reply, which may say that it must not be counted.
+pub(crate) trait Counted {
+    /// Whether the reply counts toward the level: not from a catching-up incarnation.
+    fn counts(&self) -> bool {
+        true
+    }
+}
+
+impl Counted for kvorum_protocol::storage::ReadResponse {}
+impl Counted for kvorum_protocol::storage::PrepareResponse {}
+impl Counted for kvorum_protocol::storage::CausalReadResponse {}
+impl Counted for kvorum_protocol::storage::CausalWriteResponse {}
+
+impl Counted for kvorum_protocol::storage::CommitResponse {
+    fn counts(&self) -> bool {
+        !self.catching_up
+    }
+}
+
+impl Counted for kvorum_protocol::storage::CausalMergeResponse {
+    fn counts(&self) -> bool {
+        !self.catching_up
+    }
+}
+
 /// Replies gathered from one fan-out.
 pub(crate) struct Gathered<R> {
+    /// Replies that count toward the level.
     pub(crate) ok: Vec<(NodeId, R)>,
     pub(crate) failed: Vec<(NodeId, ReplicaError)>,
+    /// Replicas that answered as catching-up incarnations: they hold what was
+    /// sent (a write may have landed there) but count for nothing.
+    pub(crate) uncounted: Vec<NodeId>,
+    /// Replicas asked whose replies could count.
     pub(crate) asked: usize,
+    /// Uncounted replies from replicas in `asked` (the router thought they counted).
+    uncounted_asked: usize,
     pub(crate) met: bool,
 }
 
 impl<R> Gathered<R> {
     fn pending(&self) -> usize {
-        self.asked - self.ok.len() - self.failed.len()
+        self.asked - self.ok.len() - self.failed.len() - self.uncounted_asked
     }
 
     pub(crate) fn fenced(&self) -> bool {
@@ -180,6 +212,9 @@ pub(crate) fn record_acked(receipt: Result<&Receipt, &CoordinatorError>) {
 /// level cannot be met, the remaining replies are still awaited (each call is
 /// bounded by the client's timeout), so the error reports exactly how many
 /// replicas answered and whether a write may have landed.
+/// Replicas known to be catching up are called too (they must receive
+/// writes), but neither they nor any reply that says it comes from a
+/// catching-up incarnation count toward `required`.
 pub(crate) async fn fan_out<R, F, Fut>(
     background: &TaskTracker,
     replicas: &[Replica],
@@ -189,9 +224,14 @@ pub(crate) async fn fan_out<R, F, Fut>(
 where
     F: Fn(&Replica) -> Fut,
     Fut: Future<Output = Result<R, ReplicaError>> + Send + 'static,
-    R: Send + 'static,
+    R: Counted + Send + 'static,
 {
     let (replies, mut inbox) = mpsc::unbounded_channel();
+    let counted: Vec<NodeId> = replicas
+        .iter()
+        .filter(|r| !r.catching_up)
+        .map(|r| r.id)
+        .collect();
     for replica in replicas {
         let (call, replies, node) = (call(replica), replies.clone(), replica.id);
         background.spawn(
@@ -203,25 +243,44 @@ where
         );
     }
     drop(replies);
-    let mut tally = Tally::new(required, replicas.len());
+    let mut tally = Tally::new(required, counted.len());
     let mut gathered = Gathered {
         ok: Vec::new(),
         failed: Vec::new(),
-        asked: replicas.len(),
+        uncounted: Vec::new(),
+        asked: counted.len(),
+        uncounted_asked: 0,
         met: false,
     };
     while tally.state() != TallyState::Met {
-        match inbox.recv().await {
-            Some((node, Ok(reply))) => {
+        let Some((node, reply)) = inbox.recv().await else {
+            break;
+        };
+        let in_tally = counted.contains(&node);
+        match reply {
+            Ok(reply) if in_tally && reply.counts() => {
                 tally.succeed();
                 gathered.ok.push((node, reply));
             }
-            Some((node, Err(error))) => {
+            Ok(_) => {
+                tracing::debug!(%node, "a catching-up replica answered; not counted");
+                if in_tally {
+                    tally.fail();
+                    gathered.uncounted_asked += 1;
+                }
+                gathered.uncounted.push(node);
+            }
+            Err(error) if in_tally => {
                 tracing::debug!(%node, %error, "replica call failed");
                 tally.fail();
                 gathered.failed.push((node, error));
             }
-            None => break,
+            Err(error) => {
+                tracing::debug!(%node, %error, "call to a catching-up replica failed");
+                if error.maybe_delivered {
+                    gathered.uncounted.push(node);
+                }
+            }
         }
     }
     gathered.met = tally.state() == TallyState::Met;
@@ -328,7 +387,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let required = level.required(route.replicas.len()) + route.joining.len();
         let target = Self::target(route, keyspace, key);
         let transport = &self.transport;
-        let gathered = fan_out(&self.background, &route.commit_targets(), required, |r| {
+        let gathered = fan_out(&self.background, &route.read_targets(), required, |r| {
             transport.read(r, target.clone())
         })
         .await;
@@ -361,7 +420,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         // The newest record must be on `required` replicas before anyone is told of
         // it, or a later read could miss it (a new-old inversion).
         let laggards: Vec<Replica> = route
-            .commit_targets()
+            .read_targets()
             .iter()
             .filter(|r| !resolution.holders.contains(&r.id))
             .cloned()
@@ -437,7 +496,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let prepare_quorum = quorum(replication_factor) + route.joining.len();
         let prepared = fan_out(
             &self.background,
-            &route.commit_targets(),
+            &route.read_targets(),
             prepare_quorum,
             |r| transport.prepare(r, target.clone()),
         )
@@ -486,6 +545,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         receipt.acked = committed.ok.iter().map(|(n, _)| *n).collect();
         if !committed.met {
             let outcome_unknown = !committed.ok.is_empty()
+                || !committed.uncounted.is_empty()
                 || committed.pending() > 0
                 || committed.failed.iter().any(|(_, e)| e.maybe_delivered);
             return Err(CoordinatorError::QuorumNotReached {
@@ -524,6 +584,9 @@ mod tests {
         Stalled,
         /// Serves reads and prepares, but loses the answer to a commit after applying it.
         LosesCommitReplies,
+        /// A new incarnation catching up: refuses reads and prepares, applies
+        /// commits and merges and says its acknowledgement does not count.
+        CatchingUp,
     }
 
     #[derive(Debug, Default)]
@@ -611,7 +674,8 @@ mod tests {
                         apply(&mut replicas.lock().expect("lock"));
                         Err(error(true))
                     }
-                    Behaviour::Up | Behaviour::LosesCommitReplies => {
+                    Behaviour::CatchingUp if !is_commit => Err(error(false)),
+                    Behaviour::Up | Behaviour::LosesCommitReplies | Behaviour::CatchingUp => {
                         Ok(apply(&mut replicas.lock().expect("lock")))
                     }
                 }
@@ -656,10 +720,12 @@ mod tests {
             let node = replica.id;
             self.call(node, true, move |r| {
                 let slot = (node, request.target.key.to_string());
+                let catching_up = r.behaviour.get(&node) == Some(&Behaviour::CatchingUp);
                 match r.records.get(&slot) {
                     Some(held) if held.version >= request.record.version => CommitResponse {
                         applied: false,
                         current: held.version,
+                        catching_up,
                     },
                     _ => {
                         let current = request.record.version;
@@ -667,6 +733,7 @@ mod tests {
                         CommitResponse {
                             applied: true,
                             current,
+                            catching_up,
                         }
                     }
                 }
@@ -737,7 +804,10 @@ mod tests {
                 let joined = held.join(&request.state);
                 let changed = joined != held;
                 r.causal.insert(slot, joined);
-                kvorum_protocol::storage::CausalMergeResponse { changed }
+                kvorum_protocol::storage::CausalMergeResponse {
+                    changed,
+                    catching_up: r.behaviour.get(&node) == Some(&Behaviour::CatchingUp),
+                }
             })
         }
 
@@ -766,6 +836,7 @@ mod tests {
                 id: NodeId(i),
                 address: Arc::from(format!("node-{i}")),
                 down: false,
+                catching_up: false,
             })
             .collect();
         Route {
@@ -1055,12 +1126,79 @@ mod tests {
         );
     }
 
+    /// The route with replica 3 known (or, with `known: false`, not yet known) to be catching up.
+    fn route_with_catching_up(known: bool) -> Route {
+        let mut route = route();
+        route.replicas[2].catching_up = known;
+        route
+    }
+
+    #[tokio::test]
+    async fn a_catching_up_replica_gets_the_write_but_counts_for_nothing() {
+        for known in [true, false] {
+            let harness = Harness::new();
+            harness.replicas.set(3, Behaviour::CatchingUp);
+            let route = route_with_catching_up(known);
+            let key = Key::parse("k").expect("key");
+            let keyspace = KeyspaceName::default_keyspace();
+            let written = within(harness.coordinator.write(
+                &route,
+                &keyspace,
+                &key,
+                Some(b"v"),
+                ConsistencyLevel::Quorum,
+            ))
+            .await
+            .expect("1 and 2 are a quorum");
+            let mut acked = written.receipt.acked.clone();
+            acked.sort();
+            assert_eq!(acked, [NodeId(1), NodeId(2)], "known: {known}");
+            // ALL cannot be met while one replica is catching up.
+            let all = within(harness.coordinator.write(
+                &route,
+                &keyspace,
+                &key,
+                Some(b"w"),
+                ConsistencyLevel::All,
+            ))
+            .await;
+            assert!(all.is_err(), "known: {known}: {all:?}");
+            // With replica 1 away, 2 alone is no quorum: the catching-up 3 cannot make one.
+            harness.replicas.set(1, Behaviour::Down);
+            let read = within(harness.coordinator.read(
+                &route,
+                &keyspace,
+                &key,
+                ConsistencyLevel::Quorum,
+            ))
+            .await;
+            assert!(read.is_err(), "known: {known}: {read:?}");
+            let write = within(harness.coordinator.write(
+                &route,
+                &keyspace,
+                &key,
+                Some(b"x"),
+                ConsistencyLevel::Quorum,
+            ))
+            .await;
+            let (phase, answered, required, outcome_unknown) = quorum_failure(write);
+            assert_eq!(
+                (phase, answered, required, outcome_unknown),
+                (Phase::Prepare, 1, 2, Some(false)),
+                "known: {known}"
+            );
+            // The catching-up replica still received every write that got through.
+            assert!(harness.replicas.get(3, "k").is_some(), "known: {known}");
+        }
+    }
+
     #[tokio::test]
     async fn a_joining_node_takes_every_write_and_counts_one_more_ack() {
         let harness = Harness::new();
         let moving = Route {
             joining: vec![Replica {
                 down: false,
+                catching_up: false,
                 id: NodeId(4),
                 address: Arc::from("node-4"),
             }],

@@ -22,7 +22,9 @@ use kvorum_protocol::{CausalState, ConsistencyLevel, Key, KeyspaceName, NodeId, 
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::coordinator::{Coordinator, CoordinatorError, Phase, Receipt, fan_out, record_acked};
+use crate::coordinator::{
+    Coordinator, CoordinatorError, Counted, Phase, Receipt, fan_out, record_acked,
+};
 use crate::topology::{Replica, Route};
 use crate::transport::ReplicaTransport;
 
@@ -77,7 +79,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
     ) -> Result<CausalReadOutcome, CoordinatorError> {
         let mut receipt = Self::receipt(route, level);
         let asked: Vec<Replica> = route
-            .commit_targets()
+            .read_targets()
             .iter()
             .filter(|r| !r.down)
             .cloned()
@@ -182,11 +184,12 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let required = level.required(route.replicas.len());
         let target = Self::target(route, keyspace, key);
         let transport = &self.transport;
+        let counted = up.iter().filter(|r| !r.catching_up).count();
         let failure = |receipt: Receipt, answered, outcome_unknown, last_error, fenced| {
             CoordinatorError::QuorumNotReached {
                 phase: Phase::Commit,
                 answered,
-                asked: up.len(),
+                asked: counted,
                 required,
                 outcome_unknown: Some(outcome_unknown),
                 last_error,
@@ -195,12 +198,13 @@ impl<T: ReplicaTransport> Coordinator<T> {
             }
         };
 
-        // One replica coordinates; the first that is reachable.
+        // One replica coordinates; the first that is reachable. A catching-up
+        // incarnation never does: it cannot know which dots it issued before.
         let mut missed: Vec<NodeId> = Vec::new();
         let mut coordinated = None;
         let mut maybe_applied = false;
         let mut last_error = None;
-        for replica in &up {
+        for replica in up.iter().filter(|r| !r.catching_up) {
             let request = CausalWriteRequest {
                 target: target.clone(),
                 value: value.map(<[u8]>::to_vec),
@@ -260,14 +264,27 @@ impl<T: ReplicaTransport> Coordinator<T> {
         }
         drop(replies);
         let mut acked = vec![coordinator.id];
-        let mut pending = others.len();
+        // Only replicas that count can meet the level; catching-up ones still get the merge.
+        let mut pending = others.iter().filter(|r| !r.catching_up).count();
+        let uncounted: Vec<NodeId> = others
+            .iter()
+            .filter(|r| r.catching_up)
+            .map(|r| r.id)
+            .collect();
         while acked.len() < required && acked.len() + pending >= required {
             let Some((node, reply)) = inbox.recv().await else {
                 break;
             };
+            if uncounted.contains(&node) {
+                if reply.is_err() {
+                    missed.push(node);
+                }
+                continue;
+            }
             pending -= 1;
             match reply {
-                Ok(_) => acked.push(node),
+                Ok(reply) if reply.counts() => acked.push(node),
+                Ok(_) => {}
                 Err(error) => {
                     last_error = Some(format!("node {node}: {error}"));
                     missed.push(node);

@@ -19,6 +19,9 @@ pub struct Replica {
     pub address: Arc<str>,
     /// Whether the failure detector holds it down: eventual writes hint it instead of calling it.
     pub down: bool,
+    /// Whether it is a new incarnation catching up: it is sent writes, but no
+    /// reads or prepares, and its acknowledgements count toward no level.
+    pub catching_up: bool,
 }
 
 /// Where a key lives: its partition, the epoch routed by, and the ordered replica set.
@@ -44,6 +47,17 @@ impl Route {
             std::borrow::Cow::Owned(self.replicas.iter().chain(&self.joining).cloned().collect())
         }
     }
+
+    /// Where reads and prepares go: the commit targets whose replies count
+    /// (a catching-up incarnation may lack acknowledged writes).
+    pub fn read_targets(&self) -> std::borrow::Cow<'_, [Replica]> {
+        let targets = self.commit_targets();
+        if targets.iter().any(|r| r.catching_up) {
+            std::borrow::Cow::Owned(targets.iter().filter(|r| !r.catching_up).cloned().collect())
+        } else {
+            targets
+        }
+    }
 }
 
 /// The nodes and the partition map of one metadata version.
@@ -51,7 +65,7 @@ impl Route {
 pub struct Topology {
     nodes: Vec<NodeInfo>,
     map: PartitionMap,
-    addresses: HashMap<NodeId, (Arc<str>, bool)>,
+    addresses: HashMap<NodeId, (Arc<str>, bool, bool)>,
 }
 
 impl Topology {
@@ -63,7 +77,7 @@ impl Topology {
             .values()
             .map(|n| {
                 let down = n.state == kvorum_protocol::cluster::NodeState::Down;
-                (n.id, (Arc::from(n.address.as_str()), down))
+                (n.id, (Arc::from(n.address.as_str()), down, n.catching_up))
             })
             .collect();
         Some(Self {
@@ -83,11 +97,14 @@ impl Topology {
         let used =
             &assignment.replicas[..keyspace.replication_factor.min(assignment.replicas.len())];
         let replica = |id: &NodeId| {
-            self.addresses.get(id).map(|(address, down)| Replica {
-                id: *id,
-                address: address.clone(),
-                down: *down,
-            })
+            self.addresses
+                .get(id)
+                .map(|(address, down, catching_up)| Replica {
+                    id: *id,
+                    address: address.clone(),
+                    down: *down,
+                    catching_up: *catching_up,
+                })
         };
         Route {
             partition,
@@ -100,6 +117,11 @@ impl Topology {
                 .filter_map(|r| replica(&r.joining))
                 .collect(),
         }
+    }
+
+    /// A node of the cluster, as the metadata records it.
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.id == id)
     }
 
     /// Whether `id` is a node of the cluster (decommissioned ones included).
@@ -125,6 +147,8 @@ impl Topology {
                     role: n.role,
                     state: n.state,
                     phi: None,
+                    incarnation: n.incarnation,
+                    catching_up: n.catching_up,
                 })
                 .collect(),
             partitions: self.map.partitions.clone(),
@@ -148,12 +172,12 @@ mod tests {
                 .map(|&id| {
                     (
                         id,
-                        NodeInfo {
+                        NodeInfo::registering(
                             id,
-                            address: format!("127.0.0.1:{}", 7000 + id.0),
-                            role: Default::default(),
-                            state: Default::default(),
-                        },
+                            format!("127.0.0.1:{}", 7000 + id.0),
+                            Default::default(),
+                            false,
+                        ),
                     )
                 })
                 .collect(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use kvorum_http_client::{HttpClient, Idempotency};
 use kvorum_metad_client::Follower;
-use kvorum_protocol::cluster::{NodeState, PartitionAssignment};
+use kvorum_protocol::cluster::PartitionAssignment;
 use kvorum_protocol::metadata::MetadataState;
 use kvorum_protocol::storage::{
     Batch, BucketQuery, CausalReadResponse, ImportResponse, ItemOutcome, PartitionDigest,
@@ -97,6 +97,11 @@ impl AntiEntropy {
         let Some(map) = state.partition_map.as_ref() else {
             return 0;
         };
+        // A catching-up incarnation neither exchanges nor collects: its own
+        // catch-up brings it what it lacks, and it may not vouch for a tombstone.
+        if state.nodes.get(&self.node).is_some_and(|n| n.catching_up) {
+            return 0;
+        }
         let mut repaired = 0;
         for assignment in map
             .partitions
@@ -319,11 +324,11 @@ impl AntiEntropy {
     }
 }
 
-/// The address of a node the detector does not hold down.
+/// The address of a node that counts: not held down, not a catching-up incarnation.
 fn up_address(state: &MetadataState, node: NodeId) -> Option<&str> {
     state
         .nodes
         .get(&node)
-        .filter(|n| matches!(n.state, NodeState::Up | NodeState::Suspect))
+        .filter(|n| n.counts())
         .map(|n| n.address.as_str())
 }

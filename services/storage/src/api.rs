@@ -32,6 +32,8 @@ pub struct AppState {
     pub fence: Arc<EpochFence>,
     /// What `GET /readyz` checks.
     pub readiness: kvorum_server::Readiness,
+    /// Whether this incarnation's data may be counted yet.
+    pub incarnation: crate::incarnation::Incarnation,
     /// The node's checkpoints.
     pub checkpoints: crate::checkpoint::Checkpoints,
 }
@@ -51,6 +53,12 @@ pub enum ApiError {
         /// The newest epoch this node knows.
         current: Epoch,
     },
+    /// The node is a new incarnation that may not answer this yet.
+    #[error(
+        "this node is a new incarnation (new or restored data) {}; it counts toward no quorum until it has caught up from its peers",
+        if *.0 { "catching up" } else { "not yet admitted by the metadata service" }
+    )]
+    CatchingUp(bool),
     /// The path and the body name different partitions.
     #[error("the path names partition {path} but the body holds partition {body}")]
     PartitionMismatch {
@@ -86,6 +94,7 @@ impl ApiError {
     pub(crate) fn detail(&self) -> ErrorDetail {
         let code = match self {
             ApiError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+            ApiError::CatchingUp(_) => ErrorCode::CatchingUp,
             ApiError::PartitionMismatch { .. }
             | ApiError::InvalidVersion(_)
             | ApiError::BadBucket(_)
@@ -171,7 +180,39 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes
 }
 
 impl AppState {
-    pub(crate) fn admit(&self, target: &ReplicaKey) -> Result<(), ApiError> {
+    /// Admits a read, prepare, coordinated write or export: only once this
+    /// incarnation's data may be counted.
+    pub(crate) fn admit_read(&self, target: &ReplicaKey) -> Result<(), ApiError> {
+        self.serving()?;
+        self.admit(target)
+    }
+
+    /// Whether this incarnation answers reads and exports.
+    pub(crate) fn serving(&self) -> Result<(), ApiError> {
+        if self.incarnation.serves_reads() {
+            Ok(())
+        } else {
+            Err(ApiError::CatchingUp(self.incarnation.takes_writes()))
+        }
+    }
+
+    /// Admits a commit, merge or import: once the incarnation is admitted
+    /// (its fences raised), also while it catches up.
+    pub(crate) fn admit_write(&self, target: &ReplicaKey) -> Result<(), ApiError> {
+        self.takes_writes()?;
+        self.admit(target)
+    }
+
+    /// Whether this incarnation takes writes.
+    pub(crate) fn takes_writes(&self) -> Result<(), ApiError> {
+        if self.incarnation.takes_writes() {
+            Ok(())
+        } else {
+            Err(ApiError::CatchingUp(false))
+        }
+    }
+
+    fn admit(&self, target: &ReplicaKey) -> Result<(), ApiError> {
         self.fence
             .admit(target.partition, target.epoch)
             .map_err(|current| ApiError::StaleEpoch {
@@ -185,11 +226,11 @@ impl AppState {
         if !request.record.version.is_valid() {
             return Err(ApiError::InvalidVersion(request.record.version.counter));
         }
-        self.admit(&request.target)
+        self.admit_write(&request.target)
     }
 
     fn read_one(&self, target: &ReplicaKey) -> Result<ReadResponse, ApiError> {
-        self.admit(target)?;
+        self.admit_read(target)?;
         let record = self
             .store
             .read(target.partition, &target.keyspace, &target.key)?;
@@ -197,7 +238,7 @@ impl AppState {
     }
 
     fn prepare_one(&self, target: &ReplicaKey) -> Result<PrepareResponse, ApiError> {
-        self.admit(target)?;
+        self.admit_read(target)?;
         let version = self
             .store
             .version(target.partition, &target.keyspace, &target.key)?;
@@ -220,9 +261,14 @@ fn commit_response(
     partition: PartitionId,
     request: Epoch,
     outcome: WriteOutcome,
+    catching_up: bool,
 ) -> Result<CommitResponse, ApiError> {
     match outcome {
-        WriteOutcome::Committed { applied, current } => Ok(CommitResponse { applied, current }),
+        WriteOutcome::Committed { applied, current } => Ok(CommitResponse {
+            applied,
+            current,
+            catching_up,
+        }),
         WriteOutcome::Fenced { current } => Err(ApiError::StaleEpoch {
             partition,
             request,
@@ -292,7 +338,7 @@ async fn commit(
         .into_iter()
         .next()
         .ok_or(ApiError::Internal("the writer answered no outcome"))?;
-    commit_response(partition, epoch, outcome).map(Json)
+    commit_response(partition, epoch, outcome, !state.incarnation.counts()).map(Json)
 }
 
 async fn commit_batch(
@@ -310,7 +356,7 @@ async fn commit_batch(
         |(partition, epoch), outcome| {
             outcome
                 .ok_or(ApiError::Internal("the writer answered too few outcomes"))
-                .and_then(|o| commit_response(partition, epoch, o))
+                .and_then(|o| commit_response(partition, epoch, o, !state.incarnation.counts()))
         },
     )
     .await
@@ -355,6 +401,8 @@ async fn export_partition(
     PathParam(partition): PathParam<u32>,
     QueryParams(query): QueryParams<ExportQuery>,
 ) -> Result<Json<PartitionExport>, ApiError> {
+    // A catching-up node is nobody's source: what it holds may lack acknowledged writes.
+    state.serving()?;
     let after = match (&query.after_keyspace, &query.after_key) {
         (Some(keyspace), Some(key)) => Some((keyspace, key)),
         (None, None) => None,
@@ -439,6 +487,7 @@ async fn import_partition(
     PathParam(partition): PathParam<u32>,
     JsonBody(export): JsonBody<PartitionExport>,
 ) -> Result<Json<ImportResponse>, ApiError> {
+    state.takes_writes()?;
     let partition = PartitionId(partition);
     if export.partition != partition {
         return Err(ApiError::PartitionMismatch {

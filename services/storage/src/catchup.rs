@@ -1,13 +1,16 @@
-//! Catching up from peers after a checkpoint restore or a restart: every
-//! partition this node replicates is streamed from each other replica in pages
-//! and imported with keep-if-higher, so the node ends with at least every write
-//! a quorum had acknowledged, whatever it missed while it was down or since its
-//! checkpoint. It is a full-partition anti-entropy pass, run once per start;
-//! records only a minority holds (writes whose outcome was unknown) spread as a
-//! read repair would spread them.
+//! Catching up from peers: every partition this node replicates is streamed
+//! from the other replicas in pages and imported with keep-if-higher (joined,
+//! for causal states). It is a full-partition anti-entropy pass.
+//!
+//! - After a restart on its own data ([`Sources::WithItself`]) the node already
+//!   counts, and a quorum of the set including itself is enough: what it missed
+//!   while down is on the others, and records only a minority holds (writes
+//!   whose outcome was unknown) spread as a read repair would spread them.
+//! - A new incarnation ([`Sources::OthersOnly`]: new or restored data) holds
+//!   nothing it may vouch for, so every partition must come from a read quorum
+//!   of the *other* replicas, each of them counting (not catching up itself):
+//!   every write a quorum acknowledged is on at least one of them.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kvorum_http_client::HttpClient;
@@ -22,64 +25,53 @@ use crate::writer::Writer;
 /// Records per page fetched from a peer.
 const PAGE: usize = 512;
 
-/// Whether the catch-up after a restore is done (true when none was needed).
-#[derive(Debug, Clone)]
-pub struct CatchUp(Arc<AtomicBool>);
-
-impl CatchUp {
-    /// Nothing to catch up.
-    pub fn done() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
-    }
-
-    /// Whether the node has caught up.
-    pub fn is_done(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Streams every partition this node replicates from its peers, retrying
-    /// until every one has been copied from every peer that answers.
-    pub fn start(
-        node: NodeId,
-        follower: Follower,
-        writer: Writer,
-        peers: HttpClient,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let done = Self(Arc::new(AtomicBool::new(false)));
-        let flag = done.clone();
-        // The task holds a writer handle: it must end with the node, or the
-        // writer would never drain and stop.
-        tokio::spawn(async move {
-            loop {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                match catch_up(node, &follower, &writer, &peers).await {
-                    Ok(imported) => {
-                        tracing::info!(
-                            imported,
-                            "caught up from peers after the checkpoint restore"
-                        );
-                        flag.0.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "catch-up incomplete; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
-        done
-    }
+/// Which replicas a catch-up may count toward the quorum it copies from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sources {
+    /// The node's own data counts: it restarted on it.
+    WithItself,
+    /// Only other replicas that count: the node is a new incarnation.
+    OthersOnly,
 }
 
-async fn catch_up(
+/// Starts the background catch-up of a node that restarted on its own data:
+/// retried until every partition has been copied from enough peers.
+pub fn start_after_restart(
+    node: NodeId,
+    follower: Follower,
+    writer: Writer,
+    peers: HttpClient,
+    shutdown: CancellationToken,
+) {
+    // The task holds a writer handle: it must end with the node, or the
+    // writer would never drain and stop.
+    tokio::spawn(async move {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match catch_up(node, &follower, &writer, &peers, Sources::WithItself).await {
+                Ok(imported) => {
+                    tracing::info!(imported, "caught up from peers after the restart");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "catch-up incomplete; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+/// One pass over every partition this node holds or is joining; fails (to be
+/// retried) when some partition could not be copied from enough sources.
+pub async fn catch_up(
     node: NodeId,
     follower: &Follower,
     writer: &Writer,
     peers: &HttpClient,
+    sources_allowed: Sources,
 ) -> Result<u64, String> {
     let state = follower
         .current()
@@ -95,9 +87,14 @@ async fn catch_up(
     for assignment in map.partitions.iter().filter(mine) {
         let mut sources = 0;
         for peer in assignment.replicas.iter().filter(|p| **p != node) {
-            let Some(address) = state.nodes.get(peer).map(|n| n.address.clone()) else {
+            let Some(peer_info) = state.nodes.get(peer) else {
                 continue;
             };
+            // A peer that is itself a new incarnation vouches for nothing.
+            if sources_allowed == Sources::OthersOnly && peer_info.catching_up {
+                continue;
+            }
+            let address = peer_info.address.clone();
             match copy_from(&address, assignment.id.0, writer, peers).await {
                 Ok(count) => {
                     imported += count;
@@ -106,8 +103,11 @@ async fn catch_up(
                 Err(error) => tracing::info!(%peer, %error, "peer unavailable for catch-up"),
             }
         }
-        // With this node, a quorum of the set: every acknowledged write is on one of them.
-        let itself = usize::from(assignment.replicas.contains(&node));
+        // A quorum of the set (with this node only when its data counts): every
+        // write a quorum acknowledged is on one of them.
+        let itself = usize::from(
+            sources_allowed == Sources::WithItself && assignment.replicas.contains(&node),
+        );
         if sources + itself < kvorum_protocol::consistency::quorum(assignment.replicas.len()) {
             return Err(format!(
                 "partition {}: too few peers answered",

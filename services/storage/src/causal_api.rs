@@ -22,7 +22,7 @@ use crate::store::{Store, WriteOp, WriteOutcome};
 
 impl AppState {
     fn causal_read_one(&self, target: &ReplicaKey) -> Result<CausalReadResponse, ApiError> {
-        self.admit(target)?;
+        self.admit_read(target)?;
         let state = self
             .store
             .read_causal(target.partition, &target.keyspace, &target.key)?
@@ -96,7 +96,8 @@ pub(crate) async fn causal_write(
     State(state): State<Arc<AppState>>,
     JsonBody(request): JsonBody<CausalWriteRequest>,
 ) -> Result<Json<CausalWriteResponse>, ApiError> {
-    state.admit(&request.target)?;
+    // A catching-up incarnation issues no dots: the counters of the dots it lost are unknown.
+    state.admit_read(&request.target)?;
     let CausalWriteRequest {
         target,
         value,
@@ -124,14 +125,17 @@ pub(crate) async fn causal_merge(
     State(state): State<Arc<AppState>>,
     JsonBody(request): JsonBody<CausalMergeRequest>,
 ) -> Result<Json<CausalMergeResponse>, ApiError> {
-    state.admit(&request.target)?;
+    state.admit_write(&request.target)?;
     let (partition, epoch) = (request.target.partition, request.target.epoch);
     let outcomes = state.writer.submit(vec![merge_op(request)]).await?;
     let (changed, _) = merged(partition, epoch, outcomes.into_iter().next())?;
     if changed {
         metrics::counter!("kvorum_causal_merges_changed_total").increment(1);
     }
-    Ok(Json(CausalMergeResponse { changed }))
+    Ok(Json(CausalMergeResponse {
+        changed,
+        catching_up: !state.incarnation.counts(),
+    }))
 }
 
 pub(crate) async fn causal_merge_batch(
@@ -142,12 +146,15 @@ pub(crate) async fn causal_merge_batch(
         &state,
         batch.items,
         |request| {
-            state.admit(&request.target)?;
+            state.admit_write(&request.target)?;
             Ok((request.target.partition, request.target.epoch))
         },
         merge_op,
         |(partition, epoch), outcome| {
-            merged(partition, epoch, outcome).map(|(changed, _)| CausalMergeResponse { changed })
+            merged(partition, epoch, outcome).map(|(changed, _)| CausalMergeResponse {
+                changed,
+                catching_up: !state.incarnation.counts(),
+            })
         },
     )
     .await
@@ -189,6 +196,8 @@ pub(crate) async fn partition_digest(
     State(state): State<Arc<AppState>>,
     PathParam(partition): PathParam<u32>,
 ) -> Result<Json<PartitionDigest>, ApiError> {
+    // Anti-entropy sources nothing from a catching-up incarnation.
+    state.serving()?;
     let partition = PartitionId(partition);
     let store = state.store.clone();
     let buckets = tokio::task::spawn_blocking(move || store.digest(partition))
@@ -202,6 +211,7 @@ pub(crate) async fn export_buckets(
     PathParam(partition): PathParam<u32>,
     JsonBody(query): JsonBody<BucketQuery>,
 ) -> Result<Json<PartitionExport>, ApiError> {
+    state.serving()?;
     if let Some(bad) = query
         .buckets
         .iter()
@@ -230,6 +240,7 @@ pub(crate) async fn purge_tombstones(
     PathParam(partition): PathParam<u32>,
     JsonBody(request): JsonBody<PurgeRequest>,
 ) -> Result<Json<PurgeResponse>, ApiError> {
+    state.serving()?;
     let partition = PartitionId(partition);
     let items: Vec<_> = request
         .items

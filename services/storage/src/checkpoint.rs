@@ -148,6 +148,11 @@ impl Checkpoints {
             .and_then(|f| f.sync_all())
             .map_err(self.io())?;
         std::fs::rename(&temporary, data_file).map_err(self.io())?;
+        // The rename is durable only once the directory is: a crash right after
+        // it must not leave a node that believes it restored what is not there.
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(self.io())?;
         Ok(Some(latest.name))
     }
 }

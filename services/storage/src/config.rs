@@ -37,7 +37,7 @@ pub struct StorageConfig {
     #[arg(long, env = "KVORUM_DATA_DIR", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     pub data_dir: PathBuf,
 
-    /// Directory for checkpoints, kept apart from --data-dir so that losing one does not lose the other (default: <data-dir>-checkpoints).
+    /// Directory for checkpoints, beside --data-dir on the same volume (default: <data-dir>-checkpoints); Compose and Kubernetes use <volume>/checkpoints beside <volume>/db.
     #[arg(long, env = "KVORUM_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
 

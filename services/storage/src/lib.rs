@@ -7,7 +7,8 @@
 //! - [`fence`]: refusing requests routed by an old epoch.
 //! - [`membership`]: registering with the metadata service and following the partition map.
 //! - [`checkpoint`]: periodic consistent checkpoints, and restoring a lost data directory.
-//! - [`catchup`]: streaming every partition from peers after a restore.
+//! - [`catchup`]: streaming every partition from peers after a restart or a restore.
+//! - [`incarnation`]: a node on new or restored data counts for nothing until it caught up.
 //! - [`hints`]: handing replicas the writes they missed (hinted handoff).
 //! - [`anti_entropy`]: comparing hashed key ranges with peers, and collecting tombstones.
 //! - [`api`]: the internal HTTP API.
@@ -21,6 +22,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod fence;
 pub mod hints;
+pub mod incarnation;
 pub mod membership;
 pub mod record_codec;
 pub mod store;
@@ -34,9 +36,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::StorageConfig;
 
 use crate::api::AppState;
-use crate::catchup::CatchUp;
 use crate::checkpoint::Checkpoints;
 use crate::fence::EpochFence;
+use crate::incarnation::{Incarnation, NewIncarnation};
 use crate::membership::Membership;
 use crate::store::{Store, StoreError};
 use crate::writer::Writer;
@@ -74,26 +76,37 @@ pub async fn run(
         usize::try_from(config.checkpoint_retention).unwrap_or(usize::MAX),
     );
     let data_file = config.data_dir.join(store::DATABASE_FILE);
-    let restarting = data_file.exists();
+    let had_data = data_file.exists();
     let restored = checkpoints
         .restore_if_lost(&data_file)
         .map_err(|e| StorageError::Config(e.to_string()))?;
-    if let Some(name) = &restored {
-        tracing::warn!(checkpoint = %name, "the data directory was lost; restored it from the newest checkpoint, catching up from peers");
-    } else if restarting {
-        tracing::info!("restarting on existing data: catching up from peers in the background");
-    }
     let open = |dir: &std::path::Path| Store::open(dir, config.node());
-    let store = Arc::new(open(&config.data_dir).map_err(|source| StorageError::Open {
+    let opening = |source| StorageError::Open {
         dir: config.data_dir.display().to_string(),
         source,
-    })?);
-    let epochs = store
-        .partition_epochs()
-        .map_err(|source| StorageError::Open {
-            dir: config.data_dir.display().to_string(),
-            source,
-        })?;
+    };
+    let store = Arc::new(open(&config.data_dir).map_err(opening)?);
+    // New or restored data is a new incarnation until it has caught up (the
+    // flag is persisted first, so a crash mid-way resumes the catch-up).
+    if !had_data {
+        store
+            .apply(&[store::WriteOp::Incarnation {
+                catching_up: true,
+                dot_floor: 0,
+            }])
+            .map_err(opening)?;
+    }
+    let new_incarnation = store.catching_up().map_err(opening)?;
+    if let Some(name) = &restored {
+        tracing::warn!(checkpoint = %name, "the data directory was lost; restored it from the newest checkpoint: a new incarnation, catching up from peers");
+    } else if new_incarnation && had_data {
+        tracing::warn!("resuming an unfinished catch-up of a new incarnation");
+    } else if new_incarnation {
+        tracing::info!("an empty data directory: a new incarnation if the cluster knew this node");
+    } else {
+        tracing::info!("restarting on existing data: catching up from peers in the background");
+    }
+    let epochs = store.partition_epochs().map_err(opening)?;
     let (writer, writer_task) = Writer::start(
         store.clone(),
         usize::try_from(config.max_batch).unwrap_or(usize::MAX),
@@ -101,13 +114,10 @@ pub async fn run(
     let fence = Arc::new(EpochFence::new(epochs));
     let membership = Membership::start(
         metad,
-        membership::node_info(config.node(), address, config.standby),
+        membership::node_info(config.node(), address, config.standby, new_incarnation),
         fence.clone(),
         shutdown.clone(),
     );
-    // A restored node catches up before it is ready; a restarted one catches up
-    // in the background (read repair covers what it serves meanwhile); a new
-    // node has nothing to catch up with (state transfer fills it).
     let peers = {
         let mut peers = kvorum_http_client::ClientConfig::new("storage");
         peers.request_timeout = std::time::Duration::from_secs(30);
@@ -145,18 +155,32 @@ pub async fn run(
         };
         tokio::spawn(anti_entropy.run(shutdown.clone()));
     }
-    let catch_up = if restored.is_some() || restarting {
-        CatchUp::start(
+    let incarnation = if new_incarnation {
+        let incarnation = Incarnation::admitting();
+        let admission = NewIncarnation {
+            node: config.node(),
+            membership: membership.clone(),
+            writer: writer.clone(),
+            fence: fence.clone(),
+            peers,
+            incarnation: incarnation.clone(),
+        };
+        // The task holds a writer handle: it must end with the node, or the
+        // writer would never drain and stop.
+        tokio::spawn(admission.run(shutdown.clone()));
+        incarnation
+    } else {
+        // A restart on its own data: the node counts at once and catches up in
+        // the background (read repair covers what it serves meanwhile).
+        catchup::start_after_restart(
             config.node(),
             membership.follower(),
             writer.clone(),
             peers,
             shutdown.clone(),
-        )
-    } else {
-        CatchUp::done()
+        );
+        Incarnation::serving()
     };
-    let gate_on_catch_up = restored.is_some();
     if config.checkpoint_interval_ms > 0 {
         tokio::spawn(take_checkpoints(
             checkpoints.clone(),
@@ -166,19 +190,20 @@ pub async fn run(
         ));
     }
     let membership_ready = membership.readiness();
-    let caught_up = catch_up.clone();
+    let phase = incarnation.clone();
     let state = Arc::new(AppState {
         store,
         writer,
         fence,
         readiness: kvorum_server::Readiness::new(move || {
             membership_ready.check()?;
-            if !gate_on_catch_up || caught_up.is_done() {
+            if phase.serves_reads() {
                 Ok(())
             } else {
-                Err("catching up from peers after a checkpoint restore".to_owned())
+                Err("a new incarnation catching up from its peers".to_owned())
             }
         }),
+        incarnation,
         checkpoints,
     });
     let app = api::router(

@@ -2,7 +2,6 @@
 //! start and follows the partition map, raising its epoch fence as the map moves.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvorum_metad_client::{Follower, MetadClient, MetadClientError};
 use kvorum_protocol::cluster::NodeRole;
@@ -17,8 +16,10 @@ use crate::fence::EpochFence;
 /// A running membership: the follower of the metadata state and whether registration succeeded.
 #[derive(Debug, Clone)]
 pub struct Membership {
+    client: MetadClient,
     follower: Follower,
-    registered: Arc<AtomicBool>,
+    /// The metadata version the registration was applied at, once it was.
+    registered: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 impl Membership {
@@ -30,14 +31,36 @@ impl Membership {
         shutdown: CancellationToken,
     ) -> Self {
         let follower = kvorum_metad_client::follow(client.clone(), shutdown.clone());
-        let registered = Arc::new(AtomicBool::new(false));
+        let (publish, registered) = tokio::sync::watch::channel(None);
         let span = tracing::info_span!("register_node", node = node.id.0);
-        tokio::spawn(register(client, node, registered.clone(), shutdown.clone()).instrument(span));
+        tokio::spawn(register(client.clone(), node, publish, shutdown.clone()).instrument(span));
         tokio::spawn(raise_fences(follower.clone(), fence, shutdown));
         Self {
+            client,
             follower,
             registered,
         }
+    }
+
+    /// Waits until the registration is applied; the metadata version it was applied at
+    /// (`None` if it was refused or the node shut down first).
+    pub async fn registered(&self) -> Option<u64> {
+        let mut registered = self.registered.clone();
+        let version = registered.wait_for(Option::is_some).await.ok()?;
+        *version
+    }
+
+    /// Tells the metadata service that incarnation `incarnation` of `node` has caught up.
+    pub async fn report_caught_up(
+        &self,
+        node: NodeId,
+        incarnation: u64,
+    ) -> Result<u64, MetadClientError> {
+        let outcome = self
+            .client
+            .submit(MetadataOp::NodeCaughtUp { node, incarnation })
+            .await?;
+        Ok(outcome.version)
     }
 
     /// The follower of the metadata state.
@@ -49,7 +72,7 @@ impl Membership {
     pub fn readiness(&self) -> Readiness {
         let membership = self.clone();
         Readiness::new(move || {
-            if !membership.registered.load(Ordering::Relaxed) {
+            if membership.registered.borrow().is_none() {
                 return Err("not registered with the metadata service yet".to_owned());
             }
             match membership.follower.current() {
@@ -67,7 +90,7 @@ impl Membership {
 async fn register(
     client: MetadClient,
     node: NodeInfo,
-    registered: Arc<AtomicBool>,
+    registered: tokio::sync::watch::Sender<Option<u64>>,
     shutdown: CancellationToken,
 ) {
     let command = MetadataCommand {
@@ -82,8 +105,8 @@ async fn register(
         };
         match attempt {
             Ok(outcome) => {
-                tracing::info!(node = %node.id, address = %node.address, version = outcome.version, "registered with the metadata service");
-                registered.store(true, Ordering::Relaxed);
+                tracing::info!(node = %node.id, address = %node.address, catching_up = node.catching_up, version = outcome.version, "registered with the metadata service");
+                registered.send_replace(Some(outcome.version));
                 return;
             }
             Err(MetadClientError::Refused(refused)) => {
@@ -118,16 +141,12 @@ async fn raise_fences(follower: Follower, fence: Arc<EpochFence>, shutdown: Canc
     }
 }
 
-/// The description this node registers with.
-pub fn node_info(id: NodeId, address: String, standby: bool) -> NodeInfo {
-    NodeInfo {
-        id,
-        address,
-        role: if standby {
-            NodeRole::Standby
-        } else {
-            NodeRole::Storage
-        },
-        state: Default::default(),
-    }
+/// The description this node registers with; `catching_up` when its data directory is new or restored.
+pub fn node_info(id: NodeId, address: String, standby: bool, catching_up: bool) -> NodeInfo {
+    let role = if standby {
+        NodeRole::Standby
+    } else {
+        NodeRole::Storage
+    };
+    NodeInfo::registering(id, address, role, catching_up)
 }

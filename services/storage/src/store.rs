@@ -37,6 +37,9 @@ const DELETED_SINCE: TableDefinition<(u32, &str, &str), u64> =
     TableDefinition::new("deleted_since");
 /// The `META` entry holding the highest dot counter this node ever issued.
 const DOT_COUNTER: &str = "dot_counter";
+/// The `META` entry that is 1 while the data directory is new or restored and
+/// has not caught up from the node's peers yet (a new incarnation).
+const CATCHING_UP: &str = "catching_up";
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "kvorum.redb";
@@ -142,6 +145,14 @@ pub enum WriteOp {
         /// The lone tombstone every replica holds.
         state: CausalState,
     },
+    /// Record which incarnation this node's data belongs to: whether it is still
+    /// catching up, and the dot floor its incarnation issues dots above.
+    Incarnation {
+        /// Whether the data directory is new or restored and not yet caught up.
+        catching_up: bool,
+        /// The lowest dot counter this incarnation may issue (never lowers the counter).
+        dot_floor: u64,
+    },
     /// Record that requests routed below `epoch` are refused for the partition.
     RaiseEpoch {
         /// The partition.
@@ -174,6 +185,8 @@ pub enum WriteOutcome {
     Removed(bool),
     /// How many records a partition drop removed.
     Dropped(usize),
+    /// Node-wide metadata was recorded.
+    Recorded,
     /// The epoch recorded for the partition after a raise.
     Epoch(Epoch),
     /// The commit was routed by an epoch older than the one recorded; nothing changed.
@@ -319,6 +332,26 @@ impl Store {
         })
     }
 
+    /// Whether the data directory is a new incarnation that has not caught up yet.
+    pub fn catching_up(&self) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let meta = txn.open_table(META).map_err(db_error)?;
+        Ok(meta
+            .get(CATCHING_UP)
+            .map_err(db_error)?
+            .is_some_and(|g| g.value() == 1))
+    }
+
+    /// The highest dot counter this node has issued (or the floor it was raised to).
+    pub fn dot_counter(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let meta = txn.open_table(META).map_err(db_error)?;
+        Ok(meta
+            .get(DOT_COUNTER)
+            .map_err(db_error)?
+            .map_or(0, |g| g.value()))
+    }
+
     /// Writes a consistent copy of the whole database (one read transaction) to
     /// a new redb file at `path`, fsync'd; returns how many records it holds.
     pub fn copy_to(&self, path: &Path) -> Result<u64, StoreError> {
@@ -327,9 +360,13 @@ impl Store {
         let mut txn = copy.begin_write().map_err(db_error)?;
         txn.set_durability(Durability::Immediate)
             .map_err(db_error)?;
+        // Every table: a restored node needs its tombstone ages (collection waits
+        // on them) and its hints (writes it owes others) as much as its records.
         let records = copy_table(&source, &txn, RECORDS)?;
         copy_table(&source, &txn, EPOCHS)?;
         copy_table(&source, &txn, META)?;
+        copy_table(&source, &txn, HINTS)?;
+        copy_table(&source, &txn, DELETED_SINCE)?;
         txn.commit().map_err(db_error)?;
         Ok(records)
     }
@@ -910,6 +947,21 @@ impl Store {
                     }
                 };
                 Ok(outcome)
+            }
+            WriteOp::Incarnation {
+                catching_up,
+                dot_floor,
+            } => {
+                let mut meta = txn.open_table(META).map_err(db_error)?;
+                let counter = meta
+                    .get(DOT_COUNTER)
+                    .map_err(db_error)?
+                    .map_or(0, |g| g.value());
+                meta.insert(DOT_COUNTER, counter.max(*dot_floor))
+                    .map_err(db_error)?;
+                meta.insert(CATCHING_UP, u64::from(*catching_up))
+                    .map_err(db_error)?;
+                Ok(WriteOutcome::Recorded)
             }
             WriteOp::RaiseEpoch { partition, epoch } => {
                 let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;

@@ -11,6 +11,7 @@ use kvorum_protocol::NodeId;
 use kvorum_storage::api::{AppState, router};
 use kvorum_storage::checkpoint::Checkpoints;
 use kvorum_storage::fence::EpochFence;
+use kvorum_storage::incarnation::Incarnation;
 use kvorum_storage::store::Store;
 use kvorum_storage::writer::Writer;
 use serde_json::{Value, json};
@@ -22,6 +23,10 @@ struct Node {
 }
 
 fn node() -> Node {
+    node_in(Incarnation::serving())
+}
+
+fn node_in(incarnation: Incarnation) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path(), NodeId(1)).expect("open"));
     let (writer, _task) = Writer::start(store.clone(), 64);
@@ -30,6 +35,7 @@ fn node() -> Node {
         writer,
         fence: Arc::new(EpochFence::default()),
         readiness: kvorum_server::Readiness::always(),
+        incarnation,
         checkpoints: Checkpoints::new(dir.path().join("checkpoints"), 2),
     });
     Node {
@@ -365,4 +371,55 @@ async fn checkpoints_are_taken_listed_and_restored_into_the_live_node() {
         .call("POST", "/internal/v1/checkpoints/nope/restore", Value::Null)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn a_catching_up_incarnation_takes_writes_but_answers_no_reads_and_its_acks_do_not_count() {
+    let node = node_in(Incarnation::catching_up());
+    for (uri, body) in [
+        ("/internal/v1/read", target("k", 1)),
+        ("/internal/v1/prepare", target("k", 1)),
+        ("/internal/v1/causal/read", target("k", 1)),
+    ] {
+        let (status, body) = node.call("POST", uri, body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "catching_up", "{uri}");
+    }
+    let (status, body) = node
+        .call("GET", "/internal/v1/partitions/1", Value::Null)
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("catching_up")),
+        "a catching-up node is nobody's export source"
+    );
+    let (status, body) = node
+        .call("POST", "/internal/v1/commit", commit("k", 1, 2, "dHdv"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"applied": true, "current": {"counter": 2, "writer": 1}, "catching_up": true})
+    );
+    let (_, body) = node
+        .call(
+            "POST",
+            "/internal/v1/commit/batch",
+            json!({"items": [commit("a", 1, 1, "YQ==")]}),
+        )
+        .await;
+    assert_eq!(body["items"][0]["ok"]["catching_up"], true, "{body}");
+}
+
+#[tokio::test]
+async fn an_incarnation_not_yet_admitted_answers_nothing_routed() {
+    let node = node_in(Incarnation::admitting());
+    for (uri, body) in [
+        ("/internal/v1/read", target("k", 1)),
+        ("/internal/v1/commit", commit("k", 1, 2, "dHdv")),
+    ] {
+        let (status, body) = node.call("POST", uri, body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "catching_up", "{uri}");
+    }
 }

@@ -14,12 +14,12 @@ use kvorum_protocol::{NodeId, NodeInfo};
 use reqwest::StatusCode;
 
 fn register(request: &str, node: u64) -> MetadataCommand {
-    let info = NodeInfo {
-        id: NodeId(node),
-        address: format!("127.0.0.1:{}", 7000 + node),
-        role: Default::default(),
-        state: Default::default(),
-    };
+    let info = NodeInfo::registering(
+        NodeId(node),
+        format!("127.0.0.1:{}", 7000 + node),
+        Default::default(),
+        false,
+    );
     MetadataCommand {
         request_id: RequestId(request.to_owned()),
         expected_version: None,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kvorum_cluster_tests::TestCluster;
 use kvorum_protocol::NodeId;
-use kvorum_protocol::cluster::NodeState;
+use kvorum_protocol::cluster::{NodeRole, NodeState};
 use kvorum_protocol::metadata::MetadataState;
 use reqwest::{Method, StatusCode};
 
@@ -124,5 +124,43 @@ async fn a_new_node_gets_an_even_share_and_a_decommissioned_one_ends_empty() -> 
         assert_eq!(got.status, StatusCode::OK, "{key}: {:?}", got.json());
         assert_eq!(got.body, value.as_bytes(), "{key}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommissions_that_cannot_work_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let metad = cluster.metad_client()?;
+    let client = cluster.client.clone();
+    let decommission = |id: u64| {
+        let client = client.clone();
+        async move {
+            client
+                .send(
+                    Method::POST,
+                    &format!("/v1/nodes/{id}/decommission"),
+                    Vec::new(),
+                )
+                .await
+        }
+    };
+    let unknown = decommission(99).await?;
+    assert_eq!(
+        unknown.status,
+        StatusCode::NOT_FOUND,
+        "{:?}",
+        unknown.json()
+    );
+    // Five nodes, RF 3: two may leave, a third would leave too few for RF.
+    assert_eq!(decommission(1).await?.status, StatusCode::ACCEPTED);
+    let again = decommission(1).await?;
+    assert_eq!(again.status, StatusCode::OK, "asking again is not an error");
+    assert_eq!(decommission(2).await?.status, StatusCode::ACCEPTED);
+    let third = decommission(3).await?;
+    assert_eq!(third.status, StatusCode::CONFLICT, "{:?}", third.json());
+    assert_eq!(third.json()["error"]["code"], "conflict");
+    let state = metad.state().await?;
+    assert_eq!(state.nodes[&NodeId(3)].role, NodeRole::Storage);
+    assert_eq!(state.nodes[&NodeId(1)].role, NodeRole::Leaving);
     Ok(())
 }

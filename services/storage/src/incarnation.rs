@@ -1,0 +1,199 @@
+//! A node's incarnation: whether what it holds may be counted.
+//!
+//! A node that starts on a new or restored data directory while the cluster
+//! may still list it as a replica is a *new incarnation* (SYSTEM.md,
+//! invariant 6): it lost writes it once acknowledged, so until it has caught up
+//! from a read quorum of its peers it must count toward no quorum. It goes
+//! through three phases:
+//!
+//! 1. **Admitting**: it registers with the metadata service saying so, learns
+//!    its incarnation number, raises (and persists) every partition's fence to
+//!    the map's epoch and its dot counter to its incarnation's floor. It answers
+//!    no routed request at all.
+//! 2. **Catching up**: it takes commits and merges (so writes made meanwhile
+//!    reach it) but answers no read, prepare, coordinated write or export, and
+//!    its acknowledgements say they do not count. It streams every partition
+//!    from a read quorum of the other replicas.
+//! 3. **Serving**: it told the metadata service it caught up; it counts again.
+//!
+//! The phase is persisted (`catching_up` in the `meta` table) until the metadata
+//! service has applied the catch-up, so a crash at any point resumes it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use kvorum_http_client::HttpClient;
+use kvorum_protocol::NodeId;
+use kvorum_protocol::cluster::dot_floor;
+use tokio_util::sync::CancellationToken;
+
+use crate::catchup::{Sources, catch_up};
+use crate::fence::EpochFence;
+use crate::membership::Membership;
+use crate::store::WriteOp;
+use crate::writer::Writer;
+
+const ADMITTING: u8 = 0;
+const CATCHING_UP: u8 = 1;
+const SERVING: u8 = 2;
+
+/// Where the node's incarnation stands; shared by every handler.
+#[derive(Debug, Clone)]
+pub struct Incarnation(Arc<AtomicU8>);
+
+impl Incarnation {
+    /// A node on its own data: it counts from the start.
+    pub fn serving() -> Self {
+        Self(Arc::new(AtomicU8::new(SERVING)))
+    }
+
+    /// A new incarnation that has not been admitted yet.
+    pub fn admitting() -> Self {
+        Self(Arc::new(AtomicU8::new(ADMITTING)))
+    }
+
+    /// Whether the node answers reads, prepares, coordinated writes and exports.
+    pub fn serves_reads(&self) -> bool {
+        self.0.load(Ordering::Acquire) == SERVING
+    }
+
+    /// Whether the node takes commits, merges and imports.
+    pub fn takes_writes(&self) -> bool {
+        self.0.load(Ordering::Acquire) != ADMITTING
+    }
+
+    /// An admitted incarnation still catching up: it takes writes, answers no reads.
+    pub fn catching_up() -> Self {
+        Self(Arc::new(AtomicU8::new(CATCHING_UP)))
+    }
+
+    /// Whether its acknowledgements count (it is not catching up).
+    pub fn counts(&self) -> bool {
+        self.serves_reads()
+    }
+
+    fn enter(&self, phase: u8) {
+        self.0.store(phase, Ordering::Release);
+    }
+}
+
+/// What the admission of a new incarnation needs.
+#[derive(Debug)]
+pub struct NewIncarnation {
+    /// This node.
+    pub node: NodeId,
+    /// Its registration (made with `catching_up`) and the map it follows.
+    pub membership: Membership,
+    /// The group-commit writer.
+    pub writer: Writer,
+    /// The in-memory epoch fence.
+    pub fence: Arc<EpochFence>,
+    /// The client for peers' exports.
+    pub peers: HttpClient,
+    /// The phase handlers look at.
+    pub incarnation: Incarnation,
+}
+
+impl NewIncarnation {
+    /// Admits the incarnation, catches it up and reports it, retrying each step until it succeeds or `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.admit_and_catch_up() => {}
+        }
+    }
+
+    async fn admit_and_catch_up(&self) {
+        let Some(version) = self.membership.registered().await else {
+            tracing::error!(node = %self.node, "registration refused; this incarnation is never admitted");
+            return;
+        };
+        let follower = self.membership.follower();
+        while !follower
+            .wait_for_version(version, Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(
+                version,
+                "waiting for the metadata state holding this node's registration"
+            );
+        }
+        let state = follower
+            .current()
+            .expect("a state at the registration's version");
+        let Some(me) = state.nodes.get(&self.node).cloned() else {
+            tracing::error!(node = %self.node, "the metadata state does not list this node after its registration");
+            return;
+        };
+        let mut ops = vec![WriteOp::Incarnation {
+            catching_up: me.catching_up,
+            dot_floor: dot_floor(me.incarnation),
+        }];
+        // Fences first, persisted: a restored epoch table is older than the map.
+        if let Some(map) = &state.partition_map {
+            for assignment in &map.partitions {
+                self.fence.raise(assignment.id, assignment.epoch);
+                ops.push(WriteOp::RaiseEpoch {
+                    partition: assignment.id,
+                    epoch: assignment.epoch,
+                });
+            }
+        }
+        self.retry("record the incarnation", || self.writer.submit(ops.clone()))
+            .await;
+        if !me.catching_up {
+            // The cluster never knew this node: it holds nothing anybody wrote.
+            tracing::info!(node = %self.node, "a node the cluster did not know: serving at once");
+            self.incarnation.enter(SERVING);
+            return;
+        }
+        self.incarnation.enter(CATCHING_UP);
+        let started = std::time::Instant::now();
+        tracing::warn!(node = %self.node, incarnation = me.incarnation, "a new incarnation (new or restored data): counted by no quorum until it has caught up from its peers");
+        let imported = self
+            .retry("catch up from a read quorum of the other replicas", || {
+                catch_up(
+                    self.node,
+                    &follower,
+                    &self.writer,
+                    &self.peers,
+                    Sources::OthersOnly,
+                )
+            })
+            .await;
+        self.retry("report the catch-up to the metadata service", || {
+            self.membership.report_caught_up(self.node, me.incarnation)
+        })
+        .await;
+        self.retry("record the catch-up", || {
+            self.writer.submit(vec![WriteOp::Incarnation {
+                catching_up: false,
+                dot_floor: dot_floor(me.incarnation),
+            }])
+        })
+        .await;
+        self.incarnation.enter(SERVING);
+        metrics::histogram!("kvorum_incarnation_catch_up_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(node = %self.node, incarnation = me.incarnation, imported, elapsed_ms = started.elapsed().as_millis() as u64, "caught up: this incarnation counts again");
+    }
+
+    /// Runs `step` until it succeeds, pausing between attempts.
+    async fn retry<T, E, F, Fut>(&self, what: &str, step: F) -> T
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        loop {
+            match step().await {
+                Ok(value) => return value,
+                Err(error) => {
+                    tracing::warn!(node = %self.node, %error, "cannot {what} yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}

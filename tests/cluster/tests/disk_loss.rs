@@ -1,0 +1,202 @@
+//! A storage node that loses its disk is a new incarnation (SYSTEM.md,
+//! invariant 6): on real processes, the scenario that lost an acknowledged
+//! write before incarnations existed.
+//!
+//! Key k lives on replicas {A, B, C}. C is killed; k = v1 is written at QUORUM
+//! (acknowledged by A and B); B loses its disk (with or without its
+//! checkpoints, one of them older than v1) and restarts; A is paused; C comes
+//! back on its own data. B and C answer, yet only C holds anything B may vouch
+//! for: no QUORUM read may answer v0, and none may count B. Once A is back, B
+//! catches up from a read quorum of the others and counts again.
+
+// The measured catch-up times are printed for the closing notes and CI logs.
+#![allow(clippy::print_stderr)]
+
+use std::time::{Duration, Instant};
+
+use kvorum_cluster_tests::{Answer, TestCluster};
+use kvorum_protocol::NodeId;
+use reqwest::StatusCode;
+
+/// What the lost disk took with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// The data directory and every checkpoint.
+    Everything,
+    /// The data directory; a checkpoint taken before v1 survives.
+    DataWithOlderCheckpoint,
+}
+
+async fn create_eventual_keyspace(cluster: &TestCluster) -> anyhow::Result<()> {
+    let answer = cluster
+        .client
+        .send(
+            reqwest::Method::PUT,
+            "/v1/keyspaces/ev",
+            br#"{"mode":"eventual","conflict":"lww"}"#.to_vec(),
+        )
+        .await?;
+    anyhow::ensure!(answer.status == StatusCode::CREATED, "{:?}", answer.json());
+    Ok(())
+}
+
+/// What the cluster view says of `node`: (catching up, incarnation).
+async fn incarnation_of(cluster: &TestCluster, node: NodeId) -> anyhow::Result<(bool, u64)> {
+    let view = cluster.client.get_json("/v1/cluster").await?;
+    let entry = view["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == node.0))
+        .ok_or_else(|| anyhow::anyhow!("node {node} not in the view: {view}"))?;
+    Ok((
+        entry["catching_up"].as_bool().unwrap_or(false),
+        entry["incarnation"].as_u64().unwrap_or(0),
+    ))
+}
+
+fn ensure_not_counted(answer: &Answer, node: NodeId, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !answer.nodes("x-kvorum-replicas-acked").contains(&node),
+        "{what}: the catching-up node {node} was counted: {:?}",
+        answer.headers
+    );
+    Ok(())
+}
+
+async fn scenario(eventual: bool, loss: Loss) -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start().await?;
+    let query = if eventual {
+        create_eventual_keyspace(&cluster).await?;
+        "?keyspace=ev"
+    } else {
+        ""
+    };
+    let key = format!("k{query}");
+    let first = cluster.client.put(&key, b"v0").await?;
+    anyhow::ensure!(first.status == StatusCode::NO_CONTENT, "{:?}", first.json());
+    let replicas = first.nodes("x-kvorum-replicas-asked");
+    let (a, b, c) = (replicas[0], replicas[1], replicas[2]);
+    let http = reqwest::Client::new();
+    if loss == Loss::DataWithOlderCheckpoint {
+        let address = cluster.cluster.storage_address(b)?;
+        let taken = http
+            .post(format!("http://{address}/internal/v1/checkpoints"))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            taken.status().is_success(),
+            "checkpoint: {}",
+            taken.status()
+        );
+    }
+
+    cluster.cluster.kill_storage(c).await?;
+    let second = cluster.client.put(&key, b"v1").await?;
+    anyhow::ensure!(
+        second.status == StatusCode::NO_CONTENT,
+        "{:?}",
+        second.json()
+    );
+    match loss {
+        Loss::Everything => cluster.cluster.wipe_storage_and_checkpoints(b).await?,
+        Loss::DataWithOlderCheckpoint => cluster.cluster.wipe_storage(b).await?,
+    }
+    cluster.cluster.restart_storage(b).await?;
+    cluster.cluster.pause_storage(a)?;
+    let paused = async {
+        cluster.cluster.restart_storage(c).await?;
+        // B registers as a new incarnation; it cannot catch up while A is away.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while incarnation_of(&cluster, b).await? != (true, 1) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {b} never showed as a catching-up incarnation"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for attempt in 0..3 {
+            let read = cluster.client.get(&key).await?;
+            ensure_not_counted(&read, b, "read")?;
+            anyhow::ensure!(
+                read.body != b"v0",
+                "attempt {attempt}: a QUORUM read answered the overwritten v0 (status {})",
+                read.status
+            );
+            anyhow::ensure!(
+                read.status == StatusCode::SERVICE_UNAVAILABLE || read.body == b"v1",
+                "attempt {attempt}: {} {:?}",
+                read.status,
+                read.json()
+            );
+            let write = cluster.client.put(&format!("other{query}"), b"x").await?;
+            ensure_not_counted(&write, b, "write")?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let resumed = Instant::now();
+    cluster.cluster.resume_storage(a)?;
+    paused?;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while incarnation_of(&cluster, b).await? != (false, 1) {
+        anyhow::ensure!(Instant::now() < deadline, "node {b} never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "eventual={eventual} {loss:?}: node {b} caught up {:?} after its peers were back",
+        resumed.elapsed()
+    );
+    for level in ["quorum", "all"] {
+        let separator = if query.is_empty() { '?' } else { '&' };
+        let read = cluster
+            .client
+            .get(&format!("{key}{separator}consistency={level}"))
+            .await?;
+        anyhow::ensure!(
+            read.status == StatusCode::OK && read.body == b"v1",
+            "{level}: {} {:?}",
+            read.status,
+            String::from_utf8_lossy(&read.body)
+        );
+    }
+    // The acknowledged write is on B itself now, not only on A.
+    let (partition, epoch) = second.route();
+    if eventual {
+        let held = cluster.read_causal(b, "ev", "k", partition, epoch).await?;
+        anyhow::ensure!(
+            held.siblings()
+                .iter()
+                .any(|s| s.value.as_deref() == Some(b"v1".as_slice())),
+            "node {b} holds {held:?}"
+        );
+    } else {
+        let held = cluster.read_replica(b, "k", partition, epoch).await?;
+        anyhow::ensure!(
+            held.record.and_then(|r| r.value).as_deref() == Some(b"v1".as_slice()),
+            "node {b} lacks v1"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strong_write_survives_a_wiped_replica_without_checkpoints() -> anyhow::Result<()> {
+    scenario(false, Loss::Everything).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strong_write_survives_a_replica_restored_from_an_older_checkpoint() -> anyhow::Result<()>
+{
+    scenario(false, Loss::DataWithOlderCheckpoint).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventual_write_survives_a_wiped_replica_without_checkpoints() -> anyhow::Result<()> {
+    scenario(true, Loss::Everything).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventual_write_survives_a_replica_restored_from_an_older_checkpoint()
+-> anyhow::Result<()> {
+    scenario(true, Loss::DataWithOlderCheckpoint).await
+}
