@@ -139,6 +139,16 @@ impl CallError {
     }
 }
 
+/// A successful answer, and whether an earlier attempt of the same call may
+/// have reached the peer as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retried<T> {
+    /// The decoded answer (of the last attempt).
+    pub value: T,
+    /// Whether an attempt before the one answered may have been delivered.
+    pub earlier_attempt_maybe_delivered: bool,
+}
+
 /// A pooled HTTP/JSON client; cheap to clone, share one per process.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
@@ -175,6 +185,32 @@ impl HttpClient {
     {
         self.send_json(reqwest::Method::POST, address, path, body, idempotency)
             .await
+    }
+
+    /// Like [`Self::post_json`], and says whether an earlier attempt of the call
+    /// may have been delivered too (the answer came from a retry): a caller that
+    /// reads per-item refusals out of the answer must not take them as "took
+    /// effect nowhere" when the first attempt may have applied the items.
+    pub async fn post_json_retried<Req, Resp>(
+        &self,
+        address: &str,
+        path: &str,
+        body: &Req,
+        idempotency: Idempotency,
+    ) -> Result<Retried<Resp>, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        self.call_tracking(
+            reqwest::Method::POST,
+            address,
+            path,
+            Some(body),
+            idempotency,
+        )
+        .await
     }
 
     /// `PUT http://{address}{path}` with a JSON body, decoding a JSON answer.
@@ -234,6 +270,19 @@ impl HttpClient {
         body: Option<Bytes>,
         idempotency: Idempotency,
     ) -> Result<Resp, CallError> {
+        self.call_tracking(method, address, path, body, idempotency)
+            .await
+            .map(|answer| answer.value)
+    }
+
+    async fn call_tracking<Resp: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        address: &str,
+        path: &str,
+        body: Option<Bytes>,
+        idempotency: Idempotency,
+    ) -> Result<Retried<Resp>, CallError> {
         let url = format!("http://{address}{path}");
         let attempts = match idempotency {
             Idempotency::Idempotent => self.config.retries + 1,
@@ -258,7 +307,13 @@ impl HttpClient {
                 Err(error) if !error.maybe_delivered() => {
                     return Err(maybe_delivered_earlier.unwrap_or(error));
                 }
-                result => return result,
+                Err(error) => return Err(error),
+                Ok(value) => {
+                    return Ok(Retried {
+                        value,
+                        earlier_attempt_maybe_delivered: maybe_delivered_earlier.is_some(),
+                    });
+                }
             }
         }
     }

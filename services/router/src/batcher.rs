@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvorum_http_client::{CallError, HttpClient, Idempotency};
+use kvorum_http_client::{CallError, HttpClient, Idempotency, Retried};
 use kvorum_protocol::ErrorCode;
 use kvorum_protocol::storage::{Batch, ItemOutcome};
 use serde::Serialize;
@@ -205,7 +205,7 @@ async fn send<Req, Resp>(
             let (requests, replies): (Vec<Req>, Vec<_>) =
                 items.into_iter().map(|i| (i.request, i.reply)).unzip();
             let answer = client
-                .post_json::<Batch<Req>, Batch<ItemOutcome<Resp>>>(
+                .post_json_retried::<Batch<Req>, Batch<ItemOutcome<Resp>>>(
                     address,
                     batch,
                     &Batch { items: requests },
@@ -214,16 +214,24 @@ async fn send<Req, Resp>(
                 .instrument(tracing::info_span!(parent: &span, "replica.batch", items = count))
                 .await;
             match answer {
-                Ok(answer) if answer.items.len() == replies.len() => {
+                Ok(Retried {
+                    value: answer,
+                    earlier_attempt_maybe_delivered: earlier,
+                }) if answer.items.len() == replies.len() => {
                     for (reply, outcome) in replies.into_iter().zip(answer.items) {
                         let _ = reply.send(match outcome {
                             ItemOutcome::Ok(response) => Ok(response),
                             ItemOutcome::Error(detail) => Err(ReplicaError {
-                                // Refusals (fenced, malformed) took effect nowhere.
-                                maybe_delivered: !matches!(
-                                    detail.code,
-                                    ErrorCode::StaleEpoch | ErrorCode::BadRequest
-                                ),
+                                // Refusals (fenced, malformed, catching up) took effect
+                                // nowhere, unless an earlier attempt of this very call
+                                // may have applied the item before the refusal.
+                                maybe_delivered: earlier
+                                    || !matches!(
+                                        detail.code,
+                                        ErrorCode::StaleEpoch
+                                            | ErrorCode::BadRequest
+                                            | ErrorCode::CatchingUp
+                                    ),
                                 stale_epoch: (detail.code == ErrorCode::StaleEpoch)
                                     .then_some(detail.current_epoch)
                                     .flatten(),
@@ -232,7 +240,7 @@ async fn send<Req, Resp>(
                         });
                     }
                 }
-                Ok(answer) => {
+                Ok(Retried { value: answer, .. }) => {
                     let error = ReplicaError {
                         maybe_delivered: true,
                         stale_epoch: None,
@@ -337,6 +345,66 @@ mod tests {
         }
         let made = calls.load(Ordering::SeqCst) - 1;
         assert!(made < 100, "400 concurrent requests took {made} calls");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_refused_on_a_retry_after_a_maybe_delivered_attempt_is_reported_maybe_delivered()
+     {
+        // The first attempt fails with a 503 (it may have applied the items);
+        // the retry finds every item fenced, as a node that applied them and then
+        // saw a newer epoch would answer.
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let seen = attempts.clone();
+        let app = axum::Router::new().route(
+            "/x/batch",
+            post(move |Json(batch): Json<Batch<u64>>| {
+                let attempt = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if attempt == 0 {
+                        return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                    }
+                    Ok(Json(Batch {
+                        items: batch
+                            .items
+                            .iter()
+                            .map(|_| {
+                                ItemOutcome::<u64>::Error(kvorum_protocol::ErrorDetail::new(
+                                    ErrorCode::StaleEpoch,
+                                    "fenced",
+                                ))
+                            })
+                            .collect(),
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address: Arc<str> = Arc::from(listener.local_addr().expect("address").to_string());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = HttpClient::new(ClientConfig::new("test")).expect("client");
+        let (items, answers): (Vec<Item<u64, u64>>, Vec<_>) = (0..3u64)
+            .map(|request| {
+                let (reply, answer) = oneshot::channel();
+                let item = Item {
+                    request,
+                    span: tracing::Span::none(),
+                    queued: Instant::now(),
+                    reply,
+                };
+                (item, answer)
+            })
+            .unzip();
+        send(&client, &address, "/x", "/x/batch", items).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "the 503 was retried");
+        for answer in answers {
+            let error = answer.await.expect("answered").expect_err("fenced");
+            assert!(
+                error.maybe_delivered,
+                "the first attempt may have applied it: {error:?}"
+            );
+        }
     }
 
     #[tokio::test]
