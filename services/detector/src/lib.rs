@@ -33,6 +33,9 @@ pub use config::DetectorConfig;
 
 use crate::monitor::{Monitor, Target, Wanted};
 
+/// The least time between two warnings that downs are held back.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// How often verdicts are recomputed.
 const EVALUATE_EVERY: Duration = Duration::from_millis(50);
 
@@ -203,6 +206,7 @@ async fn heartbeat(
 async fn judge(shared: Arc<Shared>, metad: MetadClient) {
     let mut ticker = tokio::time::interval(EVALUATE_EVERY);
     let mut reported: std::collections::HashMap<NodeId, (NodeState, Instant)> = Default::default();
+    let mut last_warning = None;
     loop {
         ticker.tick().await;
         let now = shared.now_ms();
@@ -228,6 +232,18 @@ async fn judge(shared: Arc<Shared>, metad: MetadClient) {
         let Some(state) = shared.follower.current() else {
             continue;
         };
+        let recorded: std::collections::BTreeMap<NodeId, NodeState> =
+            state.nodes.values().map(|n| (n.id, n.state)).collect();
+        let (verdicts, held_back) = monitor::cap_downs(&verdicts, &recorded);
+        metrics::gauge!("kvorum_detector_downs_held_back").set(held_back as f64);
+        if held_back > 0 && last_warning.is_none_or(|at: Instant| at.elapsed() > WARN_EVERY) {
+            last_warning = Some(Instant::now());
+            tracing::warn!(
+                held_back,
+                watched = verdicts.len(),
+                "most storage nodes are silent at once: this detector's own network is the likely cause; reporting them suspect, not down"
+            );
+        }
         for (node, verdict) in verdicts {
             let recorded = state.nodes.get(&node).map(|n| n.state);
             if recorded.is_none_or(|r| r == verdict || r == NodeState::Decommissioned) {

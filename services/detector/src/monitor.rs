@@ -144,9 +144,105 @@ impl Monitor {
     }
 }
 
+/// The verdicts to report, with no more than a minority of the watched storage
+/// nodes down at once: a detector that loses most nodes together is far more
+/// likely cut off itself than watching a majority fail, and reporting them all
+/// down would have the recovery controller tear the cluster apart.
+///
+/// `verdicts` are this detector's; `recorded` is what the metadata service
+/// holds. Nodes recorded down whose verdict is not up keep their slot; new
+/// downs take the remaining ones in id order, and the rest are reported
+/// suspect instead. Returns the verdicts to report and how many were held back.
+pub fn cap_downs(
+    verdicts: &[(NodeId, NodeState)],
+    recorded: &BTreeMap<NodeId, NodeState>,
+) -> (Vec<(NodeId, NodeState)>, usize) {
+    let watched = verdicts.len();
+    let cap = watched.saturating_sub(1) / 2;
+    let mut down = verdicts
+        .iter()
+        .filter(|(id, verdict)| {
+            *verdict != NodeState::Up && recorded.get(id) == Some(&NodeState::Down)
+        })
+        .count();
+    let mut held_back = 0;
+    let capped = verdicts
+        .iter()
+        .map(|&(id, verdict)| {
+            if verdict != NodeState::Down || recorded.get(&id) == Some(&NodeState::Down) {
+                return (id, verdict);
+            }
+            if down < cap {
+                down += 1;
+                (id, verdict)
+            } else {
+                held_back += 1;
+                (id, NodeState::Suspect)
+            }
+        })
+        .collect();
+    (capped, held_back)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_a_minority_of_the_nodes_is_reported_down() {
+        use NodeState::{Down, Suspect, Up};
+        let nodes = |states: &[NodeState]| -> Vec<(NodeId, NodeState)> {
+            states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (NodeId(i as u64 + 1), *s))
+                .collect()
+        };
+        // (verdicts, recorded, reported, held back)
+        let table: [(&[NodeState], &[NodeState], &[NodeState], usize); 6] = [
+            // Two of five down: a minority, reported as seen.
+            (
+                &[Down, Down, Up, Up, Up],
+                &[Up; 5],
+                &[Down, Down, Up, Up, Up],
+                0,
+            ),
+            // Five of five silent: the detector is the likely cause; two go down.
+            (
+                &[Down; 5],
+                &[Up; 5],
+                &[Down, Down, Suspect, Suspect, Suspect],
+                3,
+            ),
+            // Already recorded down keeps its slot; a newcomer fills the last one.
+            (
+                &[Down, Down, Down, Up, Up],
+                &[Up, Up, Down, Up, Up],
+                &[Down, Suspect, Down, Up, Up],
+                1,
+            ),
+            // A recorded-down node seen up again frees its slot.
+            (
+                &[Down, Down, Up, Down, Up],
+                &[Up, Up, Down, Up, Up],
+                &[Down, Down, Up, Suspect, Up],
+                1,
+            ),
+            // Three nodes: one may be down.
+            (&[Down, Down, Up], &[Up; 3], &[Down, Suspect, Up], 1),
+            // One node alone is never reported down by its only watcher.
+            (&[Down], &[Up], &[Suspect], 1),
+        ];
+        for (verdicts, recorded, reported, held) in table {
+            let recorded: BTreeMap<NodeId, NodeState> = nodes(recorded).into_iter().collect();
+            let (capped, held_back) = cap_downs(&nodes(verdicts), &recorded);
+            assert_eq!(
+                (capped, held_back),
+                (nodes(reported), held),
+                "{verdicts:?} over {recorded:?}"
+            );
+        }
+    }
 
     fn monitor() -> Monitor {
         Monitor::new(

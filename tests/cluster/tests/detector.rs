@@ -279,3 +279,73 @@ async fn a_loaded_cluster_sees_no_false_suspicion_for_60s() -> anyhow::Result<()
     assert_eq!(report.transitions, 0, "{report:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detector_that_loses_most_nodes_at_once_marks_only_a_minority_down() -> anyhow::Result<()>
+{
+    let cluster = TestCluster::start().await?;
+    let metad = cluster.metad_client()?;
+    let started = Instant::now();
+    let until = Arc::new(AtomicBool::new(false));
+    let recorder = record_states(metad.clone(), started, until.clone());
+    // Three of five nodes go silent together, as they would to a detector whose
+    // own network failed.
+    let silent = [NodeId(1), NodeId(2), NodeId(3)];
+    for node in silent {
+        cluster.cluster.pause_storage(node)?;
+    }
+    let outcome = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let state = metad.state().await?;
+            let down = silent
+                .iter()
+                .filter(|n| state.nodes[n].state == NodeState::Down)
+                .count();
+            if down == 2 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{down} of the silent nodes recorded down"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Long past the down grace: the third stays suspect.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        anyhow::Ok(())
+    }
+    .await;
+    for node in silent {
+        cluster.cluster.resume_storage(node)?;
+    }
+    outcome?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = metad.state().await?;
+        if silent.iter().all(|n| state.nodes[n].state == NodeState::Up) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the nodes never came back up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until.store(true, Ordering::Relaxed);
+    let histories = recorder.await?;
+    for node in silent {
+        let states = histories.get(&node).map(History::states).unwrap_or_default();
+        eprintln!("node {node}: {states:?}");
+    }
+    let ever_down = silent
+        .iter()
+        .filter(|n| {
+            histories
+                .get(n)
+                .is_some_and(|h| h.first(NodeState::Down).is_some())
+        })
+        .count();
+    assert_eq!(
+        ever_down, 2,
+        "only a minority of five may be down at once: {histories:?}"
+    );
+    Ok(())
+}
