@@ -198,8 +198,9 @@ mod tests {
                 .map(|(i, s)| (NodeId(i as u64 + 1), *s))
                 .collect()
         };
-        // (verdicts, recorded, reported, held back)
-        let table: [(&[NodeState], &[NodeState], &[NodeState], usize); 6] = [
+        /// Verdicts, recorded states, states reported, downs held back.
+        type Case<'a> = (&'a [NodeState], &'a [NodeState], &'a [NodeState], usize);
+        let table: [Case; 6] = [
             // Two of five down: a minority, reported as seen.
             (
                 &[Down, Down, Up, Up, Up],
