@@ -297,9 +297,13 @@ impl AntiEntropy {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut answers = answer.items.into_iter();
-            candidates.retain(
-                |c| matches!(answers.next(), Some(ItemOutcome::Ok(r)) if r.state == c.state),
-            );
+            // Each replica must itself have held exactly this tombstone for the
+            // grace, by its own clock: one that got it late may have sent its
+            // older state somewhere just before.
+            candidates.retain(|c| {
+                matches!(answers.next(), Some(ItemOutcome::Ok(r))
+                    if r.state == c.state && r.deleted_for_ms.is_some_and(|held| held >= grace))
+            });
         }
         if candidates.is_empty() {
             return Ok(());

@@ -332,7 +332,10 @@ async fn a_detector_that_loses_most_nodes_at_once_marks_only_a_minority_down() -
     until.store(true, Ordering::Relaxed);
     let histories = recorder.await?;
     for node in silent {
-        let states = histories.get(&node).map(History::states).unwrap_or_default();
+        let states = histories
+            .get(&node)
+            .map(History::states)
+            .unwrap_or_default();
         eprintln!("node {node}: {states:?}");
     }
     let ever_down = silent

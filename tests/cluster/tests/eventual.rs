@@ -386,6 +386,92 @@ async fn tombstones_are_collected_only_once_every_replica_holds_them() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tombstone_grace_holds_on_every_replica_not_only_the_collector() -> anyhow::Result<()> {
+    let grace = Duration::from_secs(4);
+    let grace_ms = grace.as_millis().to_string();
+    let cluster = start(&[
+        ("KVORUM_HINTED_HANDOFF", "false"),
+        ("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "300"),
+        ("KVORUM_TOMBSTONE_GRACE_MS", grace_ms.as_str()),
+        ("KVORUM_CHECKPOINT_INTERVAL_MS", "0"),
+    ])
+    .await?;
+    create_keyspace(&cluster, "grace", r#"{"mode":"eventual"}"#).await?;
+    let key = "late";
+    let written = cluster
+        .client
+        .put(&format!("{key}?keyspace=grace&consistency=all"), b"live")
+        .await?;
+    assert_eq!(
+        written.status,
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        written.json()
+    );
+    let place = placement(&written);
+    // The partition's first replica collects; the last one misses the delete.
+    let (collector, late) = (place.replicas[0], place.replicas[2]);
+    cluster.cluster.pause_storage(late)?;
+    let deleted = cluster
+        .client
+        .delete(&format!("{key}?keyspace=grace"))
+        .await?;
+    assert_eq!(
+        deleted.status,
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        deleted.json()
+    );
+    let held_since = Instant::now();
+    // The collector has held the tombstone for the whole grace before the late
+    // replica even hears of the delete.
+    while held_since.elapsed() < grace + Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.cluster.resume_storage(late)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let late_has_it = loop {
+        let state = cluster
+            .read_causal(late, "grace", key, place.partition, place.epoch)
+            .await;
+        if state.is_ok_and(|s| s.is_deleted()) {
+            break Instant::now();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {late} never got the tombstone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let purged_at = loop {
+        let state = cluster
+            .read_causal(collector, "grace", key, place.partition, place.epoch)
+            .await?;
+        if state.is_empty() {
+            break Instant::now();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the tombstone was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let waited = purged_at - late_has_it;
+    eprintln!("collected {waited:?} after node {late} got the tombstone (grace {grace:?})");
+    // Polling sees the late replica's receipt up to one poll late.
+    assert!(
+        waited + Duration::from_millis(300) >= grace,
+        "collected {waited:?} after the late replica got the tombstone, inside its grace of {grace:?}"
+    );
+    let answer = cluster
+        .client
+        .get(&format!("{key}?keyspace=grace&consistency=all"))
+        .await?;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{key} came back");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_after_concurrent_writers_and_a_crashed_node() -> anyhow::Result<()> {
     let mut cluster = start(&[("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "500")]).await?;
     create_keyspace(
