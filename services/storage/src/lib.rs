@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: periodic consistent checkpoints, and restoring a lost data directory.
 //! - [`catchup`]: streaming every partition from peers after a restart or a restore.
 //! - [`incarnation`]: a node on new or restored data counts for nothing until it caught up.
+//! - [`garbage`]: dropping partitions the map no longer assigns here.
 //! - [`hints`]: handing replicas the writes they missed (hinted handoff).
 //! - [`anti_entropy`]: comparing hashed key ranges with peers, and collecting tombstones.
 //! - [`api`]: the internal HTTP API.
@@ -21,6 +22,7 @@ pub mod causal_api;
 pub mod checkpoint;
 pub mod config;
 pub mod fence;
+pub mod garbage;
 pub mod hints;
 pub mod incarnation;
 pub mod membership;
@@ -132,6 +134,13 @@ pub async fn run(
         kvorum_http_client::HttpClient::new(config)
             .map_err(|e| StorageError::Config(e.to_string()))?
     };
+    tokio::spawn(garbage::drop_unassigned(
+        config.node(),
+        store.clone(),
+        writer.clone(),
+        membership.follower(),
+        shutdown.clone(),
+    ));
     tokio::spawn(hints::replay_hints(
         store.clone(),
         writer.clone(),

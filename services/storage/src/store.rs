@@ -91,6 +91,16 @@ pub enum WriteOp {
     },
     /// Remove every record of a partition.
     DropPartition(PartitionId),
+    /// Drop a partition the map no longer assigns to this node (as of `epoch`):
+    /// raise its fence to `epoch`, then drop its records, tombstone ages and the
+    /// hints held for it, unless a newer epoch was recorded meanwhile (a move
+    /// brought the partition back and may be importing into it).
+    DropUnassigned {
+        /// The partition.
+        partition: PartitionId,
+        /// Its epoch in the map that no longer names this node.
+        epoch: Epoch,
+    },
     /// Join an eventual keyspace's causal state into the one held.
     Merge {
         /// The partition.
@@ -330,6 +340,24 @@ impl Store {
             node,
             clock: Mutex::new(HybridClock::new()),
         })
+    }
+
+    /// The partitions of which this node holds any record, among the first `count`.
+    pub fn partitions_held(&self, count: u32) -> Result<Vec<PartitionId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let records = txn.open_table(RECORDS).map_err(db_error)?;
+        let mut held = Vec::new();
+        for partition in (0..count).map(PartitionId) {
+            if records
+                .range(partition_range(partition))
+                .map_err(db_error)?
+                .next()
+                .is_some()
+            {
+                held.push(partition);
+            }
+        }
+        Ok(held)
     }
 
     /// Whether the data directory is a new incarnation that has not caught up yet.
@@ -973,6 +1001,25 @@ impl Store {
                 epochs.insert(partition.0, raised.0).map_err(db_error)?;
                 Ok(WriteOutcome::Epoch(raised))
             }
+            WriteOp::DropUnassigned { partition, epoch } => {
+                let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
+                let known = epochs
+                    .get(partition.0)
+                    .map_err(db_error)?
+                    .map(|g| Epoch(g.value()));
+                if known.is_some_and(|k| k > *epoch) {
+                    return Ok(WriteOutcome::Dropped(0));
+                }
+                epochs.insert(partition.0, epoch.0).map_err(db_error)?;
+                drop(epochs);
+                let mut hints = txn.open_table(HINTS).map_err(db_error)?;
+                hints
+                    .extract_if(|(_, hinted, _, _), _| hinted == partition.0)
+                    .map_err(db_error)?
+                    .for_each(drop);
+                drop(hints);
+                self.apply_one(txn, &WriteOp::DropPartition(*partition))
+            }
             WriteOp::DropPartition(partition) => {
                 let mut records = txn.open_table(RECORDS).map_err(db_error)?;
                 let removed = records
@@ -1091,6 +1138,68 @@ mod tests {
             store.partition_epochs().expect("epochs"),
             vec![(PartitionId(3), Epoch(7))]
         );
+    }
+
+    #[test]
+    fn an_unassigned_partition_is_dropped_with_its_hints_unless_a_newer_epoch_came_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(1)).expect("open");
+        store
+            .apply(&[
+                commit(1, "a", record(1, "a1")),
+                commit(2, "b", record(1, "b2")),
+                WriteOp::StoreHints {
+                    partition: PartitionId(1),
+                    keyspace: ks(),
+                    key: key("a"),
+                    targets: vec![NodeId(3)],
+                },
+                WriteOp::StoreHints {
+                    partition: PartitionId(2),
+                    keyspace: ks(),
+                    key: key("b"),
+                    targets: vec![NodeId(3)],
+                },
+            ])
+            .expect("apply");
+        assert_eq!(
+            store.partitions_held(4).expect("held"),
+            [PartitionId(1), PartitionId(2)]
+        );
+        let outcomes = store
+            .apply(&[WriteOp::DropUnassigned {
+                partition: PartitionId(1),
+                epoch: Epoch(2),
+            }])
+            .expect("drop");
+        assert_eq!(outcomes, vec![WriteOutcome::Dropped(1)]);
+        assert_eq!(store.partitions_held(4).expect("held"), [PartitionId(2)]);
+        assert_eq!(
+            store.hint_count().expect("hints"),
+            1,
+            "partition 2's hint stays"
+        );
+        assert_eq!(
+            store.partition_epochs().expect("epochs"),
+            vec![(PartitionId(1), Epoch(2)), (PartitionId(2), Epoch(1))],
+            "the drop fences older requests"
+        );
+        // A move brought partition 2 back at epoch 5 and fenced it: an older
+        // decision to drop it changes nothing.
+        store
+            .apply(&[WriteOp::RaiseEpoch {
+                partition: PartitionId(2),
+                epoch: Epoch(5),
+            }])
+            .expect("fence");
+        let outcomes = store
+            .apply(&[WriteOp::DropUnassigned {
+                partition: PartitionId(2),
+                epoch: Epoch(4),
+            }])
+            .expect("drop");
+        assert_eq!(outcomes, vec![WriteOutcome::Dropped(0)]);
+        assert_eq!(store.partitions_held(4).expect("held"), [PartitionId(2)]);
     }
 
     #[test]

@@ -117,6 +117,36 @@ async fn a_new_node_gets_an_even_share_and_a_decommissioned_one_ends_empty() -> 
             .is_some_and(|m| m.partitions.iter().all(|p| !p.replicas.contains(&leaving))),
         "no partition names it"
     );
+    // It drops what it no longer replicates: every partition it exports is empty.
+    let address = cluster.cluster.storage_address(leaving)?;
+    let http = reqwest::Client::new();
+    let partitions = state
+        .partition_map
+        .as_ref()
+        .map_or(0, |m| m.partitions.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut held = 0;
+        for partition in 0..partitions {
+            let export: serde_json::Value = http
+                .get(format!(
+                    "http://{address}/internal/v1/partitions/{partition}"
+                ))
+                .send()
+                .await?
+                .json()
+                .await?;
+            held += export["records"].as_array().map_or(0, Vec::len);
+        }
+        if held == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {leaving} still holds {held} records of partitions it left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Its process can go; nothing is lost.
     cluster.cluster.kill_storage(leaving).await?;
     for (key, value) in &written {
