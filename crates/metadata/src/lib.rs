@@ -108,12 +108,13 @@ impl StateMachine {
                     // that restarts only updates its address.
                     // A known node on new or restored data is a new incarnation
                     // (invariant 6): it counts for nothing until it has caught up.
-                    // One already catching up stays in the same incarnation: it
-                    // issued no dots and answered no reads since it began.
+                    // Every such registration is a new incarnation, even one made
+                    // while the last was still catching up: a report of the old
+                    // process's catch-up, applied late, must not end this one's.
                     Some(known) => kvorum_protocol::NodeInfo {
                         role: known.role,
                         state: known.state,
-                        incarnation: if node.catching_up && !known.catching_up {
+                        incarnation: if node.catching_up {
                             known.incarnation + 1
                         } else {
                             known.incarnation
@@ -760,14 +761,19 @@ mod tests {
         let again = machine.state().nodes[&NodeId(1)].clone();
         assert_eq!((again.incarnation, again.catching_up), (1, true));
         assert!(!again.counts());
-        // Registering again mid catch-up (a crash) keeps the incarnation; so does a
-        // registration that claims its own data while the cluster says otherwise.
-        for (id, node) in [("c", fresh(1)), ("d", node(1))] {
+        // Registering again mid catch-up (a crash, or another lost disk) is the
+        // next incarnation; a registration that claims its own data while the
+        // cluster says otherwise changes neither.
+        for (id, node, incarnation) in [("c", fresh(1), 2), ("d", node(1), 2)] {
             machine
                 .apply(&command(id, MetadataOp::RegisterNode { node }))
                 .expect("register");
             let still = &machine.state().nodes[&NodeId(1)];
-            assert_eq!((still.incarnation, still.catching_up), (1, true), "{id}");
+            assert_eq!(
+                (still.incarnation, still.catching_up),
+                (incarnation, true),
+                "{id}"
+            );
         }
         // The detector's verdicts do not end the catch-up.
         machine
@@ -787,7 +793,7 @@ mod tests {
                 "f",
                 MetadataOp::NodeCaughtUp {
                     node: NodeId(1),
-                    incarnation: 0
+                    incarnation: 1
                 }
             )),
             Err(MetadataError::Conflict { .. })
@@ -808,18 +814,18 @@ mod tests {
                 "h",
                 MetadataOp::NodeCaughtUp {
                     node: NodeId(1),
-                    incarnation: 1,
+                    incarnation: 2,
                 },
             ))
             .expect("caught up");
         let caught_up = &machine.state().nodes[&NodeId(1)];
-        assert_eq!((caught_up.incarnation, caught_up.catching_up), (1, false));
+        assert_eq!((caught_up.incarnation, caught_up.catching_up), (2, false));
         assert!(caught_up.counts());
         // The next loss of data is the next incarnation.
         machine
             .apply(&command("i", MetadataOp::RegisterNode { node: fresh(1) }))
             .expect("re-register");
-        assert_eq!(machine.state().nodes[&NodeId(1)].incarnation, 2);
+        assert_eq!(machine.state().nodes[&NodeId(1)].incarnation, 3);
     }
 
     #[test]

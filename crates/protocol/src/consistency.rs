@@ -42,6 +42,36 @@ pub fn quorum(replication_factor: usize) -> usize {
     replication_factor / 2 + 1
 }
 
+/// The replication factors in use: every keyspace's, and the full set's.
+pub fn replication_factors(
+    state: &crate::metadata::MetadataState,
+    set_size: usize,
+) -> std::collections::BTreeSet<usize> {
+    state
+        .keyspaces
+        .values()
+        .map(|k| k.replication_factor)
+        .chain(std::iter::once(set_size))
+        .collect()
+}
+
+/// Whether the `available` replicas include a read quorum of every prefix of
+/// the set a keyspace uses (a keyspace with RF r lives on the first r): only
+/// then is every write a quorum acknowledged, in any keyspace, on one of them.
+/// A node catching up from its peers leaves itself out of `available`.
+pub fn covers_every_prefix(
+    replicas: &[crate::NodeId],
+    available: impl Fn(&crate::NodeId) -> bool,
+    replication_factors: &std::collections::BTreeSet<usize>,
+) -> bool {
+    replication_factors.iter().all(|&rf| {
+        let prefix = &replicas[..rf.min(replicas.len())];
+        let have = prefix.iter().filter(|n| available(n)).count();
+        // A read quorum of r intersects every write quorum of r: r - q(r) + 1 members.
+        have + quorum(prefix.len()) > prefix.len()
+    })
+}
+
 /// A consistency level name that is not `one`, `quorum` or `all`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown consistency level {0:?}: use one, quorum or all")]

@@ -113,13 +113,18 @@ impl Held {
     pub fn value_bytes(&self) -> usize {
         match self {
             Held::Strong(record) => record.value.as_ref().map_or(0, Vec::len),
-            Held::Causal(state) => state
-                .siblings()
-                .iter()
-                .map(|s| s.value.as_ref().map_or(0, Vec::len) + 24)
-                .sum(),
+            Held::Causal(state) => causal_value_bytes(state),
         }
     }
+}
+
+/// The bytes of value a causal state carries (every sibling's), for byte budgets.
+pub fn causal_value_bytes(state: &CausalState) -> usize {
+    state
+        .siblings()
+        .iter()
+        .map(|s| s.value.as_ref().map_or(0, Vec::len) + 24)
+        .sum()
 }
 
 /// One record of an exported partition.
@@ -133,6 +138,22 @@ pub struct ExportedRecord {
     /// What the node holds.
     pub record: Held,
 }
+
+impl ExportedRecord {
+    /// About how many bytes the record takes on the wire (values count once,
+    /// before base64), for byte budgets such as [`MAX_PAGE_BYTES`].
+    pub fn approx_bytes(&self) -> usize {
+        self.key.as_str().len() + self.keyspace.as_str().len() + self.record.value_bytes() + 64
+    }
+}
+
+/// The byte budget of one internal bulk message (an export page, an
+/// anti-entropy exchange, a batch of hints or of replica calls), counted as
+/// value bytes before base64: with base64 and JSON it stays far below a
+/// storage node's request limit (64 MiB by default), so partitions of 1 MiB
+/// values move, repair and replay like any others. A page always carries at
+/// least one record, so a record larger than the budget still moves.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
 /// Where a page of a partition export ends: the last record's keyspace and key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +177,10 @@ pub struct ExportQuery {
     /// At most this many records (all when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Stop once the page holds about this many bytes (see
+    /// [`ExportedRecord::approx_bytes`]); at least one record; no bound when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
 }
 
 /// `POST /internal/v1/partitions/{id}/fence`: raise the partition's epoch.
@@ -317,6 +342,12 @@ pub struct PartitionDigest {
 pub struct BucketQuery {
     /// Bucket numbers, each below [`DIGEST_BUCKETS`].
     pub buckets: Vec<u32>,
+    /// Continue after this record (a page's `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<ExportCursor>,
+    /// Stop once the page holds about this many bytes; at least one record; no bound when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
 }
 
 /// One tombstone to collect: removed only where the replica's state still equals `state`.

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kvorum_protocol::cluster::{NodeRole, NodeState, RecoveryStrategy, Replacement};
-use kvorum_protocol::consistency::quorum;
 use kvorum_protocol::metadata::MetadataState;
 use kvorum_protocol::{NodeId, PartitionId};
 
@@ -49,31 +48,7 @@ pub fn standbys_for(
         .collect()
 }
 
-/// The replication factors in use: every keyspace's, and the full set's.
-pub fn replication_factors(state: &MetadataState, set_size: usize) -> BTreeSet<usize> {
-    state
-        .keyspaces
-        .values()
-        .map(|k| k.replication_factor)
-        .chain(std::iter::once(set_size))
-        .collect()
-}
-
-/// Whether the `available` replicas include a read quorum of every prefix of
-/// the set a keyspace uses (a keyspace with RF r lives on the first r): only
-/// then is every write a quorum acknowledged, in any keyspace, on one of them.
-pub fn covers_every_prefix(
-    replicas: &[NodeId],
-    available: impl Fn(&NodeId) -> bool,
-    replication_factors: &BTreeSet<usize>,
-) -> bool {
-    replication_factors.iter().all(|&rf| {
-        let prefix = &replicas[..rf.min(replicas.len())];
-        let have = prefix.iter().filter(|n| available(n)).count();
-        // A read quorum of r intersects every write quorum of r: r - q(r) + 1 members.
-        have + quorum(prefix.len()) > prefix.len()
-    })
-}
+pub use kvorum_protocol::consistency::{covers_every_prefix, replication_factors};
 
 /// How many replicas (held, or joining) each up storage node has: the load moves even out.
 fn loads(state: &MetadataState, map: &kvorum_protocol::PartitionMap) -> BTreeMap<NodeId, usize> {

@@ -170,8 +170,12 @@ impl Mover {
             let Some(source) = address(*node) else {
                 continue;
             };
+            // Every reachable old replica is fenced; a catching-up incarnation is
+            // no source (it may lack acknowledged writes, and refuses exports).
+            let counts = state.nodes.get(node).is_some_and(|n| !n.catching_up);
             match self.fence(&source, planned, epoch).await {
-                Ok(()) => sources.push((*node, source)),
+                Ok(()) if counts => sources.push((*node, source)),
+                Ok(()) => tracing::info!(%node, "old replica fenced but catching up: not a source"),
                 Err(message) => tracing::info!(%node, %message, "old replica not fenced (down?)"),
             }
         }
@@ -282,6 +286,7 @@ impl Mover {
         let path = format!("/internal/v1/partitions/{}", planned.partition);
         let mut query = ExportQuery {
             limit: Some(self.chunk_records),
+            max_bytes: Some(kvorum_protocol::storage::MAX_PAGE_BYTES),
             ..ExportQuery::default()
         };
         loop {
@@ -402,6 +407,7 @@ mod tests {
             after_keyspace: kvorum_protocol::KeyspaceName::parse("default").ok(),
             after_key: kvorum_protocol::Key::parse("a b/ç&=+").ok(),
             limit: Some(10),
+            max_bytes: Some(1 << 20),
         };
         let encoded = serde_urlencoded::to_string(&query).expect("encodes");
         let decoded: ExportQuery = serde_urlencoded::from_str(&encoded).expect("decodes");

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use kvorum_http_client::{CallError, HttpClient, Idempotency, Retried};
 use kvorum_protocol::ErrorCode;
-use kvorum_protocol::storage::{Batch, ItemOutcome};
+use kvorum_protocol::storage::{
+    Batch, CausalMergeRequest, CommitRequest, ItemOutcome, MAX_PAGE_BYTES, ReplicaKey,
+    causal_value_bytes,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -28,6 +31,33 @@ use crate::transport::ReplicaError;
 
 /// Requests one call carries at most.
 pub const MAX_BATCH: usize = 256;
+
+/// A request's size on the wire, roughly: a batch stops growing at
+/// [`MAX_PAGE_BYTES`], so a batch of 1 MiB values stays far below a storage
+/// node's request limit.
+pub trait WireBytes {
+    /// About how many bytes the request carries (values before base64).
+    fn wire_bytes(&self) -> usize;
+}
+
+impl WireBytes for ReplicaKey {
+    fn wire_bytes(&self) -> usize {
+        self.key.as_str().len() + 64
+    }
+}
+
+impl WireBytes for CommitRequest {
+    fn wire_bytes(&self) -> usize {
+        self.target.wire_bytes() + self.record.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl WireBytes for CausalMergeRequest {
+    fn wire_bytes(&self) -> usize {
+        self.target.wire_bytes() + causal_value_bytes(&self.state)
+    }
+}
+
 /// Calls per (node, kind) in flight at once.
 pub const MAX_IN_FLIGHT: usize = 4;
 
@@ -76,7 +106,7 @@ pub fn replica_error(error: &CallError) -> ReplicaError {
 
 impl<Req, Resp> Batcher<Req, Resp>
 where
-    Req: Serialize + Send + Sync + 'static,
+    Req: Serialize + WireBytes + Send + Sync + 'static,
     Resp: DeserializeOwned + Send + 'static,
 {
     /// Queues for calls to `single` (one request) and `batch` (a [`Batch`] of them).
@@ -144,10 +174,14 @@ where
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
+                let mut bytes = first.request.wire_bytes();
                 let mut taken = vec![first];
-                while taken.len() < MAX_BATCH {
+                while taken.len() < MAX_BATCH && bytes < MAX_PAGE_BYTES {
                     match items.try_recv() {
-                        Ok(item) => taken.push(item),
+                        Ok(item) => {
+                            bytes += item.request.wire_bytes();
+                            taken.push(item);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -273,6 +307,12 @@ mod tests {
     use kvorum_http_client::ClientConfig;
 
     use super::*;
+
+    impl WireBytes for u64 {
+        fn wire_bytes(&self) -> usize {
+            8
+        }
+    }
 
     /// A node that doubles numbers, one at a time or in batches, and counts its calls.
     async fn doubler() -> (Arc<str>, Arc<AtomicUsize>) {

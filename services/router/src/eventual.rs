@@ -271,11 +271,13 @@ impl<T: ReplicaTransport> Coordinator<T> {
             .filter(|r| r.catching_up)
             .map(|r| r.id)
             .collect();
+        let mut uncounted_pending = uncounted.len();
         while acked.len() < required && acked.len() + pending >= required {
             let Some((node, reply)) = inbox.recv().await else {
                 break;
             };
             if uncounted.contains(&node) {
+                uncounted_pending -= 1;
                 if reply.is_err() {
                     missed.push(node);
                 }
@@ -308,7 +310,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 }
             }
         }
-        if write.hinted_handoff && pending > 0 {
+        if write.hinted_handoff && pending + uncounted_pending > 0 {
             // Replies still in flight: a replica that fails now is hinted too.
             let (call_hints, late_hint) = (self.transport.clone(), hint(Vec::new()));
             self.background.spawn(

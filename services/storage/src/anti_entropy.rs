@@ -24,8 +24,8 @@ use kvorum_metad_client::Follower;
 use kvorum_protocol::cluster::PartitionAssignment;
 use kvorum_protocol::metadata::MetadataState;
 use kvorum_protocol::storage::{
-    Batch, BucketQuery, CausalReadResponse, ImportResponse, ItemOutcome, PartitionDigest,
-    PartitionExport, PurgeItem, PurgeRequest, PurgeResponse, ReplicaKey,
+    Batch, BucketQuery, CausalReadResponse, ImportResponse, ItemOutcome, MAX_PAGE_BYTES,
+    PartitionDigest, PartitionExport, PurgeItem, PurgeRequest, PurgeResponse, ReplicaKey,
 };
 use kvorum_protocol::{NodeId, PartitionId};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,8 @@ pub struct AntiEntropy {
     pub peers: HttpClient,
     /// Timing and rate.
     pub config: AntiEntropyConfig,
+    /// This node's incarnation: nothing is exchanged until it counts.
+    pub incarnation: crate::incarnation::Incarnation,
 }
 
 impl AntiEntropy {
@@ -99,7 +101,8 @@ impl AntiEntropy {
         };
         // A catching-up incarnation neither exchanges nor collects: its own
         // catch-up brings it what it lacks, and it may not vouch for a tombstone.
-        if state.nodes.get(&self.node).is_some_and(|n| n.catching_up) {
+        if !self.incarnation.counts() || state.nodes.get(&self.node).is_some_and(|n| n.catching_up)
+        {
             return 0;
         }
         let mut repaired = 0;
@@ -184,60 +187,87 @@ impl AntiEntropy {
         Ok(repaired)
     }
 
-    /// Exchanges the records of some buckets both ways; returns the records
-    /// changed here, those changed on the peer, and the records moved.
+    /// Exchanges the records of some buckets both ways, in pages of at most
+    /// [`MAX_PAGE_BYTES`]; returns the records changed here, those changed on
+    /// the peer, and the records moved.
     async fn exchange_buckets(
         &self,
         partition: PartitionId,
         address: &str,
         buckets: &[u32],
     ) -> Result<(u64, u64, u64), String> {
-        let theirs: PartitionExport = self
-            .peers
-            .post_json(
-                address,
-                &format!("/internal/v1/partitions/{partition}/buckets"),
-                &BucketQuery {
-                    buckets: buckets.to_vec(),
-                },
-                Idempotency::Idempotent,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let (store, wanted) = (self.store.clone(), buckets.to_vec());
-        let ours = tokio::task::spawn_blocking(move || store.export_buckets(partition, &wanted))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let moved = (theirs.records.len() + ours.len()) as u64;
-        let ops: Vec<WriteOp> = theirs
-            .records
-            .into_iter()
-            .map(|r| WriteOp::import(partition, r))
-            .collect();
-        let here = self
-            .writer
-            .submit(ops)
-            .await
-            .map_err(|e| e.to_string())?
-            .iter()
-            .filter(|o| o.changed())
-            .count() as u64;
-        let there: ImportResponse = self
-            .peers
-            .put_json(
-                address,
-                &format!("/internal/v1/partitions/{partition}"),
-                &PartitionExport {
+        let (mut here, mut there, mut moved) = (0, 0, 0);
+        // Theirs into ours.
+        let mut after = None;
+        loop {
+            let page: PartitionExport = self
+                .peers
+                .post_json(
+                    address,
+                    &format!("/internal/v1/partitions/{partition}/buckets"),
+                    &BucketQuery {
+                        buckets: buckets.to_vec(),
+                        after: after.take(),
+                        max_bytes: Some(MAX_PAGE_BYTES),
+                    },
+                    Idempotency::Idempotent,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            moved += page.records.len() as u64;
+            let ops: Vec<WriteOp> = page
+                .records
+                .into_iter()
+                .map(|r| WriteOp::import(partition, r))
+                .collect();
+            here += self
+                .writer
+                .submit(ops)
+                .await
+                .map_err(|e| e.to_string())?
+                .iter()
+                .filter(|o| o.changed())
+                .count() as u64;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        // Ours into theirs.
+        let mut after: Option<kvorum_protocol::storage::ExportCursor> = None;
+        loop {
+            let (store, wanted) = (self.store.clone(), buckets.to_vec());
+            let from = after.take();
+            let page = tokio::task::spawn_blocking(move || {
+                store.export_buckets(
                     partition,
-                    records: ours,
-                    next: None,
-                },
-                Idempotency::Idempotent,
-            )
+                    &wanted,
+                    from.as_ref().map(|c| (&c.keyspace, &c.key)),
+                    MAX_PAGE_BYTES,
+                )
+            })
             .await
+            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        Ok((here, there.applied as u64, moved))
+            moved += page.records.len() as u64;
+            let next = page.next.clone();
+            let answer: ImportResponse = self
+                .peers
+                .put_json(
+                    address,
+                    &format!("/internal/v1/partitions/{partition}"),
+                    &PartitionExport { next: None, ..page },
+                    Idempotency::Idempotent,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            there += answer.applied as u64;
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        Ok((here, there, moved))
     }
 
     /// Purges the partition's old tombstones that every replica holds identically.

@@ -412,6 +412,7 @@ async fn export_partition(
         PartitionId(partition),
         after,
         query.limit.unwrap_or(usize::MAX).max(1),
+        query.max_bytes.unwrap_or(usize::MAX),
     )?))
 }
 

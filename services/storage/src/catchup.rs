@@ -46,11 +46,21 @@ pub fn start_after_restart(
     // The task holds a writer handle: it must end with the node, or the
     // writer would never drain and stop.
     tokio::spawn(async move {
+        let mut copied = Copied::new();
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            match catch_up(node, &follower, &writer, &peers, Sources::WithItself).await {
+            match catch_up(
+                node,
+                &follower,
+                &writer,
+                &peers,
+                Sources::WithItself,
+                &mut copied,
+            )
+            .await
+            {
                 Ok(imported) => {
                     tracing::info!(imported, "caught up from peers after the restart");
                     return;
@@ -64,14 +74,24 @@ pub fn start_after_restart(
     });
 }
 
-/// One pass over every partition this node holds or is joining; fails (to be
-/// retried) when some partition could not be copied from enough sources.
+/// Which partitions a catch-up has copied so far: a retry copies only the others.
+pub type Copied = std::collections::BTreeSet<kvorum_protocol::PartitionId>;
+
+/// One pass over every partition this node holds or is joining and has not
+/// copied yet (`copied` records those done); fails, to be retried, when some
+/// partition could not be copied from enough sources.
+///
+/// Enough means a read quorum of every prefix a keyspace uses (a keyspace with
+/// RF r lives on the first r replicas): with this node counted only for
+/// [`Sources::WithItself`]. A quorum of the whole set is not enough once a
+/// keyspace's RF is below the cluster's.
 pub async fn catch_up(
     node: NodeId,
     follower: &Follower,
     writer: &Writer,
     peers: &HttpClient,
     sources_allowed: Sources,
+    copied: &mut Copied,
 ) -> Result<u64, String> {
     let state = follower
         .current()
@@ -79,13 +99,16 @@ pub async fn catch_up(
         .ok_or("no partition map yet")?;
     let map = state.partition_map.as_ref().ok_or("no partition map yet")?;
     let mut imported = 0;
+    let mut missing = Vec::new();
     // Partitions it holds, and those it is joining (a joining node that lost its
     // data mid-move must not be switched in with only the copy's tail).
     let mine = |p: &&kvorum_protocol::cluster::PartitionAssignment| {
-        p.replicas.contains(&node) || p.pending.iter().any(|r| r.joining == node)
+        (p.replicas.contains(&node) || p.pending.iter().any(|r| r.joining == node))
+            && !copied.contains(&p.id)
     };
-    for assignment in map.partitions.iter().filter(mine) {
-        let mut sources = 0;
+    let todo: Vec<_> = map.partitions.iter().filter(mine).cloned().collect();
+    for assignment in todo {
+        let mut sources = std::collections::BTreeSet::new();
         for peer in assignment.replicas.iter().filter(|p| **p != node) {
             let Some(peer_info) = state.nodes.get(peer) else {
                 continue;
@@ -98,24 +121,29 @@ pub async fn catch_up(
             match copy_from(&address, assignment.id.0, writer, peers).await {
                 Ok(count) => {
                     imported += count;
-                    sources += 1;
+                    sources.insert(*peer);
                 }
                 Err(error) => tracing::info!(%peer, %error, "peer unavailable for catch-up"),
             }
         }
-        // A quorum of the set (with this node only when its data counts): every
-        // write a quorum acknowledged is on one of them.
-        let itself = usize::from(
-            sources_allowed == Sources::WithItself && assignment.replicas.contains(&node),
-        );
-        if sources + itself < kvorum_protocol::consistency::quorum(assignment.replicas.len()) {
-            return Err(format!(
-                "partition {}: too few peers answered",
-                assignment.id
-            ));
+        let rfs =
+            kvorum_protocol::consistency::replication_factors(&state, assignment.replicas.len());
+        let counted = |n: &NodeId| {
+            sources.contains(n) || (sources_allowed == Sources::WithItself && *n == node)
+        };
+        if kvorum_protocol::consistency::covers_every_prefix(&assignment.replicas, counted, &rfs) {
+            copied.insert(assignment.id);
+        } else {
+            missing.push(assignment.id.0);
         }
     }
-    Ok(imported)
+    if missing.is_empty() {
+        Ok(imported)
+    } else {
+        Err(format!(
+            "partitions {missing:?}: too few peers answered to hold a read quorum of every keyspace"
+        ))
+    }
 }
 
 async fn copy_from(
@@ -126,6 +154,7 @@ async fn copy_from(
 ) -> Result<u64, String> {
     let mut query = ExportQuery {
         limit: Some(PAGE),
+        max_bytes: Some(kvorum_protocol::storage::MAX_PAGE_BYTES),
         ..ExportQuery::default()
     };
     let mut imported = 0;

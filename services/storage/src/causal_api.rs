@@ -221,15 +221,17 @@ pub(crate) async fn export_buckets(
     }
     let partition = PartitionId(partition);
     let store = state.store.clone();
-    let records =
-        tokio::task::spawn_blocking(move || store.export_buckets(partition, &query.buckets))
-            .await
-            .map_err(|_| ApiError::Internal("the export task panicked"))??;
-    Ok(Json(PartitionExport {
-        partition,
-        records,
-        next: None,
-    }))
+    let page = tokio::task::spawn_blocking(move || {
+        store.export_buckets(
+            partition,
+            &query.buckets,
+            query.after.as_ref().map(|c| (&c.keyspace, &c.key)),
+            query.max_bytes.unwrap_or(usize::MAX),
+        )
+    })
+    .await
+    .map_err(|_| ApiError::Internal("the export task panicked"))??;
+    Ok(Json(page))
 }
 
 /// Removes tombstones the caller saw on every replica, where this node's state

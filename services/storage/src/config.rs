@@ -37,7 +37,7 @@ pub struct StorageConfig {
     #[arg(long, env = "KVORUM_DATA_DIR", value_parser = NonEmptyStringValueParser::new().map(PathBuf::from))]
     pub data_dir: PathBuf,
 
-    /// Directory for checkpoints, beside --data-dir on the same volume (default: <data-dir>-checkpoints); Compose and Kubernetes use <volume>/checkpoints beside <volume>/db.
+    /// Directory for checkpoints, beside --data-dir on the same volume (default: <data-dir>-checkpoints); Compose and Kubernetes use /data/checkpoints on the data volume.
     #[arg(long, env = "KVORUM_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
 

@@ -19,7 +19,8 @@ use kvorum_protocol::NodeId;
 use kvorum_protocol::cluster::NodeState;
 use kvorum_protocol::metadata::MetadataState;
 use kvorum_protocol::storage::{
-    Batch, CausalMergeRequest, CausalMergeResponse, ItemOutcome, ReplicaKey,
+    Batch, CausalMergeRequest, CausalMergeResponse, ItemOutcome, MAX_PAGE_BYTES, ReplicaKey,
+    causal_value_bytes,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -98,7 +99,12 @@ async fn hand_off(
     let mut obsolete = Vec::new();
     let mut batch = Vec::new();
     let mut sent = Vec::new();
+    let mut bytes = 0;
     for hint in hints {
+        // The rest wait for the next round: one batch stays within the budget.
+        if bytes >= MAX_PAGE_BYTES {
+            break;
+        }
         let assignment = map.assignment(hint.partition).filter(|a| {
             a.replicas.contains(&target) || a.pending.iter().any(|r| r.joining == target)
         });
@@ -110,6 +116,7 @@ async fn hand_off(
                 obsolete.push(WriteOp::ClearHint(hint));
             }
             (Some(assignment), Some(held), _) => {
+                bytes += causal_value_bytes(&held) + hint.key.as_str().len() + 64;
                 batch.push(CausalMergeRequest {
                     target: ReplicaKey {
                         partition: hint.partition,

@@ -19,16 +19,16 @@
 //! The phase is persisted (`catching_up` in the `meta` table) until the metadata
 //! service has applied the catch-up, so a crash at any point resumes it.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use kvorum_http_client::HttpClient;
 use kvorum_protocol::NodeId;
-use kvorum_protocol::cluster::dot_floor;
 use tokio_util::sync::CancellationToken;
 
-use crate::catchup::{Sources, catch_up};
+use crate::catchup::{Copied, Sources, catch_up};
 use crate::fence::EpochFence;
 use crate::membership::Membership;
 use crate::store::WriteOp;
@@ -73,14 +73,58 @@ impl Incarnation {
         self.serves_reads()
     }
 
+    /// Stops counting this node's data: it is a new incarnation after all.
+    pub fn restart_admission(&self) {
+        self.enter(ADMITTING);
+    }
+
     fn enter(&self, phase: u8) {
         self.0.store(phase, Ordering::Release);
     }
 }
 
+/// The file that says "this data directory is a new incarnation" until the
+/// `catching_up` flag is in the database: created (and fsync'd) before a
+/// checkpoint is restored or a database created, so a crash in between can
+/// never leave a new directory that looks like the node's own old data.
+pub const MARKER_FILE: &str = "new-incarnation";
+
+/// Marks `dir` as holding a new incarnation's data, durably.
+pub fn mark_new(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::File::create(dir.join(MARKER_FILE))?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether `dir` was marked by [`mark_new`] and not yet unmarked.
+pub fn is_marked(dir: &Path) -> bool {
+    dir.join(MARKER_FILE).exists()
+}
+
+/// Removes the mark once the database itself says it is catching up.
+pub fn unmark(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(MARKER_FILE)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// How a new incarnation registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The node's registration at start said `catching_up`.
+    AtStart,
+    /// It registered as serving its own data, and the metadata service
+    /// disagreed: it registers again, as catching up.
+    Again,
+}
+
 /// What the admission of a new incarnation needs.
 #[derive(Debug)]
 pub struct NewIncarnation {
+    /// How it registers.
+    pub registration: Registration,
     /// This node.
     pub node: NodeId,
     /// Its registration (made with `catching_up`) and the map it follows.
@@ -105,7 +149,11 @@ impl NewIncarnation {
     }
 
     async fn admit_and_catch_up(&self) {
-        let Some(version) = self.membership.registered().await else {
+        let registered = match self.registration {
+            Registration::AtStart => self.membership.registered().await,
+            Registration::Again => self.membership.register_catching_up().await,
+        };
+        let Some(version) = registered else {
             tracing::error!(node = %self.node, "registration refused; this incarnation is never admitted");
             return;
         };
@@ -128,7 +176,7 @@ impl NewIncarnation {
         };
         let mut ops = vec![WriteOp::Incarnation {
             catching_up: me.catching_up,
-            dot_floor: dot_floor(me.incarnation),
+            incarnation: Some(me.incarnation),
         }];
         // Fences first, persisted: a restored epoch table is older than the map.
         if let Some(map) = &state.partition_map {
@@ -151,17 +199,32 @@ impl NewIncarnation {
         self.incarnation.enter(CATCHING_UP);
         let started = std::time::Instant::now();
         tracing::warn!(node = %self.node, incarnation = me.incarnation, "a new incarnation (new or restored data): counted by no quorum until it has caught up from its peers");
-        let imported = self
-            .retry("catch up from a read quorum of the other replicas", || {
-                catch_up(
-                    self.node,
-                    &follower,
-                    &self.writer,
-                    &self.peers,
-                    Sources::OthersOnly,
-                )
-            })
-            .await;
+        // Partitions already copied are not copied again when others lack sources.
+        let mut copied = Copied::new();
+        let mut imported = 0;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match catch_up(
+                self.node,
+                &follower,
+                &self.writer,
+                &self.peers,
+                Sources::OthersOnly,
+                &mut copied,
+            )
+            .await
+            {
+                Ok(count) => {
+                    imported += count;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(node = %self.node, copied = copied.len(), %error, "catch-up incomplete; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
         self.retry("report the catch-up to the metadata service", || {
             self.membership.report_caught_up(self.node, me.incarnation)
         })
@@ -169,7 +232,7 @@ impl NewIncarnation {
         self.retry("record the catch-up", || {
             self.writer.submit(vec![WriteOp::Incarnation {
                 catching_up: false,
-                dot_floor: dot_floor(me.incarnation),
+                incarnation: Some(me.incarnation),
             }])
         })
         .await;
@@ -196,4 +259,52 @@ impl NewIncarnation {
             }
         }
     }
+}
+
+/// For a node that started on its own data: if the metadata service says its
+/// data is not this incarnation's (the node is catching up there, or at another
+/// incarnation: an old volume put back, a rollback), the node becomes a new
+/// incarnation after all, registering again as catching up.
+pub async fn verify_own_data(
+    admission: NewIncarnation,
+    persisted: u64,
+    shutdown: CancellationToken,
+) {
+    let Some(version) = admission.membership.registered().await else {
+        return;
+    };
+    let follower = admission.membership.follower();
+    let state = tokio::select! {
+        () = shutdown.cancelled() => return,
+        state = async {
+            while !follower.wait_for_version(version, Duration::from_secs(5)).await {}
+            follower.current()
+        } => state,
+    };
+    let Some(me) = state.and_then(|s| s.nodes.get(&admission.node).cloned()) else {
+        return;
+    };
+    if !me.catching_up && me.incarnation == persisted {
+        return;
+    }
+    tracing::warn!(
+        node = %admission.node,
+        persisted,
+        recorded = me.incarnation,
+        recorded_catching_up = me.catching_up,
+        "the metadata service does not vouch for this node's data: becoming a new incarnation"
+    );
+    admission.incarnation.restart_admission();
+    let marked = admission
+        .writer
+        .submit(vec![WriteOp::Incarnation {
+            catching_up: true,
+            incarnation: None,
+        }])
+        .await;
+    if let Err(error) = marked {
+        tracing::error!(%error, "cannot record the new incarnation; not serving");
+        return;
+    }
+    admission.run(shutdown).await;
 }

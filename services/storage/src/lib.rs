@@ -40,7 +40,7 @@ pub use config::StorageConfig;
 use crate::api::AppState;
 use crate::checkpoint::Checkpoints;
 use crate::fence::EpochFence;
-use crate::incarnation::{Incarnation, NewIncarnation};
+use crate::incarnation::{Incarnation, NewIncarnation, Registration};
 use crate::membership::Membership;
 use crate::store::{Store, StoreError};
 use crate::writer::Writer;
@@ -78,7 +78,15 @@ pub async fn run(
         usize::try_from(config.checkpoint_retention).unwrap_or(usize::MAX),
     );
     let data_file = config.data_dir.join(store::DATABASE_FILE);
-    let had_data = data_file.exists();
+    // A directory without its database (or with the mark of an unfinished
+    // start) holds a new incarnation: marked durably before anything is
+    // restored or created, so no crash can make it pass for the node's own data.
+    let had_data = data_file.exists() && !incarnation::is_marked(&config.data_dir);
+    if !had_data {
+        incarnation::mark_new(&config.data_dir).map_err(|e| {
+            StorageError::Config(format!("cannot mark {}: {e}", config.data_dir.display()))
+        })?;
+    }
     let restored = checkpoints
         .restore_if_lost(&data_file)
         .map_err(|e| StorageError::Config(e.to_string()))?;
@@ -88,17 +96,26 @@ pub async fn run(
         source,
     };
     let store = Arc::new(open(&config.data_dir).map_err(opening)?);
-    // New or restored data is a new incarnation until it has caught up (the
-    // flag is persisted first, so a crash mid-way resumes the catch-up).
+    // New or restored data is a new incarnation until it has caught up; the
+    // database's own flag replaces the mark.
     if !had_data {
         store
             .apply(&[store::WriteOp::Incarnation {
                 catching_up: true,
-                dot_floor: 0,
+                incarnation: None,
             }])
             .map_err(opening)?;
+        incarnation::unmark(&config.data_dir).map_err(|e| {
+            StorageError::Config(format!("cannot unmark {}: {e}", config.data_dir.display()))
+        })?;
     }
     let new_incarnation = store.catching_up().map_err(opening)?;
+    let persisted_incarnation = store.incarnation().map_err(opening)?;
+    let incarnation = if new_incarnation {
+        Incarnation::admitting()
+    } else {
+        Incarnation::serving()
+    };
     if let Some(name) = &restored {
         tracing::warn!(checkpoint = %name, "the data directory was lost; restored it from the newest checkpoint: a new incarnation, catching up from peers");
     } else if new_incarnation && had_data {
@@ -161,26 +178,32 @@ pub async fn run(
                 keys_per_second: config.anti_entropy_keys_per_second,
                 tombstone_grace: std::time::Duration::from_millis(config.tombstone_grace_ms),
             },
+            incarnation: incarnation.clone(),
         };
         tokio::spawn(anti_entropy.run(shutdown.clone()));
     }
-    let incarnation = if new_incarnation {
-        let incarnation = Incarnation::admitting();
-        let admission = NewIncarnation {
-            node: config.node(),
-            membership: membership.clone(),
-            writer: writer.clone(),
-            fence: fence.clone(),
-            peers,
-            incarnation: incarnation.clone(),
-        };
-        // The task holds a writer handle: it must end with the node, or the
-        // writer would never drain and stop.
-        tokio::spawn(admission.run(shutdown.clone()));
-        incarnation
+    let admission = |registration, incarnation: &Incarnation| NewIncarnation {
+        registration,
+        node: config.node(),
+        membership: membership.clone(),
+        writer: writer.clone(),
+        fence: fence.clone(),
+        peers: peers.clone(),
+        incarnation: incarnation.clone(),
+    };
+    // The tasks hold writer handles: they end with the node, or the writer
+    // would never drain and stop.
+    if new_incarnation {
+        tokio::spawn(admission(Registration::AtStart, &incarnation).run(shutdown.clone()));
     } else {
         // A restart on its own data: the node counts at once and catches up in
-        // the background (read repair covers what it serves meanwhile).
+        // the background (read repair covers what it serves meanwhile), unless
+        // the metadata service says its data is not this incarnation's.
+        tokio::spawn(incarnation::verify_own_data(
+            admission(Registration::Again, &incarnation),
+            persisted_incarnation,
+            shutdown.clone(),
+        ));
         catchup::start_after_restart(
             config.node(),
             membership.follower(),
@@ -188,8 +211,7 @@ pub async fn run(
             peers,
             shutdown.clone(),
         );
-        Incarnation::serving()
-    };
+    }
     if config.checkpoint_interval_ms > 0 {
         tokio::spawn(take_checkpoints(
             checkpoints.clone(),

@@ -17,6 +17,7 @@ use crate::fence::EpochFence;
 #[derive(Debug, Clone)]
 pub struct Membership {
     client: MetadClient,
+    node: NodeInfo,
     follower: Follower,
     /// The metadata version the registration was applied at, once it was.
     registered: tokio::sync::watch::Receiver<Option<u64>>,
@@ -33,10 +34,13 @@ impl Membership {
         let follower = kvorum_metad_client::follow(client.clone(), shutdown.clone());
         let (publish, registered) = tokio::sync::watch::channel(None);
         let span = tracing::info_span!("register_node", node = node.id.0);
-        tokio::spawn(register(client.clone(), node, publish, shutdown.clone()).instrument(span));
+        tokio::spawn(
+            register(client.clone(), node.clone(), publish, shutdown.clone()).instrument(span),
+        );
         tokio::spawn(raise_fences(follower.clone(), fence, shutdown));
         Self {
             client,
+            node,
             follower,
             registered,
         }
@@ -48,6 +52,33 @@ impl Membership {
         let mut registered = self.registered.clone();
         let version = registered.wait_for(Option::is_some).await.ok()?;
         *version
+    }
+
+    /// Registers again, as a new incarnation catching up; the metadata version
+    /// it was applied at (`None` if refused).
+    pub async fn register_catching_up(&self) -> Option<u64> {
+        let node = NodeInfo {
+            catching_up: true,
+            ..self.node.clone()
+        };
+        let command = MetadataCommand {
+            request_id: self.client.new_request_id(),
+            expected_version: None,
+            op: MetadataOp::RegisterNode { node },
+        };
+        loop {
+            match self.client.submit_command(&command).await {
+                Ok(outcome) => return Some(outcome.version),
+                Err(MetadClientError::Refused(refused)) => {
+                    tracing::error!(%refused, "the metadata service refused the new incarnation");
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot register the new incarnation yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// Tells the metadata service that incarnation `incarnation` of `node` has caught up.

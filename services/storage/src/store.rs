@@ -40,6 +40,8 @@ const DOT_COUNTER: &str = "dot_counter";
 /// The `META` entry that is 1 while the data directory is new or restored and
 /// has not caught up from the node's peers yet (a new incarnation).
 const CATCHING_UP: &str = "catching_up";
+/// The `META` entry holding the incarnation the metadata service admitted this data as.
+const INCARNATION: &str = "incarnation";
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "kvorum.redb";
@@ -155,13 +157,14 @@ pub enum WriteOp {
         /// The lone tombstone every replica holds.
         state: CausalState,
     },
-    /// Record which incarnation this node's data belongs to: whether it is still
-    /// catching up, and the dot floor its incarnation issues dots above.
+    /// Record which incarnation this node's data belongs to and whether it is
+    /// still catching up; an incarnation's number also raises the dot counter
+    /// to the start of its range (never lowers it).
     Incarnation {
         /// Whether the data directory is new or restored and not yet caught up.
         catching_up: bool,
-        /// The lowest dot counter this incarnation may issue (never lowers the counter).
-        dot_floor: u64,
+        /// The incarnation the metadata service admitted, once known.
+        incarnation: Option<u64>,
     },
     /// Record that requests routed below `epoch` are refused for the partition.
     RaiseEpoch {
@@ -370,6 +373,16 @@ impl Store {
             .is_some_and(|g| g.value() == 1))
     }
 
+    /// The incarnation the metadata service last admitted this data as (0 before any).
+    pub fn incarnation(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let meta = txn.open_table(META).map_err(db_error)?;
+        Ok(meta
+            .get(INCARNATION)
+            .map_err(db_error)?
+            .map_or(0, |g| g.value()))
+    }
+
     /// The highest dot counter this node has issued (or the floor it was raised to).
     pub fn dot_counter(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
@@ -481,23 +494,18 @@ impl Store {
         Ok(buckets)
     }
 
-    /// Every record of a partition whose key falls in one of `buckets`.
+    /// One page of the records of some buckets of a partition, in key order,
+    /// after `after`, of at most about `max_bytes` (at least one record).
     pub fn export_buckets(
         &self,
         partition: PartitionId,
         buckets: &[u32],
-    ) -> Result<Vec<ExportedRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_error)?;
-        let table = txn.open_table(RECORDS).map_err(db_error)?;
-        let mut records = Vec::new();
-        for entry in table.range(partition_range(partition)).map_err(db_error)? {
-            let (key, value) = entry.map_err(db_error)?;
-            let (_, keyspace, key) = key.value();
-            if buckets.contains(&(digest_bucket(keyspace, key) as u32)) {
-                records.push(exported(keyspace, key, value.value())?);
-            }
-        }
-        Ok(records)
+        after: Option<(&KeyspaceName, &Key)>,
+        max_bytes: usize,
+    ) -> Result<PartitionExport, StoreError> {
+        self.export_where(partition, after, usize::MAX, max_bytes, |keyspace, key| {
+            buckets.contains(&(digest_bucket(keyspace, key) as u32))
+        })
     }
 
     /// The deleted keys of a partition (every sibling a tombstone), with their
@@ -644,16 +652,28 @@ impl Store {
 
     /// Every record of one partition, ordered by keyspace then key.
     pub fn export_partition(&self, partition: PartitionId) -> Result<PartitionExport, StoreError> {
-        self.export_page(partition, None, usize::MAX)
+        self.export_page(partition, None, usize::MAX, usize::MAX)
     }
 
-    /// Up to `limit` records of one partition after `after` (keyspace, key), in
-    /// order, from one read transaction; `next` says where the following page starts.
+    /// One page of a partition's records in key order, after `after`: at most
+    /// `limit` records and about `max_bytes` (at least one record).
     pub fn export_page(
         &self,
         partition: PartitionId,
         after: Option<(&KeyspaceName, &Key)>,
         limit: usize,
+        max_bytes: usize,
+    ) -> Result<PartitionExport, StoreError> {
+        self.export_where(partition, after, limit, max_bytes, |_, _| true)
+    }
+
+    fn export_where(
+        &self,
+        partition: PartitionId,
+        after: Option<(&KeyspaceName, &Key)>,
+        limit: usize,
+        max_bytes: usize,
+        wanted: impl Fn(&str, &str) -> bool,
     ) -> Result<PartitionExport, StoreError> {
         use std::ops::Bound;
         let txn = self.db.begin_read().map_err(db_error)?;
@@ -665,14 +685,15 @@ impl Store {
             }
             None => Bound::Included(whole.start),
         };
-        let mut records = Vec::new();
+        let mut records: Vec<ExportedRecord> = Vec::new();
+        let mut bytes = 0;
         let mut next = None;
         for entry in table
             .range::<(u32, &str, &str)>((start, Bound::Excluded(whole.end)))
             .map_err(db_error)?
         {
-            if records.len() == limit {
-                next = records.last().map(|r: &ExportedRecord| ExportCursor {
+            if records.len() == limit || (!records.is_empty() && bytes >= max_bytes) {
+                next = records.last().map(|r| ExportCursor {
                     keyspace: r.keyspace.clone(),
                     key: r.key.clone(),
                 });
@@ -680,7 +701,12 @@ impl Store {
             }
             let (key, value) = entry.map_err(db_error)?;
             let (_, keyspace, key) = key.value();
-            records.push(exported(keyspace, key, value.value())?);
+            if !wanted(keyspace, key) {
+                continue;
+            }
+            let record = exported(keyspace, key, value.value())?;
+            bytes += record.approx_bytes();
+            records.push(record);
         }
         Ok(PartitionExport {
             partition,
@@ -978,15 +1004,19 @@ impl Store {
             }
             WriteOp::Incarnation {
                 catching_up,
-                dot_floor,
+                incarnation,
             } => {
                 let mut meta = txn.open_table(META).map_err(db_error)?;
-                let counter = meta
-                    .get(DOT_COUNTER)
-                    .map_err(db_error)?
-                    .map_or(0, |g| g.value());
-                meta.insert(DOT_COUNTER, counter.max(*dot_floor))
-                    .map_err(db_error)?;
+                if let Some(incarnation) = incarnation {
+                    let counter = meta
+                        .get(DOT_COUNTER)
+                        .map_err(db_error)?
+                        .map_or(0, |g| g.value());
+                    let floor = kvorum_protocol::cluster::dot_floor(*incarnation);
+                    meta.insert(DOT_COUNTER, counter.max(floor))
+                        .map_err(db_error)?;
+                    meta.insert(INCARNATION, *incarnation).map_err(db_error)?;
+                }
                 meta.insert(CATCHING_UP, u64::from(*catching_up))
                     .map_err(db_error)?;
                 Ok(WriteOutcome::Recorded)
@@ -1355,6 +1385,44 @@ mod tests {
     }
 
     #[test]
+    fn a_new_incarnation_issues_dots_from_its_own_range_and_remembers_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(1)).expect("open");
+        let first = merged_state(
+            &store
+                .apply(&[causal_write("k", Some("a"), None)])
+                .expect("write")[0],
+        );
+        assert_eq!(first.siblings()[0].dot.counter, 1);
+        assert_eq!(store.incarnation().expect("read"), 0);
+        // Incarnation 2: a dot the lost incarnations could have issued is never issued again.
+        store
+            .apply(&[WriteOp::Incarnation {
+                catching_up: true,
+                incarnation: Some(2),
+            }])
+            .expect("record");
+        assert!(store.catching_up().expect("read"));
+        assert_eq!(store.incarnation().expect("read"), 2);
+        assert_eq!(store.dot_counter().expect("read"), 2 << 40);
+        let next = merged_state(
+            &store
+                .apply(&[causal_write("j", Some("b"), None)])
+                .expect("write")[0],
+        );
+        assert_eq!(next.siblings()[0].dot.counter, (2 << 40) + 1);
+        // Clearing the flag keeps the incarnation and never lowers the counter.
+        store
+            .apply(&[WriteOp::Incarnation {
+                catching_up: false,
+                incarnation: Some(2),
+            }])
+            .expect("record");
+        assert!(!store.catching_up().expect("read"));
+        assert_eq!(store.dot_counter().expect("read"), (2 << 40) + 1);
+    }
+
+    #[test]
     fn coordinated_writes_take_the_nodes_dots_and_merges_join() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), NodeId(3)).expect("open");
@@ -1466,8 +1534,9 @@ mod tests {
             .collect();
         assert_eq!(differing, vec![digest_bucket(ks().as_str(), "k7") as u32]);
         let exchanged = b
-            .export_buckets(PartitionId(2), &differing)
-            .expect("bucket");
+            .export_buckets(PartitionId(2), &differing, None, usize::MAX)
+            .expect("bucket")
+            .records;
         assert!(exchanged.iter().any(|r| r.key.as_str() == "k7"));
         let ops: Vec<_> = exchanged
             .into_iter()
