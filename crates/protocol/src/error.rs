@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Conflict,
     /// 409: the request was routed by an older epoch than the node knows.
     StaleEpoch,
+    /// 409: an eventual key holds too many concurrent versions to take another
+    /// blind write; read it and write back with its context to resolve them.
+    SiblingLimit,
     /// 409: the storage node is a new incarnation catching up from its peers: it
     /// answers no reads until it has (SYSTEM.md, invariant 6).
     CatchingUp,
@@ -50,7 +53,10 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::InvalidKey | ErrorCode::InvalidConsistency => 400,
             ErrorCode::KeyNotFound | ErrorCode::KeyspaceNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::Conflict | ErrorCode::StaleEpoch | ErrorCode::CatchingUp => 409,
+            ErrorCode::Conflict
+            | ErrorCode::StaleEpoch
+            | ErrorCode::CatchingUp
+            | ErrorCode::SiblingLimit => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::NotImplemented => 501,
             ErrorCode::QuorumNotReached | ErrorCode::Unavailable => 503,

@@ -155,6 +155,15 @@ impl ExportedRecord {
 /// least one record, so a record larger than the budget still moves.
 pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
+/// The most concurrent versions (siblings) one eventual key may hold: a write
+/// that would add one more is refused (409 `sibling_limit`); a write whose
+/// context resolves some is always taken. Riak's hard limit is the same.
+pub const MAX_KEY_SIBLINGS: usize = 100;
+
+/// The most bytes of values one eventual key's state may hold: a write that
+/// would grow it past this is refused (413); one that shrinks it is taken.
+pub const MAX_KEY_STATE_BYTES: usize = 16 << 20;
+
 /// Where a page of a partition export ends: the last record's keyspace and key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportCursor {

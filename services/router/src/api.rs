@@ -128,6 +128,7 @@ impl ApiError {
             ApiError::Coordinator(CoordinatorError::VersionsExhausted { .. }) => {
                 ErrorCode::Conflict
             }
+            ApiError::Coordinator(CoordinatorError::KeyLimit { code, .. }) => *code,
             ApiError::NotReady(_) | ApiError::Metad(MetadClientError::Unavailable { .. }) => {
                 ErrorCode::Unavailable
             }

@@ -97,9 +97,14 @@ pub fn replica_error(error: &CallError) -> ReplicaError {
         } if detail.code == ErrorCode::StaleEpoch => detail.current_epoch,
         _ => None,
     };
+    let detail = match error {
+        CallError::Status { detail, .. } => detail.clone(),
+        _ => None,
+    };
     ReplicaError {
         maybe_delivered: error.maybe_delivered(),
         stale_epoch,
+        detail,
         message: error.to_string(),
     }
 }
@@ -151,6 +156,7 @@ where
                 return Err(ReplicaError {
                     maybe_delivered: false,
                     stale_epoch: None,
+                    detail: None,
                     message: "the router is shutting down".to_owned(),
                 });
             }
@@ -158,6 +164,7 @@ where
                 Err(ReplicaError {
                     maybe_delivered: true,
                     stale_epoch: None,
+                    detail: None,
                     message: "the call was dropped".to_owned(),
                 })
             })
@@ -194,6 +201,7 @@ where
                         let _ = item.reply.send(Err(ReplicaError {
                             maybe_delivered: false,
                             stale_epoch: None,
+                    detail: None,
                             message: format!(
                                 "not sent to {address}: queued behind slower calls for longer than {timeout:?}"
                             ),
@@ -269,7 +277,8 @@ async fn send<Req, Resp>(
                                 stale_epoch: (detail.code == ErrorCode::StaleEpoch)
                                     .then_some(detail.current_epoch)
                                     .flatten(),
-                                message: detail.message,
+                                message: detail.message.clone(),
+                                detail: Some(detail),
                             }),
                         });
                     }
@@ -278,6 +287,7 @@ async fn send<Req, Resp>(
                     let error = ReplicaError {
                         maybe_delivered: true,
                         stale_epoch: None,
+                        detail: None,
                         message: format!(
                             "{address} answered {} items to a batch of {count}",
                             answer.items.len()

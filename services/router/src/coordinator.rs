@@ -107,6 +107,17 @@ pub enum CoordinatorError {
         /// What was asked and acknowledged.
         receipt: Box<Receipt>,
     },
+    /// The coordinating replica refused the write as the client's to fix: the
+    /// key's state would pass a bound (siblings or bytes); nothing changed.
+    #[error("{message}")]
+    KeyLimit {
+        /// The replica's error code (`sibling_limit`, or `payload_too_large`).
+        code: kvorum_protocol::ErrorCode,
+        /// The replica's explanation.
+        message: String,
+        /// What was asked.
+        receipt: Box<Receipt>,
+    },
     /// The key's version counter has reached its maximum; it cannot be written again.
     #[error("the key's version counter is exhausted; it can no longer be written")]
     VersionsExhausted {
@@ -120,6 +131,7 @@ impl CoordinatorError {
     pub fn receipt(&self) -> &Receipt {
         match self {
             CoordinatorError::QuorumNotReached { receipt, .. }
+            | CoordinatorError::KeyLimit { receipt, .. }
             | CoordinatorError::VersionsExhausted { receipt } => receipt,
         }
     }
@@ -665,6 +677,7 @@ mod tests {
                 let error = |maybe_delivered| ReplicaError {
                     maybe_delivered,
                     stale_epoch: None,
+                    detail: None,
                     message: format!("node {node} is {behaviour:?}"),
                 };
                 match behaviour {

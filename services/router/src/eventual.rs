@@ -218,6 +218,20 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 }
                 Err(error) => {
                     let last = Some(format!("node {}: {error}", replica.id));
+                    // The key's state is the client's to resolve: no other replica would take it.
+                    if let Some(detail) = error.detail.as_ref().filter(|d| {
+                        matches!(
+                            d.code,
+                            kvorum_protocol::ErrorCode::SiblingLimit
+                                | kvorum_protocol::ErrorCode::PayloadTooLarge
+                        )
+                    }) {
+                        return Err(CoordinatorError::KeyLimit {
+                            code: detail.code,
+                            message: detail.message.clone(),
+                            receipt: Box::new(receipt),
+                        });
+                    }
                     if error.stale_epoch.is_some() {
                         // Refused before applying: a newer map may route it elsewhere
                         // (a duplicate of a timed-out attempt is one more equal sibling).

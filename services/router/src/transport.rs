@@ -27,6 +27,8 @@ pub struct ReplicaError {
     pub maybe_delivered: bool,
     /// When the replica fenced the request off: the newer epoch it knows.
     pub stale_epoch: Option<Epoch>,
+    /// The error the replica answered with, when it answered one.
+    pub detail: Option<kvorum_protocol::ErrorDetail>,
     /// What went wrong.
     pub message: String,
 }

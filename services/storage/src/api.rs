@@ -59,6 +59,18 @@ pub enum ApiError {
         if *.0 { "catching up" } else { "not yet admitted by the metadata service" }
     )]
     CatchingUp(bool),
+    /// The write would grow the key's state past a bound.
+    #[error("{}", match .0 {
+        crate::store::KeyLimit::Siblings(count) => format!(
+            "the key would hold {count} concurrent versions, more than {}; read it and write back with its context to resolve them",
+            kvorum_protocol::storage::MAX_KEY_SIBLINGS
+        ),
+        crate::store::KeyLimit::Bytes(bytes) => format!(
+            "the key's versions would hold {bytes} bytes, more than {}; read it and write back with its context to resolve them",
+            kvorum_protocol::storage::MAX_KEY_STATE_BYTES
+        ),
+    })]
+    KeyLimit(crate::store::KeyLimit),
     /// The path and the body name different partitions.
     #[error("the path names partition {path} but the body holds partition {body}")]
     PartitionMismatch {
@@ -95,6 +107,8 @@ impl ApiError {
         let code = match self {
             ApiError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
             ApiError::CatchingUp(_) => ErrorCode::CatchingUp,
+            ApiError::KeyLimit(crate::store::KeyLimit::Siblings(_)) => ErrorCode::SiblingLimit,
+            ApiError::KeyLimit(crate::store::KeyLimit::Bytes(_)) => ErrorCode::PayloadTooLarge,
             ApiError::PartitionMismatch { .. }
             | ApiError::InvalidVersion(_)
             | ApiError::BadBucket(_)

@@ -48,6 +48,7 @@ fn merged(
 ) -> Result<(bool, kvorum_protocol::CausalState), ApiError> {
     match outcome {
         Some(WriteOutcome::Merged { changed, state }) => Ok((changed, state)),
+        Some(WriteOutcome::KeyLimit(limit)) => Err(ApiError::KeyLimit(limit)),
         Some(WriteOutcome::Fenced { current }) => Err(ApiError::StaleEpoch {
             partition,
             request,

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use kvorum_protocol::causal::{CausalState, HybridClock, VersionVector};
 use kvorum_protocol::storage::{
-    DIGEST_BUCKETS, ExportCursor, ExportedRecord, Held, PartitionExport,
+    DIGEST_BUCKETS, ExportCursor, ExportedRecord, Held, MAX_KEY_SIBLINGS, MAX_KEY_STATE_BYTES,
+    PartitionExport, causal_value_bytes,
 };
 use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version};
 use redb::{
@@ -202,6 +203,8 @@ pub enum WriteOutcome {
     Recorded,
     /// The epoch recorded for the partition after a raise.
     Epoch(Epoch),
+    /// The write would grow a key past a limit (siblings or bytes); nothing changed.
+    KeyLimit(KeyLimit),
     /// The commit was routed by an epoch older than the one recorded; nothing changed.
     Fenced {
         /// The epoch recorded for the partition.
@@ -245,6 +248,15 @@ impl WriteOp {
             },
         }
     }
+}
+
+/// Which bound of a key's state a write would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLimit {
+    /// More than [`kvorum_protocol::storage::MAX_KEY_SIBLINGS`] concurrent versions.
+    Siblings(usize),
+    /// More than [`kvorum_protocol::storage::MAX_KEY_STATE_BYTES`] bytes of values.
+    Bytes(usize),
 }
 
 /// A hint: `target` is owed the state of one key.
@@ -912,6 +924,15 @@ impl Store {
                     value.clone(),
                     timestamp,
                 );
+                // Bounded, but never against a write that shrinks the key: a
+                // client can always resolve the siblings it read.
+                let (count, bytes) = (state.siblings().len(), causal_value_bytes(&state));
+                if count > MAX_KEY_SIBLINGS && count > held.siblings().len() {
+                    return Ok(WriteOutcome::KeyLimit(KeyLimit::Siblings(count)));
+                }
+                if bytes > MAX_KEY_STATE_BYTES && bytes > causal_value_bytes(&held) {
+                    return Ok(WriteOutcome::KeyLimit(KeyLimit::Bytes(bytes)));
+                }
                 meta.insert(DOT_COUNTER, dot.counter).map_err(db_error)?;
                 drop(meta);
                 put_causal(txn, table_key, &state)?;
@@ -1382,6 +1403,42 @@ mod tests {
             WriteOutcome::Merged { state, .. } => state.clone(),
             other => panic!("expected a merge outcome, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_key_takes_no_more_siblings_than_the_bound_but_a_resolving_write_always() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(1)).expect("open");
+        // Blind writes that supersede nothing: each adds a sibling.
+        let blind = |value: &str| causal_write("k", Some(value), Some(VersionVector::default()));
+        let mut last = CausalState::default();
+        for i in 0..MAX_KEY_SIBLINGS {
+            last = merged_state(&store.apply(&[blind(&format!("v{i}"))]).expect("write")[0]);
+        }
+        assert_eq!(last.siblings().len(), MAX_KEY_SIBLINGS);
+        let refused = store.apply(&[blind("one too many")]).expect("apply");
+        assert_eq!(
+            refused,
+            vec![WriteOutcome::KeyLimit(KeyLimit::Siblings(
+                MAX_KEY_SIBLINGS + 1
+            ))]
+        );
+        let held = store
+            .read_causal(PartitionId(2), &eventual(), &key("k"))
+            .expect("read")
+            .expect("held");
+        assert_eq!(held, last, "a refused write changes nothing");
+        // A write with the context of what was read resolves every sibling.
+        let resolved = merged_state(
+            &store
+                .apply(&[causal_write(
+                    "k",
+                    Some("merged"),
+                    Some(held.context().clone()),
+                )])
+                .expect("write")[0],
+        );
+        assert_eq!(resolved.siblings().len(), 1);
     }
 
     #[test]

@@ -472,6 +472,54 @@ async fn the_tombstone_grace_holds_on_every_replica_not_only_the_collector() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_refuses_blind_writes_past_its_sibling_bound_until_resolved() -> anyhow::Result<()> {
+    let cluster = start(&[]).await?;
+    create_keyspace(
+        &cluster,
+        "piles",
+        r#"{"mode":"eventual","conflict":"siblings"}"#,
+    )
+    .await?;
+    let client = &cluster.client;
+    let bound = kvorum_protocol::storage::MAX_KEY_SIBLINGS;
+    // In a siblings keyspace a write without a context supersedes nothing.
+    for i in 0..bound {
+        let answer = client
+            .put("pile?keyspace=piles", format!("v{i}").as_bytes())
+            .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::NO_CONTENT,
+            "{i}: {:?}",
+            answer.json()
+        );
+    }
+    let refused = client.put("pile?keyspace=piles", b"one too many").await?;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.json());
+    assert_eq!(refused.json()["error"]["code"], "sibling_limit");
+    let read = client.get("pile?keyspace=piles&consistency=all").await?;
+    assert_eq!(read.status, StatusCode::MULTIPLE_CHOICES);
+    let siblings = read.json()["siblings"].as_array().map_or(0, Vec::len);
+    assert_eq!(siblings, bound, "the refused write changed nothing");
+    let context = read.header("x-kvorum-context").to_owned();
+    let resolved = client
+        .put_with_context("pile?keyspace=piles", b"resolved", &context)
+        .await?;
+    assert_eq!(
+        resolved.status,
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        resolved.json()
+    );
+    let after = client.get("pile?keyspace=piles&consistency=all").await?;
+    assert_eq!(
+        (after.status, after.body.as_slice()),
+        (StatusCode::OK, b"resolved".as_slice())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_after_concurrent_writers_and_a_crashed_node() -> anyhow::Result<()> {
     let mut cluster = start(&[("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "500")]).await?;
     create_keyspace(
