@@ -98,7 +98,7 @@ pub fn replica_error(error: &CallError) -> ReplicaError {
         _ => None,
     };
     let detail = match error {
-        CallError::Status { detail, .. } => detail.clone(),
+        CallError::Status { detail, .. } => detail.clone().map(Box::new),
         _ => None,
     };
     ReplicaError {
@@ -278,7 +278,7 @@ async fn send<Req, Resp>(
                                     .then_some(detail.current_epoch)
                                     .flatten(),
                                 message: detail.message.clone(),
-                                detail: Some(detail),
+                                detail: Some(Box::new(detail)),
                             }),
                         });
                     }

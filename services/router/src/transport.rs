@@ -28,7 +28,7 @@ pub struct ReplicaError {
     /// When the replica fenced the request off: the newer epoch it knows.
     pub stale_epoch: Option<Epoch>,
     /// The error the replica answered with, when it answered one.
-    pub detail: Option<kvorum_protocol::ErrorDetail>,
+    pub detail: Option<Box<kvorum_protocol::ErrorDetail>>,
     /// What went wrong.
     pub message: String,
 }
