@@ -81,7 +81,10 @@ impl StateMachine {
         let state = &mut self.state;
         let mut lease = None;
         let changed = match &command.op {
-            MetadataOp::InitCluster { settings } => match &state.cluster {
+            MetadataOp::InitCluster {
+                settings,
+                context_key,
+            } => match &state.cluster {
                 Some(existing) if existing == settings => false,
                 Some(existing) => {
                     return Err(conflict(format!(
@@ -91,6 +94,7 @@ impl StateMachine {
                 }
                 None => {
                     state.cluster = Some(*settings);
+                    state.context_key.clone_from(context_key);
                     bootstrap_partition_map(state);
                     true
                 }
@@ -377,8 +381,17 @@ pub fn validate(command: &MetadataCommand) -> Result<(), MetadataError> {
         )));
     }
     match &command.op {
-        MetadataOp::InitCluster { settings } => {
+        MetadataOp::InitCluster {
+            settings,
+            context_key,
+        } => {
             settings.validate().map_err(|e| invalid(e.to_string()))?;
+            if context_key
+                .as_ref()
+                .is_some_and(|k| k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(invalid("context_key must be 64 hex digits"));
+            }
         }
         MetadataOp::RegisterNode { node } => {
             if node.id.0 == 0 {
@@ -730,6 +743,7 @@ mod tests {
                 replication_factor,
                 bootstrap_nodes,
             },
+            context_key: None,
         }
     }
 

@@ -34,6 +34,10 @@ pub enum MetadataOp {
     InitCluster {
         /// The settings.
         settings: ClusterSettings,
+        /// A fresh random secret for signing causal contexts (64 hex digits);
+        /// kept only by the command that initialises the cluster.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context_key: Option<String>,
     },
     /// Adds a node (up), or updates the address of a known one, which keeps the
     /// role and the state the cluster gave it. A known node that registers with
@@ -161,6 +165,10 @@ pub struct MetadataState {
     pub keyspaces: BTreeMap<String, KeyspaceConfig>,
     /// Leases, by name.
     pub leases: BTreeMap<String, Lease>,
+    /// The secret routers sign causal context tokens with (64 hex digits), set
+    /// once at bootstrap; absent in clusters bootstrapped before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_key: Option<String>,
 }
 
 /// What the metadata service's replicated log holds.

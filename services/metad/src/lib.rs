@@ -145,7 +145,16 @@ async fn initialise_cluster(
         let command = MetadataCommand {
             request_id: RequestId("init-cluster".to_owned()),
             expected_version: None,
-            op: MetadataOp::InitCluster { settings },
+            // Every replica proposes its own secret under the one request id:
+            // whichever is decided first is the cluster's.
+            op: MetadataOp::InitCluster {
+                settings,
+                context_key: Some(format!(
+                    "{:032x}{:032x}",
+                    rand::random::<u128>(),
+                    rand::random::<u128>()
+                )),
+            },
         };
         let (reply, answer) = oneshot::channel();
         let span = tracing::info_span!("init_cluster");

@@ -306,10 +306,10 @@ fn add_version(headers: &mut HeaderMap, version: Version) {
     headers.insert(HeaderName::from_static(headers::CONTEXT), token);
 }
 
-fn add_causal_context(headers: &mut HeaderMap, context: &VersionVector) {
+fn add_causal_context(headers: &mut HeaderMap, token: &str) {
     headers.insert(
         HeaderName::from_static(headers::CONTEXT),
-        header_value(&context.to_token()),
+        header_value(token),
     );
 }
 
@@ -320,9 +320,10 @@ fn add_causal_context(headers: &mut HeaderMap, context: &VersionVector) {
 /// the version vector: the write supersedes exactly the siblings it names.
 fn context(
     headers: &HeaderMap,
-    mode: KeyspaceMode,
-    known_actor: impl Fn(u64) -> bool,
+    snapshot: &Snapshot,
+    request: &KvRequest<'_>,
 ) -> Result<Option<VersionVector>, ApiError> {
+    let mode = request.keyspace.mode;
     let Some(value) = headers.get(headers::CONTEXT) else {
         return Ok(None);
     };
@@ -338,10 +339,16 @@ fn context(
             let text = value
                 .to_str()
                 .map_err(|_| ContextTokenError("(not ASCII)".into()))?;
-            let vector = text.parse::<VersionVector>()?;
+            // Only a context a router gave out for this key (signed) is taken.
+            let vector = snapshot
+                .contexts
+                .verify(&request.keyspace.name, &request.key, text)?;
             // Actors are storage nodes: a context naming others was not issued
             // by this cluster, and would grow the key's context for ever.
-            if vector.entries().any(|(actor, _)| !known_actor(actor)) {
+            if vector
+                .entries()
+                .any(|(actor, _)| !snapshot.topology.has_node(kvorum_protocol::NodeId(actor)))
+            {
                 return Err(ContextTokenError(text.chars().take(64).collect()).into());
             }
             Ok(Some(vector))
@@ -400,7 +407,7 @@ async fn read(state: &AppState, snapshot: &Snapshot, uri: &Uri) -> Result<Respon
     let request = KvRequest::parse(snapshot, uri, Operation::Read)?;
     let route = snapshot.topology.route(request.keyspace, &request.key);
     if request.keyspace.mode == KeyspaceMode::Eventual {
-        return read_eventual(state, &request, &route).await;
+        return read_eventual(state, snapshot, &request, &route).await;
     }
     let outcome = state
         .coordinator
@@ -432,6 +439,7 @@ async fn read(state: &AppState, snapshot: &Snapshot, uri: &Uri) -> Result<Respon
 /// An eventual keyspace's read: the joined state, resolved by the keyspace's strategy.
 async fn read_eventual(
     state: &AppState,
+    snapshot: &Snapshot,
     request: &KvRequest<'_>,
     route: &crate::topology::Route,
 ) -> Result<Response, ApiError> {
@@ -439,6 +447,11 @@ async fn read_eventual(
         .coordinator
         .causal_read(route, &request.keyspace.name, &request.key, request.level)
         .await?;
+    let token = snapshot.contexts.sign(
+        &request.keyspace.name,
+        &request.key,
+        outcome.state.context(),
+    );
     let mut response = match resolve(&outcome.state, request.keyspace.conflict) {
         Resolution::Value(value) => (
             StatusCode::OK,
@@ -453,7 +466,7 @@ async fn read_eventual(
             StatusCode::MULTIPLE_CHOICES,
             Json(SiblingsResponse {
                 siblings: siblings.into_iter().map(SiblingView::from).collect(),
-                context: outcome.state.context().to_token(),
+                context: token.clone(),
             }),
         )
             .into_response(),
@@ -466,7 +479,7 @@ async fn read_eventual(
     };
     add_receipt(response.headers_mut(), &outcome.receipt);
     // Also on a 404: a write with this context supersedes the delete it saw.
-    add_causal_context(response.headers_mut(), outcome.state.context());
+    add_causal_context(response.headers_mut(), &token);
     Ok(response)
 }
 
@@ -480,9 +493,7 @@ async fn put_key(
     {
         let snapshot = state.metadata.current()?;
         let request = KvRequest::parse(&snapshot, &uri, Operation::Write)?;
-        context(&headers, request.keyspace.mode, |a| {
-            snapshot.topology.has_node(kvorum_protocol::NodeId(a))
-        })?;
+        context(&headers, &snapshot, &request)?;
     }
     let value = read_value(body, &headers, state.max_value_bytes).await?;
     write(&state, &uri, &headers, Some(&value)).await
@@ -506,9 +517,7 @@ async fn write(
     let mut retried = false;
     loop {
         let request = KvRequest::parse(&snapshot, uri, Operation::Write)?;
-        let causal_context = context(headers, request.keyspace.mode, |a| {
-            snapshot.topology.has_node(kvorum_protocol::NodeId(a))
-        })?;
+        let causal_context = context(headers, &snapshot, &request)?;
         let route = snapshot.topology.route(request.keyspace, &request.key);
         let (keyspace, key, level) = (&request.keyspace.name, &request.key, request.level);
         let written = match request.keyspace.mode {
@@ -536,7 +545,11 @@ async fn write(
                         // would let the next write discard them unseen. Only a write that
                         // left one version gets a context back.
                         if outcome.state.siblings().len() == 1 {
-                            add_causal_context(response.headers_mut(), outcome.state.context());
+                            let token =
+                                snapshot
+                                    .contexts
+                                    .sign(keyspace, key, outcome.state.context());
+                            add_causal_context(response.headers_mut(), &token);
                         }
                         response
                     })
@@ -757,6 +770,7 @@ mod tests {
             partition_map: Some(kvorum_placement::initial_partition_map(8, &ids, 3)),
             keyspaces: [(default.name.to_string(), default)].into(),
             leases: Default::default(),
+            context_key: None,
         };
         let metad = MetadClient::new("test", MetadAddresses(vec!["127.0.0.1:4".to_owned()]))
             .expect("client")

@@ -111,7 +111,7 @@ pub enum CoordinatorError {
     /// key's state would pass a bound (siblings or bytes); nothing changed.
     #[error("{message}")]
     KeyLimit {
-        /// The replica's error code (`sibling_limit`, or `payload_too_large`).
+        /// The replica's error code (`sibling_limit`, `payload_too_large`, `bad_request`).
         code: kvorum_protocol::ErrorCode,
         /// The replica's explanation.
         message: String,

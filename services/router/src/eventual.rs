@@ -224,6 +224,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
                             d.code,
                             kvorum_protocol::ErrorCode::SiblingLimit
                                 | kvorum_protocol::ErrorCode::PayloadTooLarge
+                                | kvorum_protocol::ErrorCode::BadRequest
                         )
                     }) {
                         return Err(CoordinatorError::KeyLimit {

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod batcher;
 pub mod config;
+pub mod context_token;
 pub mod coordinator;
 pub mod eventual;
 pub mod keyspaces;

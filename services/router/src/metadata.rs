@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub topology: Topology,
     /// Keyspaces.
     pub keyspaces: Keyspaces,
+    /// Signs and checks the causal contexts of eventual keyspaces.
+    pub contexts: crate::context_token::ContextSigner,
 }
 
 impl Snapshot {
@@ -48,6 +50,7 @@ impl Snapshot {
             settings,
             topology,
             keyspaces: Keyspaces::new(state.keyspaces.clone()),
+            contexts: crate::context_token::ContextSigner::new(state.context_key.as_deref()),
         })
     }
 }

@@ -69,6 +69,9 @@ pub enum ApiError {
             "the key's versions would hold {bytes} bytes, more than {}; read it and write back with its context to resolve them",
             kvorum_protocol::storage::MAX_KEY_STATE_BYTES
         ),
+        crate::store::KeyLimit::ContextAhead(named, own) => format!(
+            "the context names counter {named} of this node, which has issued only up to {own}: it is not a context any read returned"
+        ),
     })]
     KeyLimit(crate::store::KeyLimit),
     /// The path and the body name different partitions.
@@ -109,6 +112,7 @@ impl ApiError {
             ApiError::CatchingUp(_) => ErrorCode::CatchingUp,
             ApiError::KeyLimit(crate::store::KeyLimit::Siblings(_)) => ErrorCode::SiblingLimit,
             ApiError::KeyLimit(crate::store::KeyLimit::Bytes(_)) => ErrorCode::PayloadTooLarge,
+            ApiError::KeyLimit(crate::store::KeyLimit::ContextAhead(..)) => ErrorCode::BadRequest,
             ApiError::PartitionMismatch { .. }
             | ApiError::InvalidVersion(_)
             | ApiError::BadBucket(_)

@@ -257,6 +257,9 @@ pub enum KeyLimit {
     Siblings(usize),
     /// More than [`kvorum_protocol::storage::MAX_KEY_STATE_BYTES`] bytes of values.
     Bytes(usize),
+    /// The write's context names a dot of this node above any it issued
+    /// (counter named, highest issued): no read ever returned such a context.
+    ContextAhead(u64, u64),
 }
 
 /// A hint: `target` is owed the state of one key.
@@ -917,6 +920,14 @@ impl Store {
                     .get(DOT_COUNTER)
                     .map_err(db_error)?
                     .map_or(0, |g| g.value());
+                // Every dot of this node is at or below its counter, so a context
+                // naming more was not read from any replica: taking it would push
+                // this node's dots up for good.
+                if let Some(named) = context.as_ref().map(|c| c.get(self.node.0))
+                    && named > floor
+                {
+                    return Ok(WriteOutcome::KeyLimit(KeyLimit::ContextAhead(named, floor)));
+                }
                 let (state, dot) = held.write_above(
                     self.node.0,
                     floor,
@@ -1439,6 +1450,39 @@ mod tests {
                 .expect("write")[0],
         );
         assert_eq!(resolved.siblings().len(), 1);
+    }
+
+    #[test]
+    fn a_context_naming_dots_this_node_never_issued_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NodeId(1)).expect("open");
+        let written = merged_state(
+            &store
+                .apply(&[causal_write("k", Some("a"), None)])
+                .expect("write")[0],
+        );
+        let mut forged = written.context().clone();
+        forged.add(kvorum_protocol::causal::Dot {
+            actor: 1,
+            counter: 1 << 50,
+        });
+        let refused = store
+            .apply(&[causal_write("k", Some("b"), Some(forged))])
+            .expect("apply");
+        assert_eq!(
+            refused,
+            vec![WriteOutcome::KeyLimit(KeyLimit::ContextAhead(1 << 50, 1))]
+        );
+        assert_eq!(store.dot_counter().expect("read"), 1, "nothing was issued");
+        // The context it really gave out is taken.
+        let taken = store
+            .apply(&[causal_write(
+                "k",
+                Some("b"),
+                Some(written.context().clone()),
+            )])
+            .expect("apply");
+        assert_eq!(merged_state(&taken[0]).siblings()[0].dot.counter, 2);
     }
 
     #[test]

@@ -472,6 +472,67 @@ async fn the_tombstone_grace_holds_on_every_replica_not_only_the_collector() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_contexts_a_router_gave_out_for_the_key_are_taken() -> anyhow::Result<()> {
+    let cluster = start(&[]).await?;
+    create_keyspace(
+        &cluster,
+        "signed",
+        r#"{"mode":"eventual","conflict":"siblings"}"#,
+    )
+    .await?;
+    let client = &cluster.client;
+    for key in ["a", "b"] {
+        let put = client
+            .put(&format!("{key}?keyspace=signed"), b"one")
+            .await?;
+        assert_eq!(put.status, StatusCode::NO_CONTENT, "{:?}", put.json());
+    }
+    let read = client.get("a?keyspace=signed&consistency=all").await?;
+    let token = read.header("x-kvorum-context").to_owned();
+    let (body, tag) = token.rsplit_once('.').expect("a signed token");
+    // A counter pushed up under the old tag, a token without its tag, and the
+    // context of another key: each refused with 400, nothing written.
+    let (counters, _) = body.split_at(body.len());
+    let pushed = format!("{}9.{tag}", counters);
+    for (what, key, bad) in [
+        ("a pushed counter", "a", pushed.as_str()),
+        ("no tag", "a", body),
+        ("another key's context", "b", token.as_str()),
+    ] {
+        let answer = client
+            .put_with_context(&format!("{key}?keyspace=signed"), b"two", bad)
+            .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{what}: {:?}",
+            answer.json()
+        );
+    }
+    for key in ["a", "b"] {
+        let after = client
+            .get(&format!("{key}?keyspace=signed&consistency=all"))
+            .await?;
+        assert_eq!(
+            (after.status, after.body.as_slice()),
+            (StatusCode::OK, b"one".as_slice()),
+            "{key}"
+        );
+    }
+    // The token the router gave out is taken.
+    let resolved = client
+        .put_with_context("a?keyspace=signed", b"two", &token)
+        .await?;
+    assert_eq!(
+        resolved.status,
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        resolved.json()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_refuses_blind_writes_past_its_sibling_bound_until_resolved() -> anyhow::Result<()> {
     let cluster = start(&[]).await?;
     create_keyspace(
