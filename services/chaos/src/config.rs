@@ -103,7 +103,7 @@ pub struct ChaosConfig {
         long,
         env = "KVORUM_CHAOS_FAULTS",
         value_delimiter = ',',
-        default_value = "kill-storage,kill-metad-leader,pause-storage,term-storage,kill-storage,kill-recovery"
+        default_value = "kill-storage,kill-metad-leader,wipe-storage,pause-storage,term-storage,wipe-storage-all,kill-storage,kill-recovery"
     )]
     pub faults: Vec<FaultKind>,
 
@@ -188,8 +188,13 @@ impl ChaosConfig {
         }
         let unavailable: &[FaultKind] = match self.backend {
             Backend::Process => &[FaultKind::PartitionStorage],
-            Backend::Docker => &[],
-            Backend::K8s => &[FaultKind::PauseStorage, FaultKind::PartitionStorage],
+            Backend::Docker => &[FaultKind::WipeStorage, FaultKind::WipeStorageAll],
+            Backend::K8s => &[
+                FaultKind::PauseStorage,
+                FaultKind::PartitionStorage,
+                FaultKind::WipeStorage,
+                FaultKind::WipeStorageAll,
+            ],
         };
         if let Some(fault) = self.faults.iter().find(|f| unavailable.contains(f)) {
             return Err(format!(

@@ -27,17 +27,26 @@ pub enum FaultKind {
     KillRecovery,
     /// Cut a storage container off the network, reconnect it when healed (Docker only).
     PartitionStorage,
+    /// SIGKILL a storage node and delete its data directory, keeping its
+    /// checkpoints; restart it when healed (it restores the newest checkpoint
+    /// and comes back as a new incarnation). Local processes only.
+    WipeStorage,
+    /// As [`FaultKind::WipeStorage`], deleting its checkpoints too: the disk is
+    /// lost for good and the node catches up from nothing.
+    WipeStorageAll,
 }
 
 impl FaultKind {
     /// Every kind, in the order a periodic schedule cycles through them.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::KillStorage,
         FaultKind::KillMetadLeader,
         FaultKind::PauseStorage,
         FaultKind::TermStorage,
         FaultKind::KillRecovery,
         FaultKind::PartitionStorage,
+        FaultKind::WipeStorage,
+        FaultKind::WipeStorageAll,
     ];
 
     /// Its name, as on the command line.
@@ -49,6 +58,8 @@ impl FaultKind {
             FaultKind::KillMetadLeader => "kill-metad-leader",
             FaultKind::KillRecovery => "kill-recovery",
             FaultKind::PartitionStorage => "partition-storage",
+            FaultKind::WipeStorage => "wipe-storage",
+            FaultKind::WipeStorageAll => "wipe-storage-all",
         }
     }
 
@@ -239,6 +250,9 @@ impl DockerNemesis {
                     Heal::ComposeStart("recovery".to_owned()),
                 ))
             }
+            FaultKind::WipeStorage | FaultKind::WipeStorageAll => {
+                anyhow::bail!("{} needs the process backend", kind.name())
+            }
         }
     }
 
@@ -331,7 +345,10 @@ impl K8sNemesis {
                     .trim_start_matches("pod/")
                     .to_owned()
             }
-            FaultKind::PauseStorage | FaultKind::PartitionStorage => {
+            FaultKind::PauseStorage
+            | FaultKind::PartitionStorage
+            | FaultKind::WipeStorage
+            | FaultKind::WipeStorageAll => {
                 anyhow::bail!("{} is not available on Kubernetes", kind.name())
             }
         };
@@ -416,6 +433,20 @@ impl ProcessNemesis {
             }
             FaultKind::PartitionStorage => {
                 anyhow::bail!("partition-storage needs the docker backend")
+            }
+            FaultKind::WipeStorage => {
+                self.cluster.wipe_storage(node).await?;
+                Ok((
+                    format!("storage {node} (data wiped, checkpoints kept)"),
+                    Heal::RestartStorage(node),
+                ))
+            }
+            FaultKind::WipeStorageAll => {
+                self.cluster.wipe_storage_and_checkpoints(node).await?;
+                Ok((
+                    format!("storage {node} (data and checkpoints wiped)"),
+                    Heal::RestartStorage(node),
+                ))
             }
             FaultKind::KillRecovery => {
                 let index = match self.active_recovery().await {

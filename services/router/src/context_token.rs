@@ -61,7 +61,10 @@ impl ContextSigner {
         let refused = || ContextTokenError(token.chars().take(64).collect());
         // The empty context ("I saw nothing") supersedes nothing and names no
         // counter: anyone may send it unsigned.
-        if token.parse::<VersionVector>().is_ok_and(|v| v.entries().next().is_none()) {
+        if token
+            .parse::<VersionVector>()
+            .is_ok_and(|v| v.entries().next().is_none())
+        {
             return Ok(VersionVector::new());
         }
         let body = match &self.secret {
@@ -149,7 +152,10 @@ mod tests {
         // No tag, or another cluster's secret: refused; but the empty context
         // supersedes nothing and needs no tag.
         assert!(signer.verify(&keyspace, &key, body).is_err());
-        assert_eq!(signer.verify(&keyspace, &key, "c1."), Ok(VersionVector::new()));
+        assert_eq!(
+            signer.verify(&keyspace, &key, "c1."),
+            Ok(VersionVector::new())
+        );
         let stranger = ContextSigner::new(Some(&"cd".repeat(32)));
         assert!(stranger.verify(&keyspace, &key, &token).is_err());
     }

@@ -53,3 +53,50 @@ async fn a_chaos_run_catches_writes_acknowledged_before_a_quorum() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_that_wipes_disks_under_traffic_loses_nothing() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    // Disks lost with and without their checkpoints while clients read, write
+    // and delete: every history must stay linearizable, no acknowledged write
+    // lost, every eventual key converged, RF restored.
+    let run = tokio::process::Command::new(default_bin_dir().join("kvorum-chaos"))
+        .args([
+            "--duration-s",
+            "30",
+            "--quiet-start-s",
+            "6",
+            "--fault-interval-s",
+            "5",
+            "--faults",
+            "wipe-storage,wipe-storage-all,kill-storage",
+            "--seed",
+            "23",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json"))?)?;
+    eprintln!("{report:#}");
+    assert!(run.status.success(), "the run failed:\n{stderr}");
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["lost_writes"], 0, "{report}");
+    assert_eq!(report["linearizability_anomalies"], 0, "{report}");
+    let wipes = report["fault_log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| {
+            f["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("wipe-storage"))
+        })
+        .count();
+    assert!(wipes >= 2, "too few disk wipes: {report}");
+    Ok(())
+}
