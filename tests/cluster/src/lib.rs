@@ -1,4 +1,8 @@
 //! Helpers for the cluster tests: start a local cluster in a temporary directory and talk to its router.
+//!
+//! - [`history`]: concurrent clients recording strong histories, and the linearizability check.
+
+pub mod history;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -7,13 +7,17 @@
 //! checkpoints, one of them older than v1) and restarts; A is paused; C comes
 //! back on its own data. B and C answer, yet only C holds anything B may vouch
 //! for: no QUORUM read may answer v0, and none may count B. Once A is back, B
-//! catches up from a read quorum of the others and counts again.
+//! catches up from a read quorum of the others and counts again. On the
+//! strong keyspace, clients read, write and delete keys of the same replicas
+//! throughout, and their history (with final reads at ALL) must be
+//! linearizable: nothing acknowledged lost, nothing deleted back.
 
 // The measured catch-up times are printed for the closing notes and CI logs.
 #![allow(clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
 
+use kvorum_cluster_tests::history::{Workload, ensure_linearizable};
 use kvorum_cluster_tests::{Answer, TestCluster};
 use kvorum_protocol::NodeId;
 use reqwest::StatusCode;
@@ -75,6 +79,37 @@ async fn scenario(eventual: bool, loss: Loss) -> anyhow::Result<()> {
     anyhow::ensure!(first.status == StatusCode::NO_CONTENT, "{:?}", first.json());
     let replicas = first.nodes("x-kvorum-replicas-asked");
     let (a, b, c) = (replicas[0], replicas[1], replicas[2]);
+    // Strong keyspaces: clients read, write and delete keys on the same three
+    // replicas throughout, and their history must stay linearizable.
+    let seed = std::env::var("KVORUM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("workload seed {seed} (KVORUM_TEST_SEED replays its operations)");
+    let mut same_replicas = Vec::new();
+    if !eventual {
+        let mut sorted = replicas.clone();
+        sorted.sort();
+        for i in 0..500 {
+            let probe = cluster.client.get(&format!("w/{i}")).await?;
+            let mut on = probe.nodes("x-kvorum-replicas-asked");
+            on.sort();
+            if on == sorted {
+                same_replicas.push(format!("w/{i}"));
+            }
+            if same_replicas.len() == 3 {
+                break;
+            }
+        }
+        anyhow::ensure!(same_replicas.len() == 3, "too few keys share {replicas:?}");
+    }
+    let workload = Workload {
+        keys: same_replicas,
+        clients: 4,
+        seed,
+        operations_per_client: 100_000,
+    };
+    let running = (!eventual).then(|| workload.start(&cluster.client));
     let http = reqwest::Client::new();
     if loss == Loss::DataWithOlderCheckpoint {
         let address = cluster.cluster.storage_address(b)?;
@@ -158,6 +193,25 @@ async fn scenario(eventual: bool, loss: Loss) -> anyhow::Result<()> {
             read.status,
             String::from_utf8_lossy(&read.body)
         );
+    }
+    if let Some(running) = running {
+        let history = running.stop_and_read_back(&cluster.client).await?;
+        let acknowledged = history
+            .iter()
+            .filter(|(_, op)| {
+                op.input != kvorum_linearizability::model::RegisterInput::Get
+                    && matches!(
+                        op.outcome,
+                        kvorum_linearizability::history::Outcome::Returned { .. }
+                    )
+            })
+            .count();
+        eprintln!(
+            "{} operations, {acknowledged} acknowledged writes and deletes",
+            history.len()
+        );
+        anyhow::ensure!(acknowledged > 10, "too few writes to judge: {acknowledged}");
+        ensure_linearizable(&history, seed)?;
     }
     // The acknowledged write is on B itself now, not only on A.
     let (partition, epoch) = second.route();
