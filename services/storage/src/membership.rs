@@ -37,7 +37,7 @@ impl Membership {
         tokio::spawn(
             register(client.clone(), node.clone(), publish, shutdown.clone()).instrument(span),
         );
-        tokio::spawn(raise_fences(follower.clone(), fence, shutdown));
+        tokio::spawn(raise_fences(node.id, follower.clone(), fence, shutdown));
         Self {
             client,
             node,
@@ -153,7 +153,12 @@ async fn register(
 
 /// Raises the fence to each partition's epoch in the newest map, so that a
 /// router still using an older map is refused even before it sends a newer epoch.
-async fn raise_fences(follower: Follower, fence: Arc<EpochFence>, shutdown: CancellationToken) {
+async fn raise_fences(
+    node: NodeId,
+    follower: Follower,
+    fence: Arc<EpochFence>,
+    shutdown: CancellationToken,
+) {
     let mut states = follower.subscribe();
     loop {
         if let Some(map) = states
@@ -163,6 +168,9 @@ async fn raise_fences(follower: Follower, fence: Arc<EpochFence>, shutdown: Canc
         {
             for assignment in &map.partitions {
                 fence.raise(assignment.id, assignment.epoch);
+                let here = assignment.replicas.contains(&node)
+                    || assignment.pending.iter().any(|r| r.joining == node);
+                fence.place(assignment.id, assignment.epoch, here);
             }
         }
         tokio::select! {
