@@ -31,17 +31,47 @@ enum Loss {
     DataWithOlderCheckpoint,
 }
 
-async fn create_eventual_keyspace(cluster: &TestCluster) -> anyhow::Result<()> {
+async fn create_keyspace(cluster: &TestCluster, name: &str, spec: &str) -> anyhow::Result<()> {
     let answer = cluster
         .client
         .send(
             reqwest::Method::PUT,
-            "/v1/keyspaces/ev",
-            br#"{"mode":"eventual","conflict":"lww"}"#.to_vec(),
+            &format!("/v1/keyspaces/{name}"),
+            spec.as_bytes().to_vec(),
         )
         .await?;
     anyhow::ensure!(answer.status == StatusCode::CREATED, "{:?}", answer.json());
     Ok(())
+}
+
+/// Eventual writers: blind writes of unique values into a `siblings` keyspace,
+/// where no write supersedes another, so every acknowledged value must be
+/// among its key's final siblings. Returns the acknowledged (key, value) pairs.
+fn eventual_writers(
+    client: &kvorum_cluster_tests::Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(String, String)>>> {
+    (0..2)
+        .map(|writer| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let key = format!("evw/{}", n % 5);
+                    let value = format!("w{writer}-{n}");
+                    let put = client
+                        .put(&format!("{key}?keyspace=evs"), value.as_bytes())
+                        .await;
+                    if put.is_ok_and(|a| a.status == StatusCode::NO_CONTENT) {
+                        acknowledged.push((key, value));
+                    }
+                    n += 1;
+                }
+                acknowledged
+            })
+        })
+        .collect()
 }
 
 /// What the cluster view says of `node`: (catching up, incarnation).
@@ -69,7 +99,13 @@ fn ensure_not_counted(answer: &Answer, node: NodeId, what: &str) -> anyhow::Resu
 async fn scenario(eventual: bool, loss: Loss) -> anyhow::Result<()> {
     let mut cluster = TestCluster::start().await?;
     let query = if eventual {
-        create_eventual_keyspace(&cluster).await?;
+        create_keyspace(&cluster, "ev", r#"{"mode":"eventual","conflict":"lww"}"#).await?;
+        create_keyspace(
+            &cluster,
+            "evs",
+            r#"{"mode":"eventual","conflict":"siblings"}"#,
+        )
+        .await?;
         "?keyspace=ev"
     } else {
         ""
@@ -110,6 +146,12 @@ async fn scenario(eventual: bool, loss: Loss) -> anyhow::Result<()> {
         operations_per_client: 100_000,
     };
     let running = (!eventual).then(|| workload.start(&cluster.client));
+    let stop_writers = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = if eventual {
+        eventual_writers(&cluster.client, stop_writers.clone())
+    } else {
+        Vec::new()
+    };
     let http = reqwest::Client::new();
     if loss == Loss::DataWithOlderCheckpoint {
         let address = cluster.cluster.storage_address(b)?;
@@ -192,6 +234,51 @@ async fn scenario(eventual: bool, loss: Loss) -> anyhow::Result<()> {
             "{level}: {} {:?}",
             read.status,
             String::from_utf8_lossy(&read.body)
+        );
+    }
+    stop_writers.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await?);
+    }
+    if eventual {
+        anyhow::ensure!(
+            acknowledged.len() > 10,
+            "too few eventual writes: {}",
+            acknowledged.len()
+        );
+        let mut missing = Vec::new();
+        for i in 0..5 {
+            let key = format!("evw/{i}");
+            let read = cluster
+                .client
+                .get(&format!("{key}?keyspace=evs&consistency=all"))
+                .await?;
+            let held: Vec<String> = match read.status {
+                StatusCode::OK => vec![String::from_utf8_lossy(&read.body).into_owned()],
+                StatusCode::MULTIPLE_CHOICES => read.json()["siblings"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["text"].as_str().map(str::to_owned))
+                    .collect(),
+                status => anyhow::bail!("{key}: {status}"),
+            };
+            missing.extend(
+                acknowledged
+                    .iter()
+                    .filter(|(k, v)| *k == key && !held.contains(v))
+                    .cloned(),
+            );
+        }
+        eprintln!(
+            "{} acknowledged eventual writes, {} missing",
+            acknowledged.len(),
+            missing.len()
+        );
+        anyhow::ensure!(
+            missing.is_empty(),
+            "acknowledged eventual writes lost: {missing:?}"
         );
     }
     if let Some(running) = running {
