@@ -25,6 +25,27 @@ pub struct Config {
     pub heartbeat_ticks: u32,
     /// Seed of the replica's random choices (election timeouts).
     pub seed: u64,
+    /// About how many bytes of entries one Accept or catch-up answer carries
+    /// (at least one entry): the transport's message limit, less headroom.
+    pub max_message_bytes: usize,
+}
+
+/// Splits `entries` into runs of at most about `budget` bytes, each non-empty.
+fn by_bytes(entries: Vec<(Slot, Entry)>, budget: usize) -> Vec<Vec<(Slot, Entry)>> {
+    let mut runs: Vec<Vec<(Slot, Entry)>> = Vec::new();
+    let mut bytes = 0;
+    for (slot, entry) in entries {
+        let size = entry.wire_bytes();
+        match runs.last_mut() {
+            Some(run) if bytes + size <= budget => run.push((slot, entry)),
+            _ => {
+                runs.push(vec![(slot, entry)]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+    }
+    runs
 }
 
 /// A proposal made to a replica that is not the leader.
@@ -123,6 +144,11 @@ impl Replica {
         replica
     }
 
+    /// The size of the snapshot standing in for the compacted log, in bytes (0 before any).
+    pub fn snapshot_bytes(&self) -> usize {
+        self.durable.snapshot.as_ref().map_or(0, |s| s.data.len())
+    }
+
     /// Replaces the log below `upto` with `data`, the application's state after
     /// applying every slot below `upto`; refused (false) if the application has
     /// not been handed those slots yet.
@@ -178,7 +204,7 @@ impl Replica {
                     ballot,
                     decided_upto,
                 });
-                if !entries.is_empty() {
+                for entries in by_bytes(entries, self.config.max_message_bytes) {
                     self.broadcast_others(Message::Accept {
                         ballot,
                         entries,
@@ -276,15 +302,18 @@ impl Replica {
 
     fn flush_proposals(&mut self) {
         let decided_upto = self.decided_upto;
+        let budget = self.config.max_message_bytes;
         if let Role::Leader { ballot, unsent, .. } = &mut self.role
             && !unsent.is_empty()
         {
-            let message = Message::Accept {
-                ballot: *ballot,
-                entries: std::mem::take(unsent),
-                decided_upto,
-            };
-            self.broadcast(message);
+            let ballot = *ballot;
+            for entries in by_bytes(std::mem::take(unsent), budget) {
+                self.broadcast(Message::Accept {
+                    ballot,
+                    entries,
+                    decided_upto,
+                });
+            }
         }
     }
 
@@ -380,7 +409,11 @@ impl Replica {
                     .take(CATCH_UP_BATCH)
                     .map(|(s, e)| (*s, e.clone()))
                     .collect();
-                if !entries.is_empty() {
+                // One answer within the byte budget; the rest come with the next catch-up.
+                if let Some(entries) = by_bytes(entries, self.config.max_message_bytes)
+                    .into_iter()
+                    .next()
+                {
                     self.send(from, Message::Decided { entries });
                 }
             }
@@ -650,5 +683,28 @@ impl Replica {
             self.ready.decided.push((self.applied_upto, entry));
             self.applied_upto += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_split_into_runs_within_the_byte_budget_each_non_empty() {
+        let entry = |n: usize| Entry::Command(vec![0; n]);
+        let entries: Vec<(Slot, Entry)> = [30, 30, 30, 300, 30]
+            .into_iter()
+            .enumerate()
+            .map(|(slot, n)| (slot as Slot, entry(n)))
+            .collect();
+        let runs = by_bytes(entries, 150);
+        let slots: Vec<Vec<Slot>> = runs
+            .iter()
+            .map(|run| run.iter().map(|(slot, _)| *slot).collect())
+            .collect();
+        // 72 bytes apiece: two fit in 150; the 432-byte one goes alone.
+        assert_eq!(slots, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+        assert!(by_bytes(Vec::new(), 150).is_empty());
     }
 }

@@ -15,6 +15,7 @@ fn config(id: NodeId, members: &[NodeId]) -> Config {
         members: members.to_vec(),
         election_ticks: election,
         heartbeat_ticks: 1,
+        max_message_bytes: 1 << 20,
         seed: id,
     }
 }

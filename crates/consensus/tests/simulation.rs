@@ -88,6 +88,8 @@ impl Simulation {
             members: self.members.clone(),
             election_ticks: (10, 20),
             heartbeat_ticks: 3,
+            // Small enough that batches of proposals and catch-up answers split.
+            max_message_bytes: 100,
             seed: self.seed ^ (id << 32) ^ self.incarnation,
         };
         // Only what was persisted survives.

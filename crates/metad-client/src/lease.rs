@@ -28,8 +28,21 @@ impl Lease {
     }
 }
 
-/// Takes and renews lease `name` for `holder` every third of `duration` (and,
-/// while another holds it, tries every 250 ms), for ever.
+/// How long until lease `name` lapses as one metadata replica records it (zero
+/// when it cannot tell).
+async fn until_lapse(client: &MetadClient, name: &str, now_ms: u64) -> Duration {
+    match client.watch(0, Duration::ZERO).await {
+        Ok(state) => state.leases.get(name).map_or(Duration::ZERO, |held| {
+            Duration::from_millis(held.expires_at_ms.saturating_sub(now_ms))
+        }),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Takes and renews lease `name` for `holder` every third of `duration`, for
+/// ever; while another instance holds it, asks again only when it is due to
+/// lapse (by the expiry the metadata service records), so that a standby does
+/// not fill the log with refused attempts.
 ///
 /// A renewal that the metadata service refuses (someone else holds it) drops
 /// the lease at once; one that gets no answer leaves it to lapse on this
@@ -74,7 +87,13 @@ pub async fn hold(
         let was_held = lease.is_held();
         match answer {
             Ok(_) => lease.set(Some(asked_at + duration)),
-            Err(MetadClientError::Refused(_)) => lease.set(None),
+            Err(MetadClientError::Refused(_)) => {
+                lease.set(None);
+                // Someone else holds it: wait for its recorded expiry (read from
+                // one replica, no log entry) before asking again.
+                let wait = until_lapse(&client, name, now_ms).await;
+                tokio::time::sleep(wait.clamp(try_every, duration)).await;
+            }
             Err(MetadClientError::Unavailable { .. }) => {}
         }
         let held = lease.is_held();

@@ -42,6 +42,12 @@ impl StateMachine {
             return earlier.clone();
         }
         let outcome = self.apply_new(command);
+        // Taking or renewing a lease is idempotent (the proposer's clock is in
+        // the command), so its outcome need not be remembered: leases are most
+        // of the log, and remembering them filled the table and the snapshot.
+        if matches!(command.op, MetadataOp::AcquireLease { .. }) {
+            return outcome;
+        }
         self.outcomes
             .insert(command.request_id.clone(), outcome.clone());
         self.order.push_back(command.request_id.clone());
@@ -289,13 +295,29 @@ impl StateMachine {
                         held.holder, held.expires_at_ms
                     )));
                 }
+                // Never earlier for the same holder: lease commands are not
+                // deduplicated, so an old renewal applied late must not shorten
+                // the lease its holder was granted since.
+                let expires_at_ms = now_ms.saturating_add(*duration_ms).max(
+                    state
+                        .leases
+                        .get(name)
+                        .filter(|held| held.holder == *holder)
+                        .map_or(0, |held| held.expires_at_ms),
+                );
                 let granted = Lease {
                     holder: holder.clone(),
-                    expires_at_ms: now_ms.saturating_add(*duration_ms),
+                    expires_at_ms,
                 };
+                // A renewal by the holder changes no version: followers rebuild
+                // their views on a version change, and renewals come every second.
+                let new_holder = state
+                    .leases
+                    .get(name)
+                    .is_none_or(|held| held.holder != *holder);
                 state.leases.insert(name.clone(), granted.clone());
                 lease = Some(granted);
-                true
+                new_holder
             }
             MetadataOp::ReleaseLease { name, holder } => match state.leases.get(name) {
                 Some(held) if held.holder == *holder => {
@@ -548,22 +570,49 @@ mod tests {
     #[test]
     fn a_retried_command_applies_once() {
         let mut machine = StateMachine::default();
-        let lease = |now| {
+        let create = command(
+            "r1",
+            MetadataOp::RegisterNode {
+                node: NodeInfo {
+                    catching_up: true,
+                    ..node(1)
+                },
+            },
+        );
+        machine.apply(&create).expect("register");
+        let first = machine.apply(&create);
+        let retried = machine.apply(&create);
+        assert_eq!(first, retried, "the retry returns the first outcome");
+        assert_eq!(machine.state().version, 1);
+        assert_eq!(machine.state().nodes[&NodeId(1)].incarnation, 0);
+    }
+
+    #[test]
+    fn lease_renewals_move_no_version_and_a_late_old_one_shortens_nothing() {
+        let mut machine = StateMachine::default();
+        let lease = |id: &str, holder: &str, now| {
             command(
-                "r1",
+                id,
                 MetadataOp::AcquireLease {
                     name: "l".into(),
-                    holder: "a".into(),
+                    holder: holder.into(),
                     now_ms: now,
                     duration_ms: 10,
                 },
             )
         };
-        let first = machine.apply(&lease(0));
-        let retried = machine.apply(&lease(5));
-        assert_eq!(first, retried, "the retry returns the first outcome");
-        assert_eq!(machine.state().version, 1);
-        assert_eq!(machine.state().leases["l"].expires_at_ms, 10);
+        machine.apply(&lease("a0", "a", 0)).expect("taken");
+        assert_eq!(machine.state().version, 1, "a new holder is a change");
+        machine.apply(&lease("a5", "a", 5)).expect("renewed");
+        assert_eq!(machine.state().version, 1, "a renewal is not");
+        assert_eq!(machine.state().leases["l"].expires_at_ms, 15);
+        // The first command, retried and applied again late: it is not
+        // deduplicated, and must not take the lease back to 10.
+        machine.apply(&lease("a0", "a", 0)).expect("renewed");
+        assert_eq!(machine.state().leases["l"].expires_at_ms, 15);
+        assert!(machine.apply(&lease("b", "b", 12)).is_err(), "still held");
+        machine.apply(&lease("b", "b", 15)).expect("lapsed, taken");
+        assert_eq!(machine.state().version, 2);
     }
 
     #[test]

@@ -197,6 +197,9 @@ pub struct MetadStatus {
     pub version: u64,
     /// A hash of its whole state, to compare replicas.
     pub state_digest: u64,
+    /// The size of its latest snapshot (the compacted log), in bytes.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
     /// Every replica of the group (this one included): id and address.
     #[serde(default)]
     pub peers: BTreeMap<u64, String>,

@@ -2,6 +2,12 @@
 //! metadata-service replicas exchange (driven by the `kvorum-consensus` core).
 
 use serde::{Deserialize, Serialize};
+use serde_with::base64::Base64;
+use serde_with::{PickFirst, Same, serde_as};
+
+/// Bytes as base64 on the wire, and read back from base64 or from the array of
+/// numbers that acceptor stores written before kept.
+type CompactBytes = PickFirst<(Base64, Same)>;
 
 /// A replica's identity within its consensus group.
 pub type NodeId = u64;
@@ -22,21 +28,34 @@ pub struct Ballot {
 }
 
 /// The application's state as of a slot, standing in for the log before it.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The snapshot covers every slot below this one.
     pub upto: Slot,
     /// The application's encoding of its state after applying those slots.
+    #[serde_as(as = "CompactBytes")]
     pub data: Vec<u8>,
 }
 
 /// A value of the log.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Entry {
     /// Fills a slot a new leader found empty, so that later slots can be applied.
     Noop,
     /// An application command, opaque to consensus.
-    Command(Vec<u8>),
+    Command(#[serde_as(as = "CompactBytes")] Vec<u8>),
+}
+
+impl Entry {
+    /// About how many bytes the entry takes in a message, for byte budgets.
+    pub fn wire_bytes(&self) -> usize {
+        match self {
+            Entry::Noop => 8,
+            Entry::Command(bytes) => bytes.len() / 3 * 4 + 32,
+        }
+    }
 }
 
 /// What an acceptor accepted for a slot, and in which ballot.
@@ -125,4 +144,61 @@ pub struct Envelope {
     pub to: NodeId,
     /// Content.
     pub message: Message,
+}
+
+/// A piece of a batch of envelopes too long for one peer message
+/// (`POST /internal/v1/paxos/chunks`): the receiver appends pieces that start
+/// where its copy ends and delivers the batch once it is whole, so a transfer
+/// cut short resumes where it stopped.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageChunk {
+    /// The sending replica.
+    pub from: NodeId,
+    /// XXH3-64 of the whole encoded batch: names the transfer, and checks it.
+    pub digest: u64,
+    /// Length of the whole encoded batch, in bytes.
+    pub total: u64,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// The piece (empty: only asks how much the receiver holds).
+    #[serde_as(as = "Base64")]
+    pub data: Vec<u8>,
+}
+
+/// How much of a chunked transfer the receiver holds: the next offset it wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReceipt {
+    /// Bytes held, from the start; equal to the total once delivered.
+    pub received: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_travel_as_base64_and_old_arrays_of_numbers_still_read() {
+        let entry = Entry::Command(b"hello".to_vec());
+        let json = serde_json::to_string(&entry).expect("encodes");
+        assert_eq!(json, r#"{"Command":"aGVsbG8="}"#);
+        assert_eq!(
+            serde_json::from_str::<Entry>(&json).expect("decodes"),
+            entry
+        );
+        let old = r#"{"Command":[104,101,108,108,111]}"#;
+        assert_eq!(serde_json::from_str::<Entry>(old).expect("old form"), entry);
+        let snapshot = Snapshot {
+            upto: 3,
+            data: vec![0, 255, 7],
+        };
+        let json = serde_json::to_string(&snapshot).expect("encodes");
+        assert_eq!(json, r#"{"upto":3,"data":"AP8H"}"#);
+        let old = r#"{"upto":3,"data":[0,255,7]}"#;
+        assert_eq!(
+            serde_json::from_str::<Snapshot>(old).expect("old form"),
+            snapshot
+        );
+    }
 }

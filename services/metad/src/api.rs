@@ -34,7 +34,22 @@ pub struct AppState {
     pub versions: tokio::sync::watch::Receiver<u64>,
     /// How long a client waits for a decision.
     pub request_timeout: Duration,
+    /// The peer route's body limit; longer batches come in chunks.
+    pub max_message_bytes: usize,
+    /// Chunked transfers under way, one per sending replica.
+    pub chunks: std::sync::Mutex<std::collections::HashMap<u64, PartialBatch>>,
 }
+
+/// A chunked batch being received: which one, how long, and the bytes so far.
+#[derive(Debug, Default)]
+pub struct PartialBatch {
+    digest: u64,
+    total: u64,
+    bytes: Vec<u8>,
+}
+
+/// The longest batch a chunked transfer may announce (a bound on the buffer it needs).
+const MAX_CHUNKED_BYTES: u64 = 1 << 30;
 
 /// Why a request failed; maps to the JSON error body (or a redirect to the leader).
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +78,9 @@ pub enum ApiError {
         /// This replica.
         me: u64,
     },
+    /// A chunk from a replica that is not a member, or one that cannot fit.
+    #[error("{0}")]
+    BadChunk(String),
     /// The consensus loop has stopped.
     #[error("the replica is shutting down")]
     Stopped,
@@ -74,9 +92,9 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match &self {
-            ApiError::Refused(MetadataError::Invalid { .. }) | ApiError::Misaddressed { .. } => {
-                ErrorCode::BadRequest
-            }
+            ApiError::Refused(MetadataError::Invalid { .. })
+            | ApiError::Misaddressed { .. }
+            | ApiError::BadChunk(_) => ErrorCode::BadRequest,
             ApiError::Refused(MetadataError::NotFound { .. }) => ErrorCode::NotFound,
             ApiError::Refused(MetadataError::Conflict { .. }) => ErrorCode::Conflict,
             ApiError::NotLeader(address, uri) => {
@@ -97,10 +115,20 @@ impl IntoResponse for ApiError {
 /// The metadata API's routes, wrapped in the standard layers.
 pub fn router(state: Arc<AppState>) -> Router {
     let request_timeout = state.request_timeout;
+    // A chunk carries up to half the limit in raw bytes, base64 in JSON: a little
+    // more than two thirds of the limit on the wire.
+    let max_body = state.max_message_bytes;
     let routes = Router::new()
         .route("/healthz", get(kvorum_server::healthz))
         .route("/readyz", get(kvorum_server::ready))
-        .route("/internal/v1/paxos", post(paxos))
+        .route(
+            "/internal/v1/paxos",
+            post(paxos).layer(axum::extract::DefaultBodyLimit::max(max_body)),
+        )
+        .route(
+            "/internal/v1/paxos/chunks",
+            post(paxos_chunk).layer(axum::extract::DefaultBodyLimit::max(max_body)),
+        )
         .route("/v1/commands", post(command))
         .route("/v1/state", get(read_state))
         .route("/v1/status", get(status))
@@ -150,6 +178,69 @@ async fn paxos(
     }
     state.submit(Input::Messages(envelopes))?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// One piece of a batch too long for one message: appended when it starts where
+/// this replica's copy ends; the batch is delivered once whole and checked.
+async fn paxos_chunk(
+    State(state): State<Arc<AppState>>,
+    JsonBody(chunk): JsonBody<kvorum_protocol::paxos::MessageChunk>,
+) -> Result<Json<kvorum_protocol::paxos::ChunkReceipt>, ApiError> {
+    if !state.peers.contains_key(&chunk.from) || chunk.from == state.id {
+        return Err(ApiError::BadChunk(format!(
+            "replica {} is not a peer of replica {}",
+            chunk.from, state.id
+        )));
+    }
+    if chunk.total > MAX_CHUNKED_BYTES {
+        return Err(ApiError::BadChunk(format!(
+            "a chunked batch of {} bytes is over the {MAX_CHUNKED_BYTES} bytes one may hold",
+            chunk.total
+        )));
+    }
+    let whole = {
+        let mut chunks = state.chunks.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = chunks.entry(chunk.from).or_default();
+        // A new transfer from this sender replaces an unfinished older one.
+        if (entry.digest, entry.total) != (chunk.digest, chunk.total) {
+            *entry = PartialBatch {
+                digest: chunk.digest,
+                total: chunk.total,
+                bytes: Vec::new(),
+            };
+        }
+        let held = entry.bytes.len() as u64;
+        if chunk.offset == held && held + chunk.data.len() as u64 <= chunk.total {
+            entry.bytes.extend_from_slice(&chunk.data);
+        }
+        let held = entry.bytes.len() as u64;
+        if held < chunk.total {
+            return Ok(Json(kvorum_protocol::paxos::ChunkReceipt {
+                received: held,
+            }));
+        }
+        chunks
+            .remove(&chunk.from)
+            .map(|partial| partial.bytes)
+            .unwrap_or_default()
+    };
+    if xxhash_rust::xxh3::xxh3_64(&whole) != chunk.digest {
+        return Err(ApiError::BadChunk(
+            "the chunked batch does not match its digest; it is dropped".to_owned(),
+        ));
+    }
+    let envelopes: Vec<Envelope> = serde_json::from_slice(&whole)
+        .map_err(|e| ApiError::BadChunk(format!("the chunked batch is not envelopes: {e}")))?;
+    if let Some(wrong) = envelopes.iter().find(|e| e.to != state.id) {
+        return Err(ApiError::Misaddressed {
+            to: wrong.to,
+            me: state.id,
+        });
+    }
+    state.submit(Input::Messages(envelopes))?;
+    Ok(Json(kvorum_protocol::paxos::ChunkReceipt {
+        received: chunk.total,
+    }))
 }
 
 async fn command(

@@ -50,6 +50,16 @@ pub struct MetadConfig {
     #[arg(long, env = "KVORUM_BOOTSTRAP_NODES", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub bootstrap_nodes: Option<u64>,
 
+    /// Largest message between replicas, in bytes: the peer route's body limit.
+    /// Longer messages (a big snapshot) travel in chunks of this size, and a
+    /// transfer cut short resumes where it stopped.
+    #[arg(long, env = "KVORUM_METAD_MAX_MESSAGE_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    pub max_message_bytes: u64,
+
+    /// Log entries applied between two compactions (each writes a snapshot).
+    #[arg(long, env = "KVORUM_METAD_COMPACT_EVERY", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    pub compact_every: u64,
+
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,

@@ -67,6 +67,8 @@ pub async fn run(
         members: peers.keys().copied().collect(),
         election_ticks: (10, 20),
         heartbeat_ticks: 3,
+        // Headroom for the envelope and the JSON around the entries.
+        max_message_bytes: usize::try_from(config.max_message_bytes / 2).unwrap_or(usize::MAX),
         seed: rand::random(),
     };
 
@@ -75,14 +77,31 @@ pub async fn run(
     client_config.request_timeout = config.tick() * 10;
     client_config.retries = 0;
     let client = HttpClient::new(client_config).map_err(|e| MetadError::Config(e.to_string()))?;
-    let sender = tokio::spawn(send_messages(client, peers.clone(), messages));
+    let max_message_bytes = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
+    let sender = tokio::spawn(send_messages(
+        client,
+        peers.clone(),
+        messages,
+        config.id,
+        max_message_bytes,
+    ));
 
     let (inputs, queue) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
     let (version_sender, versions) = tokio::sync::watch::channel(0);
-    let tick = config.tick();
+    let (tick, compact_every) = (config.tick(), config.compact_every);
     let consensus = std::thread::Builder::new()
         .name("consensus".into())
-        .spawn(move || node::run(core, store, queue, outbound, version_sender, tick))?;
+        .spawn(move || {
+            node::run(
+                core,
+                store,
+                queue,
+                outbound,
+                version_sender,
+                tick,
+                compact_every,
+            )
+        })?;
 
     let initialiser = tokio::spawn(initialise_cluster(
         inputs.clone(),
@@ -95,6 +114,8 @@ pub async fn run(
         inputs,
         versions,
         request_timeout: config.request_timeout(),
+        max_message_bytes,
+        chunks: Default::default(),
     });
     let app = api::router(state);
     tracing::info!(id = config.id, address = %listener.local_addr()?, "metadata replica serving");
@@ -179,14 +200,24 @@ async fn initialise_cluster(
     }
 }
 
-/// Delivers each batch of messages to its peers, one HTTP call per peer.
+/// Delivers each batch of messages to its peers, one HTTP call per peer; a
+/// batch longer than `max_message_bytes` goes in chunks (resumed where the
+/// receiver's copy ends).
 ///
-/// Paxos tolerates lost and duplicated messages, so a failed call is only logged.
+/// Paxos tolerates lost and duplicated messages, so a failed call is only
+/// logged: at warn, with its cause, at most every ten seconds per peer.
 async fn send_messages(
     client: HttpClient,
     peers: BTreeMap<u64, String>,
     mut batches: mpsc::UnboundedReceiver<Vec<Envelope>>,
+    me: u64,
+    max_message_bytes: usize,
 ) {
+    let failures: Arc<std::sync::Mutex<BTreeMap<u64, (std::time::Instant, u64)>>> = Arc::default();
+    // One chunked transfer per peer at a time: two would keep replacing each
+    // other's partial copy on the receiver. A batch that finds one under way is
+    // dropped (Paxos asks again for what it still needs).
+    let chunking: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>> = Arc::default();
     while let Some(batch) = batches.recv().await {
         let mut by_peer: BTreeMap<u64, Vec<Envelope>> = BTreeMap::new();
         for envelope in batch {
@@ -196,20 +227,136 @@ async fn send_messages(
             let Some(address) = peers.get(&peer).cloned() else {
                 continue;
             };
-            let client = client.clone();
+            let (client, failures, chunking) = (client.clone(), failures.clone(), chunking.clone());
             tokio::spawn(async move {
-                let sent: Result<serde_json::Value, _> = client
-                    .post_json(
-                        &address,
-                        "/internal/v1/paxos",
-                        &envelopes,
-                        Idempotency::NotIdempotent,
-                    )
-                    .await;
+                let sent = send_batch(
+                    &client,
+                    &address,
+                    me,
+                    &envelopes,
+                    max_message_bytes,
+                    || {
+                        chunking
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(peer)
+                    },
+                    || {
+                        chunking
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&peer);
+                    },
+                )
+                .await;
+                metrics::counter!(
+                    "kvorum_paxos_peer_sends_total",
+                    "outcome" => if sent.is_ok() { "ok" } else { "failed" }
+                )
+                .increment(1);
                 if let Err(error) = sent {
-                    tracing::debug!(peer, %error, "paxos message not delivered");
+                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let (last, suppressed) = failures
+                        .entry(peer)
+                        .or_insert((std::time::Instant::now() - LOG_FAILURES_EVERY, 0));
+                    if last.elapsed() >= LOG_FAILURES_EVERY {
+                        tracing::warn!(peer, %error, suppressed = *suppressed, "paxos messages not delivered to a peer");
+                        *last = std::time::Instant::now();
+                        *suppressed = 0;
+                    } else {
+                        *suppressed += 1;
+                    }
                 }
             });
         }
+    }
+}
+
+/// The least time between two warnings about one peer's failed deliveries.
+const LOG_FAILURES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one peer's envelopes, in one message or in chunks; a chunked send
+/// happens only if `begin` says no other is under way, and calls `end` after.
+async fn send_batch(
+    client: &HttpClient,
+    address: &str,
+    me: u64,
+    envelopes: &[Envelope],
+    max_message_bytes: usize,
+    begin: impl FnOnce() -> bool,
+    end: impl FnOnce(),
+) -> Result<(), String> {
+    let body = serde_json::to_vec(envelopes).map_err(|e| e.to_string())?;
+    // A chunk's raw bytes, base64 in JSON, stay well within the limit.
+    let piece = (max_message_bytes / 2).max(1024);
+    if body.len() <= piece {
+        return client
+            .post_json::<_, serde_json::Value>(
+                address,
+                "/internal/v1/paxos",
+                envelopes,
+                Idempotency::NotIdempotent,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string());
+    }
+    if !begin() {
+        tracing::debug!("a chunked transfer to this peer is under way; batch dropped");
+        return Ok(());
+    }
+    let sent = send_chunks(client, address, me, &body, piece).await;
+    end();
+    sent
+}
+
+/// Sends `body` in pieces of `piece` bytes, from where the receiver's copy ends.
+async fn send_chunks(
+    client: &HttpClient,
+    address: &str,
+    me: u64,
+    body: &[u8],
+    piece: usize,
+) -> Result<(), String> {
+    let digest = xxhash_rust::xxh3::xxh3_64(body);
+    let total = body.len() as u64;
+    // Every piece, plus the first question and a few retries, and no more.
+    let mut calls_left = body.len() / piece + 4;
+    // Ask first how much the receiver already holds: a transfer cut short resumes.
+    let mut offset = 0u64;
+    let mut data = Vec::new();
+    loop {
+        if calls_left == 0 {
+            return Err(format!(
+                "the receiver made no progress past {offset} of {total}"
+            ));
+        }
+        calls_left -= 1;
+        let chunk = kvorum_protocol::paxos::MessageChunk {
+            from: me,
+            digest,
+            total,
+            offset,
+            data: std::mem::take(&mut data),
+        };
+        let receipt: kvorum_protocol::paxos::ChunkReceipt = client
+            .post_json(
+                address,
+                "/internal/v1/paxos/chunks",
+                &chunk,
+                Idempotency::NotIdempotent,
+            )
+            .await
+            .map_err(|e| format!("chunk at {offset} of {total}: {e}"))?;
+        if receipt.received >= total {
+            metrics::counter!("kvorum_paxos_chunked_batches_total").increment(1);
+            return Ok(());
+        }
+        offset = receipt.received;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(body.len());
+        let end = (start + piece).min(body.len());
+        data = body[start..end].to_vec();
     }
 }

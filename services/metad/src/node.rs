@@ -21,9 +21,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Most inputs handled before the replica's output is drained (and fsync'd) once.
 const MAX_INPUTS_PER_BATCH: usize = 256;
 
-/// Entries applied between two log compactions.
-const COMPACT_EVERY: u64 = 1_000;
-
 /// Why a proposal was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProposeError {
@@ -82,6 +79,7 @@ pub fn run(
     outbound: mpsc::UnboundedSender<Vec<Envelope>>,
     versions: watch::Sender<u64>,
     tick: Duration,
+    compact_every: u64,
 ) {
     let durable = match store.load() {
         Ok(durable) => durable,
@@ -102,6 +100,7 @@ pub fn run(
         outbound,
         versions,
         was_leader: false,
+        compact_every,
     };
     let mut next_tick = Instant::now() + tick;
     loop {
@@ -145,6 +144,8 @@ struct Node {
     versions: watch::Sender<u64>,
     /// Whether this replica led at the last drain, to count leadership changes.
     was_leader: bool,
+    /// Entries applied between two log compactions.
+    compact_every: u64,
 }
 
 impl Node {
@@ -203,6 +204,7 @@ impl Node {
                     decided_upto: self.replica.decided_upto(),
                     version: state.version,
                     state_digest: digest,
+                    snapshot_bytes: self.replica.snapshot_bytes() as u64,
                     // The HTTP shell knows the addresses; it fills them in.
                     peers: Default::default(),
                 });
@@ -279,7 +281,7 @@ impl Node {
             *version = current;
             changed
         });
-        if self.applied_upto >= self.replica.compacted_upto() + COMPACT_EVERY {
+        if self.applied_upto >= self.replica.compacted_upto() + self.compact_every {
             // Written with the next batch; lagging peers then get the snapshot.
             self.replica
                 .compact(self.applied_upto, self.machine.snapshot());

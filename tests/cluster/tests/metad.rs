@@ -328,3 +328,83 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
     assert!(state["nodes"]["800"].is_object());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_after_many_compactions_catches_up_through_a_chunked_snapshot()
+-> anyhow::Result<()> {
+    // Scaled down by flags, the same code paths: a compaction every 50 entries
+    // and an 8 KiB message limit, so the snapshot the returning replica needs
+    // is many times one message and must come in chunks.
+    let dir = tempfile::tempdir()?;
+    let addresses = (1..=3)
+        .map(|id| {
+            kvorum_launcher::free_port().map(|port| (id, SocketAddr::from(([127, 0, 0, 1], port))))
+        })
+        .collect::<Result<_, _>>()?;
+    let env = [
+        ("KVORUM_METAD_COMPACT_EVERY", "50"),
+        ("KVORUM_METAD_MAX_MESSAGE_BYTES", "8192"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut group = MetadGroup::start_at(
+        dir.path(),
+        addresses,
+        None,
+        &default_bin_dir(),
+        "info",
+        &env,
+    )
+    .await?;
+    let client = Client::new()?;
+    let leader = client.leader(&group, &[1, 2, 3]).await?;
+    let away = (1..=3).find(|id| *id != leader).expect("a follower");
+    group.kill(away).await?;
+    let live: Vec<SocketAddr> = group
+        .addresses()
+        .iter()
+        .filter(|(id, _)| **id != away)
+        .map(|(_, a)| *a)
+        .collect();
+    let mut version = 0;
+    for n in 0..300 {
+        let applied = client
+            .submit_until_applied(
+                &live,
+                &register(&format!("many-{n}"), n + 1),
+                Duration::from_secs(20),
+            )
+            .await?;
+        version = applied["version"].as_u64().unwrap_or(version);
+    }
+    let snapshot_bytes = client
+        .status(group.addresses()[&leader])
+        .await
+        .map_or(0, |s| s.snapshot_bytes);
+    assert!(
+        snapshot_bytes > 16 * 1024,
+        "the snapshot ({snapshot_bytes} bytes) is many messages long"
+    );
+    let restarted = Instant::now();
+    group.restart(away).await?;
+    client.converged(&group, &[1, 2, 3], version).await?;
+    eprintln!(
+        "replica {away} caught up {:?} after its restart, 300 commands behind, through a snapshot of {snapshot_bytes} bytes",
+        restarted.elapsed()
+    );
+    let metrics = client
+        .http
+        .get(format!("http://{}/metrics", group.addresses()[&leader]))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kvorum_paxos_chunked_batches_total") && !l.ends_with(" 0")),
+        "the snapshot went in chunks: {metrics}"
+    );
+    Ok(())
+}
