@@ -179,6 +179,12 @@ impl Replica {
         self.leader
     }
 
+    /// Whether this replica leads, or heard its leader within an election timeout.
+    pub fn hears_leader(&self) -> bool {
+        self.is_leader()
+            || (self.leader.is_some() && self.ticks_since_leader < self.election_timeout)
+    }
+
     /// The first slot not known decided here.
     pub fn decided_upto(&self) -> Slot {
         self.decided_upto

@@ -301,6 +301,11 @@ pub struct MetadView {
     pub leader: Option<NodeId>,
     /// Every replica.
     pub replicas: Vec<MetadReplica>,
+    /// Milliseconds since the router last heard from any metadata replica
+    /// (`null` if it never has): the data path keeps serving by the map it holds
+    /// meanwhile, but no keyspace, node or map change reaches it.
+    #[serde(default)]
+    pub contact_age_ms: Option<u64>,
 }
 
 /// One node in the cluster view.

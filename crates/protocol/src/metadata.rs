@@ -200,6 +200,12 @@ pub struct MetadStatus {
     /// The size of its latest snapshot (the compacted log), in bytes.
     #[serde(default)]
     pub snapshot_bytes: u64,
+    /// Whether it leads, or heard its leader within an election timeout.
+    #[serde(default)]
+    pub hears_leader: bool,
+    /// The last failure to deliver messages to a peer (catch-up included), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_peer_error: Option<String>,
     /// Every replica of the group (this one included): id and address.
     #[serde(default)]
     pub peers: BTreeMap<u64, String>,

@@ -36,6 +36,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The peer route's body limit; longer batches come in chunks.
     pub max_message_bytes: usize,
+    /// The last failure to deliver to a peer, for the status.
+    pub last_peer_error: Arc<std::sync::Mutex<Option<String>>>,
     /// Chunked transfers under way, one per sending replica.
     pub chunks: std::sync::Mutex<std::collections::HashMap<u64, PartialBatch>>,
 }
@@ -119,8 +121,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     // more than two thirds of the limit on the wire.
     let max_body = state.max_message_bytes;
     let routes = Router::new()
-        .route("/healthz", get(kvorum_server::healthz))
-        .route("/readyz", get(kvorum_server::ready))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route(
             "/internal/v1/paxos",
             post(paxos).layer(axum::extract::DefaultBodyLimit::max(max_body)),
@@ -302,5 +304,52 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<MetadStatus>,
     state.submit(Input::Status(reply))?;
     let mut status = state.wait(answer).await?;
     status.peers = state.peers.clone();
+    status.last_peer_error = state
+        .last_peer_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(Json(status))
+}
+
+/// How long a health probe waits for the consensus loop.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// The loop's status within [`PROBE_WAIT`], or why there is none.
+async fn probe(state: &AppState) -> Result<MetadStatus, String> {
+    let (reply, answer) = oneshot::channel();
+    state
+        .submit(Input::Status(reply))
+        .map_err(|e| format!("the consensus loop takes no input: {e}"))?;
+    match tokio::time::timeout(PROBE_WAIT, answer).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(_)) => Err("the consensus loop has stopped".to_owned()),
+        Err(_) => Err(format!(
+            "the consensus loop did not answer within {PROBE_WAIT:?}"
+        )),
+    }
+}
+
+/// Live while the consensus loop answers: a replica whose loop died is restarted.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match probe(&state).await {
+        Ok(_) => kvorum_server::healthz().await.into_response(),
+        Err(reason) => error_response(ErrorDetail::new(ErrorCode::Unavailable, reason)),
+    }
+}
+
+/// Ready while the consensus loop answers and this replica leads or hears its
+/// leader: only then can a command sent here be decided.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match probe(&state).await {
+        Ok(status) if status.hears_leader => kvorum_server::ready().await.into_response(),
+        Ok(_) => error_response(ErrorDetail::new(
+            ErrorCode::Unavailable,
+            "not ready: no leader heard from within an election timeout",
+        )),
+        Err(reason) => error_response(ErrorDetail::new(
+            ErrorCode::Unavailable,
+            format!("not ready: {reason}"),
+        )),
+    }
 }

@@ -78,12 +78,14 @@ pub async fn run(
     client_config.retries = 0;
     let client = HttpClient::new(client_config).map_err(|e| MetadError::Config(e.to_string()))?;
     let max_message_bytes = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
+    let last_peer_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let sender = tokio::spawn(send_messages(
         client,
         peers.clone(),
         messages,
         config.id,
         max_message_bytes,
+        last_peer_error.clone(),
     ));
 
     let (inputs, queue) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
@@ -115,6 +117,7 @@ pub async fn run(
         versions,
         request_timeout: config.request_timeout(),
         max_message_bytes,
+        last_peer_error,
         chunks: Default::default(),
     });
     let app = api::router(state);
@@ -212,6 +215,7 @@ async fn send_messages(
     mut batches: mpsc::UnboundedReceiver<Vec<Envelope>>,
     me: u64,
     max_message_bytes: usize,
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let failures: Arc<std::sync::Mutex<BTreeMap<u64, (std::time::Instant, u64)>>> = Arc::default();
     // One chunked transfer per peer at a time: two would keep replacing each
@@ -228,6 +232,7 @@ async fn send_messages(
                 continue;
             };
             let (client, failures, chunking) = (client.clone(), failures.clone(), chunking.clone());
+            let last_error = last_error.clone();
             tokio::spawn(async move {
                 let sent = send_batch(
                     &client,
@@ -255,6 +260,8 @@ async fn send_messages(
                 )
                 .increment(1);
                 if let Err(error) = sent {
+                    *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("replica {peer}: {error}"));
                     let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
                     let (last, suppressed) = failures
                         .entry(peer)

@@ -205,6 +205,9 @@ impl Node {
                     version: state.version,
                     state_digest: digest,
                     snapshot_bytes: self.replica.snapshot_bytes() as u64,
+                    hears_leader: self.replica.hears_leader(),
+                    // The HTTP shell knows the peer failures; it fills them in.
+                    last_peer_error: None,
                     // The HTTP shell knows the addresses; it fills them in.
                     peers: Default::default(),
                 });

@@ -78,6 +78,7 @@ pub async fn run(
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
         hinted_handoff: config.hinted_handoff,
     });
+    tokio::spawn(state.metadata.clone().watch_contact(shutdown.clone()));
     let app = api::router(state.clone(), config.request_timeout());
     tracing::info!(address = %listener.local_addr()?, "router serving");
     kvorum_server::serve(listener, app, shutdown).await?;

@@ -16,8 +16,9 @@ use kvorum_server::Readiness;
 use crate::keyspaces::Keyspaces;
 use crate::topology::Topology;
 
-/// How long the router may go without hearing from the metadata service and still call itself ready.
-const READY_CONTACT: Duration = Duration::from_secs(15);
+/// How long without an answer from the metadata service before the router warns
+/// that it routes by a map it cannot refresh.
+const CONTACT_WARNING: Duration = Duration::from_secs(15);
 
 /// How long `GET /v1/cluster` waits for the metadata replicas' status.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -191,22 +192,48 @@ impl Metadata {
         MetadView {
             leader: leader.map(NodeId),
             replicas,
+            contact_age_ms: self
+                .follower
+                .since_last_contact()
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 
-    /// Ready while it routes by a partition map and heard from the metadata service recently.
+    /// Reports the age of the last answer from the metadata service (a gauge),
+    /// and warns once when it passes [`CONTACT_WARNING`] and when contact is back.
+    pub async fn watch_contact(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut lost = false;
+        loop {
+            let age = self.follower.since_last_contact();
+            metrics::gauge!("kvorum_metad_contact_age_seconds")
+                .set(age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
+            match age {
+                Some(age) if age > CONTACT_WARNING && !lost => {
+                    lost = true;
+                    tracing::warn!(
+                        seconds = age.as_secs(),
+                        "no answer from the metadata service: routing by the map held, which cannot change until it is back"
+                    );
+                }
+                Some(age) if age <= CONTACT_WARNING && lost => {
+                    lost = false;
+                    tracing::info!("the metadata service answers again");
+                }
+                _ => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Ready while it routes by a partition map: a metadata outage alone does
+    /// not make it unready, since reads and writes need only the map it holds
+    /// and the storage nodes (the lost contact shows in `GET /v1/cluster`, in
+    /// `kvorum_metad_contact_age_seconds` and in the log).
     pub fn readiness(&self) -> Readiness {
         let metadata = self.clone();
-        Readiness::new(move || {
-            metadata.current().map_err(|e| e.to_string())?;
-            match metadata.follower.since_last_contact() {
-                Some(since) if since <= READY_CONTACT => Ok(()),
-                Some(since) => Err(format!(
-                    "no answer from the metadata service for {}s",
-                    since.as_secs()
-                )),
-                None => Err(NotReady::NoContact.to_string()),
-            }
-        })
+        Readiness::new(move || metadata.current().map(drop).map_err(|e| e.to_string()))
     }
 }
