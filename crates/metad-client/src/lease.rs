@@ -4,27 +4,43 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvorum_protocol::metadata::MetadataOp;
+use kvorum_protocol::metadata::{LeaseFence, MetadataOp};
 
 use crate::{MetadClient, MetadClientError};
 
-/// Whether this instance holds the lease, as of its last renewal.
+/// Whether this instance holds the lease, as of its last renewal, and the
+/// fencing token its commands carry.
 #[derive(Debug, Clone, Default)]
 pub struct Lease {
-    until: Arc<Mutex<Option<Instant>>>,
+    held: Arc<Mutex<Option<Held>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    until: Instant,
+    fence: LeaseFence,
 }
 
 impl Lease {
-    /// Whether the lease is held now (it lapses on this instance's own clock).
+    /// Whether the lease is held now (it lapses on this instance's own
+    /// monotonic clock, a safety margin before the metadata service lets
+    /// another instance take it).
     pub fn is_held(&self) -> bool {
-        self.until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| Instant::now() < until)
+        self.fence().is_some()
     }
 
-    fn set(&self, until: Option<Instant>) {
-        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    /// The fencing token for a command made as the holder, while the lease is held.
+    pub fn fence(&self) -> Option<LeaseFence> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|held| Instant::now() < held.until)
+            .map(|held| held.fence.clone())
+    }
+
+    fn set(&self, held: Option<Held>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
     }
 }
 
@@ -61,6 +77,9 @@ pub async fn hold(
     // A standby asks often, so that it takes over soon after the lease lapses.
     let try_every = renew_every.min(Duration::from_millis(250));
     let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let margin = (duration / 10)
+        .max(Duration::from_millis(50))
+        .min(duration / 2);
     let mut first = true;
     loop {
         if !first {
@@ -86,7 +105,18 @@ pub async fn hold(
             .await;
         let was_held = lease.is_held();
         match answer {
-            Ok(_) => lease.set(Some(asked_at + duration)),
+            Ok(outcome) => match outcome.lease {
+                Some(granted) => lease.set(Some(Held {
+                    // Counted from when the renewal was asked, less a margin:
+                    // the holder stops acting before anyone else may start.
+                    until: asked_at + duration - margin,
+                    fence: LeaseFence {
+                        lease: name.to_owned(),
+                        epoch: granted.epoch,
+                    },
+                })),
+                None => lease.set(None),
+            },
             Err(MetadClientError::Refused(_)) => {
                 lease.set(None);
                 // Someone else holds it: wait for its recorded expiry (read from

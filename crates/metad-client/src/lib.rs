@@ -125,6 +125,29 @@ impl MetadClient {
         self.submit_command(&MetadataCommand {
             request_id: self.new_request_id(),
             expected_version: None,
+            fence: None,
+            op,
+        })
+        .await
+    }
+
+    /// Submits `op` as the holder of `lease`, carrying its fencing token, so
+    /// that the metadata service refuses it if the lease changed hands; refused
+    /// here, without a call, while the lease is not held.
+    pub async fn submit_as_holder(
+        &self,
+        op: MetadataOp,
+        lease: &crate::Lease,
+    ) -> Result<MetadataOutcome, MetadClientError> {
+        let fence = lease.fence().ok_or_else(|| {
+            MetadClientError::Refused(MetadataError::Conflict {
+                message: "this instance does not hold the lease".to_owned(),
+            })
+        })?;
+        self.submit_command(&MetadataCommand {
+            request_id: self.new_request_id(),
+            expected_version: None,
+            fence: Some(fence),
             op,
         })
         .await

@@ -84,6 +84,19 @@ impl StateMachine {
                 self.state.version
             )));
         }
+        // A lease holder's command is refused once the lease changed hands
+        // since it was granted: the author may still believe it holds it.
+        if let Some(fence) = &command.fence {
+            let current = self.state.leases.get(&fence.lease).map(|l| l.epoch);
+            if current != Some(fence.epoch) {
+                return Err(conflict(format!(
+                    "the {} lease is at epoch {}, not {}: this command's author no longer holds it",
+                    fence.lease,
+                    current.map_or_else(|| "none".to_owned(), |e| e.to_string()),
+                    fence.epoch
+                )));
+            }
+        }
         let state = &mut self.state;
         let mut lease = None;
         let changed = match &command.op {
@@ -305,25 +318,31 @@ impl StateMachine {
                         .filter(|held| held.holder == *holder)
                         .map_or(0, |held| held.expires_at_ms),
                 );
-                let granted = Lease {
-                    holder: holder.clone(),
-                    expires_at_ms,
-                };
                 // A renewal by the holder changes no version: followers rebuild
                 // their views on a version change, and renewals come every second.
                 let new_holder = state
                     .leases
                     .get(name)
                     .is_none_or(|held| held.holder != *holder);
+                // The fencing token grows whenever the lease changes hands.
+                let epoch =
+                    state.leases.get(name).map_or(0, |held| held.epoch) + u64::from(new_holder);
+                let granted = Lease {
+                    holder: holder.clone(),
+                    expires_at_ms,
+                    epoch,
+                };
                 state.leases.insert(name.clone(), granted.clone());
                 lease = Some(granted);
                 new_holder
             }
-            MetadataOp::ReleaseLease { name, holder } => match state.leases.get(name) {
-                Some(held) if held.holder == *holder => {
-                    state.leases.remove(name);
+            MetadataOp::ReleaseLease { name, holder } => match state.leases.get_mut(name) {
+                // Lapsed at once, but kept: its epoch must keep growing.
+                Some(held) if held.holder == *holder && held.expires_at_ms > 0 => {
+                    held.expires_at_ms = 0;
                     true
                 }
+                Some(held) if held.holder == *holder => false,
                 Some(held) => {
                     return Err(conflict(format!(
                         "lease {name} is held by {}, not {holder}",
@@ -539,6 +558,7 @@ mod tests {
         MetadataCommand {
             request_id: RequestId(id.to_owned()),
             expected_version: None,
+            fence: None,
             op,
         }
     }
@@ -585,6 +605,62 @@ mod tests {
         assert_eq!(first, retried, "the retry returns the first outcome");
         assert_eq!(machine.state().version, 1);
         assert_eq!(machine.state().nodes[&NodeId(1)].incarnation, 0);
+    }
+
+    #[test]
+    fn a_command_fenced_by_a_lease_that_changed_hands_is_refused() {
+        let mut machine = StateMachine::default();
+        let take = |id: &str, holder: &str, now| {
+            command(
+                id,
+                MetadataOp::AcquireLease {
+                    name: "l".into(),
+                    holder: holder.into(),
+                    now_ms: now,
+                    duration_ms: 10,
+                },
+            )
+        };
+        let first = machine.apply(&take("a", "a", 0)).expect("taken");
+        assert_eq!(first.lease.map(|l| l.epoch), Some(1));
+        machine.apply(&take("a2", "a", 5)).expect("renewed");
+        assert_eq!(
+            machine.state().leases["l"].epoch,
+            1,
+            "a renewal keeps the epoch"
+        );
+        let fenced = |id: &str, epoch| MetadataCommand {
+            fence: Some(kvorum_protocol::metadata::LeaseFence {
+                lease: "l".into(),
+                epoch,
+            }),
+            ..command(id, MetadataOp::RegisterNode { node: node(1) })
+        };
+        machine
+            .apply(&fenced("r1", 1))
+            .expect("the holder's command");
+        // b takes the lapsed lease: a's commands are refused from then on.
+        let second = machine.apply(&take("b", "b", 20)).expect("taken");
+        assert_eq!(second.lease.map(|l| l.epoch), Some(2));
+        let version = machine.state().version;
+        assert!(matches!(
+            machine.apply(&fenced("r2", 1)),
+            Err(MetadataError::Conflict { .. })
+        ));
+        assert_eq!(machine.state().version, version, "nothing changed");
+        machine.apply(&fenced("r3", 2)).expect("b's command");
+        // Released and taken again by another: the epoch still grows.
+        machine
+            .apply(&command(
+                "rel",
+                MetadataOp::ReleaseLease {
+                    name: "l".into(),
+                    holder: "b".into(),
+                },
+            ))
+            .expect("released");
+        let third = machine.apply(&take("c", "c", 21)).expect("taken");
+        assert_eq!(third.lease.map(|l| l.epoch), Some(3));
     }
 
     #[test]

@@ -22,8 +22,22 @@ pub struct MetadataCommand {
     /// Apply only if the state is at exactly this version (optimistic concurrency).
     #[serde(default)]
     pub expected_version: Option<u64>,
+    /// Apply only if the named lease is still held in this epoch: a lease
+    /// holder's commands carry it, so one that lost its lease is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<LeaseFence>,
     /// What to do.
     pub op: MetadataOp,
+}
+
+/// A fencing token: the lease a command's author holds, and in which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseFence {
+    /// The lease, such as `recovery-controller`.
+    pub lease: String,
+    /// Its epoch when it was granted to the author.
+    pub epoch: u64,
 }
 
 /// The operations of the metadata state machine.
@@ -113,6 +127,10 @@ pub struct Lease {
     pub holder: String,
     /// When it lapses, on the holder's proposer's clock.
     pub expires_at_ms: u64,
+    /// Grows by one each time the lease changes hands: the fencing token its
+    /// holder's commands carry ([`LeaseFence`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// What an applied command did.

@@ -256,15 +256,19 @@ async fn judge(shared: Arc<Shared>, metad: MetadClient) {
                 continue;
             }
             reported.insert(node, (verdict, Instant::now()));
-            let metad = metad.clone();
+            let (metad, lease) = (metad.clone(), shared.lease.clone());
             let span = tracing::info_span!("report_suspicion", node = node.0, state = ?verdict);
             tokio::spawn(
                 async move {
+                    // Fenced: a detector that lost its lease meanwhile is refused.
                     match metad
-                        .submit(MetadataOp::SetNodeState {
-                            node,
-                            state: verdict,
-                        })
+                        .submit_as_holder(
+                            MetadataOp::SetNodeState {
+                                node,
+                                state: verdict,
+                            },
+                            &lease,
+                        )
                         .await
                     {
                         Ok(_) => tracing::info!("recorded"),

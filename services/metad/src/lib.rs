@@ -169,6 +169,7 @@ async fn initialise_cluster(
         let command = MetadataCommand {
             request_id: RequestId("init-cluster".to_owned()),
             expected_version: None,
+            fence: None,
             // Every replica proposes its own secret under the one request id:
             // whichever is decided first is the cluster's.
             op: MetadataOp::InitCluster {

@@ -207,10 +207,13 @@ async fn reconcile(
         for (node, standby) in plan::standbys_for(&state, &dead, &designated) {
             match mover
                 .metad
-                .submit(MetadataOp::SetNodeRole {
-                    node: standby,
-                    role: NodeRole::Storage,
-                })
+                .submit_as_holder(
+                    MetadataOp::SetNodeRole {
+                        node: standby,
+                        role: NodeRole::Storage,
+                    },
+                    &mover.lease,
+                )
                 .await
             {
                 Ok(_) => {
@@ -241,10 +244,13 @@ async fn reconcile(
         for node in plan::drained(&state) {
             match mover
                 .metad
-                .submit(MetadataOp::SetNodeState {
-                    node,
-                    state: NodeState::Decommissioned,
-                })
+                .submit_as_holder(
+                    MetadataOp::SetNodeState {
+                        node,
+                        state: NodeState::Decommissioned,
+                    },
+                    &mover.lease,
+                )
                 .await
             {
                 Ok(_) => tracing::info!(%node, "node drained and decommissioned"),

@@ -211,9 +211,12 @@ impl Mover {
         switched.pending.clear();
         switched.epoch = Epoch(epoch.0 + 1);
         self.metad
-            .submit(MetadataOp::SetAssignment {
-                assignment: switched,
-            })
+            .submit_as_holder(
+                MetadataOp::SetAssignment {
+                    assignment: switched,
+                },
+                &self.lease,
+            )
             .await?;
         tracing::info!(partition = %planned.partition, leaving = %planned.replacement.leaving, %joining, "replica replaced");
         Ok(())
@@ -246,9 +249,12 @@ impl Mover {
         announced.pending = vec![planned.replacement];
         announced.epoch = Epoch(announced.epoch.0 + 1);
         self.metad
-            .submit(MetadataOp::SetAssignment {
-                assignment: announced.clone(),
-            })
+            .submit_as_holder(
+                MetadataOp::SetAssignment {
+                    assignment: announced.clone(),
+                },
+                &self.lease,
+            )
             .await?;
         Ok(announced)
     }
@@ -366,9 +372,12 @@ impl Mover {
         restored.pending.clear();
         restored.epoch = Epoch(restored.epoch.0 + 1);
         self.metad
-            .submit(MetadataOp::SetAssignment {
-                assignment: restored,
-            })
+            .submit_as_holder(
+                MetadataOp::SetAssignment {
+                    assignment: restored,
+                },
+                &self.lease,
+            )
             .await?;
         Ok(())
     }

@@ -64,6 +64,7 @@ impl Membership {
         let command = MetadataCommand {
             request_id: self.client.new_request_id(),
             expected_version: None,
+            fence: None,
             op: MetadataOp::RegisterNode { node },
         };
         loop {
@@ -127,6 +128,7 @@ async fn register(
     let command = MetadataCommand {
         request_id: client.new_request_id(),
         expected_version: None,
+        fence: None,
         op: MetadataOp::RegisterNode { node: node.clone() },
     };
     loop {

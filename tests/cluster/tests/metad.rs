@@ -23,6 +23,7 @@ fn register(request: &str, node: u64) -> MetadataCommand {
     MetadataCommand {
         request_id: RequestId(request.to_owned()),
         expected_version: None,
+        fence: None,
         op: MetadataOp::RegisterNode { node: info },
     }
 }
@@ -406,5 +407,53 @@ async fn a_replica_back_after_many_compactions_catches_up_through_a_chunked_snap
             .any(|l| l.starts_with("kvorum_paxos_chunked_batches_total") && !l.ends_with(" 0")),
         "the snapshot went in chunks: {metrics}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_from_a_lease_holder_that_lost_its_lease_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let group = MetadGroup::start(dir.path(), 3, &default_bin_dir()).await?;
+    let client = Client::new()?;
+    client.leader(&group, &[1, 2, 3]).await?;
+    let all: Vec<SocketAddr> = group.addresses().values().copied().collect();
+    let acquire = |request: &str, holder: &str, now_ms: u64| MetadataCommand {
+        request_id: RequestId(request.to_owned()),
+        expected_version: None,
+        fence: None,
+        op: MetadataOp::AcquireLease {
+            name: "test-lease".into(),
+            holder: holder.into(),
+            now_ms,
+            duration_ms: 1_000,
+        },
+    };
+    let first = client
+        .submit_until_applied(&all, &acquire("take-a", "a", 0), Duration::from_secs(10))
+        .await?;
+    let epoch_a = first["lease"]["epoch"].as_u64().expect("an epoch");
+    // By the proposers' clocks a's lease lapsed, and b took it.
+    let second = client
+        .submit_until_applied(
+            &all,
+            &acquire("take-b", "b", 5_000),
+            Duration::from_secs(10),
+        )
+        .await?;
+    let epoch_b = second["lease"]["epoch"].as_u64().expect("an epoch");
+    assert!(epoch_b > epoch_a, "{first} then {second}");
+    let fenced = |request: &str, epoch: u64| MetadataCommand {
+        fence: Some(kvorum_protocol::metadata::LeaseFence {
+            lease: "test-lease".into(),
+            epoch,
+        }),
+        ..register(request, 42)
+    };
+    let leader = client.leader(&group, &[1, 2, 3]).await?;
+    let address = group.addresses()[&leader];
+    let (status, body) = client.submit(address, &fenced("stale", epoch_a)).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = client.submit(address, &fenced("current", epoch_b)).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
     Ok(())
 }
