@@ -563,6 +563,19 @@ mod tests {
         }
     }
 
+    /// Lease `l` asked for by `holder` at `now_ms`, lasting 10 ms.
+    fn acquire(id: &str, holder: &str, now_ms: u64) -> MetadataCommand {
+        command(
+            id,
+            MetadataOp::AcquireLease {
+                name: "l".into(),
+                holder: holder.into(),
+                now_ms,
+                duration_ms: 10,
+            },
+        )
+    }
+
     fn node(id: u64) -> NodeInfo {
         NodeInfo::registering(
             NodeId(id),
@@ -610,17 +623,7 @@ mod tests {
     #[test]
     fn a_command_fenced_by_a_lease_that_changed_hands_is_refused() {
         let mut machine = StateMachine::default();
-        let take = |id: &str, holder: &str, now| {
-            command(
-                id,
-                MetadataOp::AcquireLease {
-                    name: "l".into(),
-                    holder: holder.into(),
-                    now_ms: now,
-                    duration_ms: 10,
-                },
-            )
-        };
+        let take = acquire;
         let first = machine.apply(&take("a", "a", 0)).expect("taken");
         assert_eq!(first.lease.map(|l| l.epoch), Some(1));
         machine.apply(&take("a2", "a", 5)).expect("renewed");
@@ -666,17 +669,7 @@ mod tests {
     #[test]
     fn lease_renewals_move_no_version_and_a_late_old_one_shortens_nothing() {
         let mut machine = StateMachine::default();
-        let lease = |id: &str, holder: &str, now| {
-            command(
-                id,
-                MetadataOp::AcquireLease {
-                    name: "l".into(),
-                    holder: holder.into(),
-                    now_ms: now,
-                    duration_ms: 10,
-                },
-            )
-        };
+        let lease = acquire;
         machine.apply(&lease("a0", "a", 0)).expect("taken");
         assert_eq!(machine.state().version, 1, "a new holder is a change");
         machine.apply(&lease("a5", "a", 5)).expect("renewed");

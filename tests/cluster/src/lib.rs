@@ -73,6 +73,26 @@ impl TestCluster {
         })
     }
 
+    /// Creates a keyspace through the router (`PUT /v1/keyspaces/{name}` with
+    /// the JSON `spec`), failing unless it answers 201.
+    pub async fn create_keyspace(&self, name: &str, spec: &str) -> anyhow::Result<()> {
+        let answer = self
+            .client
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/keyspaces/{name}"),
+                spec.as_bytes().to_vec(),
+            )
+            .await?;
+        anyhow::ensure!(
+            answer.status == StatusCode::CREATED,
+            "create {name}: {} {:?}",
+            answer.status,
+            answer.json()
+        );
+        Ok(())
+    }
+
     /// A client of the cluster's metadata service.
     pub fn metad_client(&self) -> anyhow::Result<MetadClient> {
         let addresses = self

@@ -7,32 +7,39 @@
 
 use kvorum_launcher::default_bin_dir;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chaos_run_catches_writes_acknowledged_before_a_quorum() -> anyhow::Result<()> {
+/// Runs `kvorum-chaos` with `args` into a fresh directory: whether it passed,
+/// its stderr, its report, and the directory (kept alive for the report's files).
+async fn chaos_run(
+    args: &[&str],
+) -> anyhow::Result<(bool, String, serde_json::Value, tempfile::TempDir)> {
     let out = tempfile::tempdir()?;
     let run = tokio::process::Command::new(default_bin_dir().join("kvorum-chaos"))
-        .args([
-            "--duration-s",
-            "20",
-            "--quiet-start-s",
-            "6",
-            "--seed",
-            "11",
-            "--inject-bug",
-        ])
+        .args(args)
         .arg("--out")
         .arg(out.path())
         .kill_on_drop(true)
         .output()
         .await?;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        !run.status.success(),
-        "the run passed with the bug on:\n{stderr}"
-    );
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("report.json"))?)?;
     eprintln!("{report:#}");
+    Ok((run.status.success(), stderr, report, out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_catches_writes_acknowledged_before_a_quorum() -> anyhow::Result<()> {
+    let (passed, stderr, report, out) = chaos_run(&[
+        "--duration-s",
+        "20",
+        "--quiet-start-s",
+        "6",
+        "--seed",
+        "11",
+        "--inject-bug",
+    ])
+    .await?;
+    assert!(!passed, "the run passed with the bug on:\n{stderr}");
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["passed"], false);
     let found = report["linearizability_anomalies"].as_u64().unwrap_or(0)
@@ -56,33 +63,23 @@ async fn a_chaos_run_catches_writes_acknowledged_before_a_quorum() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_run_that_wipes_disks_under_traffic_loses_nothing() -> anyhow::Result<()> {
-    let out = tempfile::tempdir()?;
     // Disks lost with and without their checkpoints while clients read, write
     // and delete: every history must stay linearizable, no acknowledged write
     // lost, every eventual key converged, RF restored.
-    let run = tokio::process::Command::new(default_bin_dir().join("kvorum-chaos"))
-        .args([
-            "--duration-s",
-            "30",
-            "--quiet-start-s",
-            "6",
-            "--fault-interval-s",
-            "5",
-            "--faults",
-            "wipe-storage,wipe-storage-all,kill-storage",
-            "--seed",
-            "23",
-        ])
-        .arg("--out")
-        .arg(out.path())
-        .kill_on_drop(true)
-        .output()
-        .await?;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json"))?)?;
-    eprintln!("{report:#}");
-    assert!(run.status.success(), "the run failed:\n{stderr}");
+    let (passed, stderr, report, _out) = chaos_run(&[
+        "--duration-s",
+        "30",
+        "--quiet-start-s",
+        "6",
+        "--fault-interval-s",
+        "5",
+        "--faults",
+        "wipe-storage,wipe-storage-all,kill-storage",
+        "--seed",
+        "23",
+    ])
+    .await?;
+    assert!(passed, "the run failed:\n{stderr}");
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["passed"], true, "{report}");
     assert_eq!(report["lost_writes"], 0, "{report}");

@@ -31,19 +31,6 @@ enum Loss {
     DataWithOlderCheckpoint,
 }
 
-async fn create_keyspace(cluster: &TestCluster, name: &str, spec: &str) -> anyhow::Result<()> {
-    let answer = cluster
-        .client
-        .send(
-            reqwest::Method::PUT,
-            &format!("/v1/keyspaces/{name}"),
-            spec.as_bytes().to_vec(),
-        )
-        .await?;
-    anyhow::ensure!(answer.status == StatusCode::CREATED, "{:?}", answer.json());
-    Ok(())
-}
-
 /// Eventual writers: blind writes of unique values into a `siblings` keyspace,
 /// where no write supersedes another, so every acknowledged value must be
 /// among its key's final siblings. Returns the acknowledged (key, value) pairs.
@@ -99,13 +86,12 @@ fn ensure_not_counted(answer: &Answer, node: NodeId, what: &str) -> anyhow::Resu
 async fn scenario(eventual: bool, loss: Loss) -> anyhow::Result<()> {
     let mut cluster = TestCluster::start().await?;
     let query = if eventual {
-        create_keyspace(&cluster, "ev", r#"{"mode":"eventual","conflict":"lww"}"#).await?;
-        create_keyspace(
-            &cluster,
-            "evs",
-            r#"{"mode":"eventual","conflict":"siblings"}"#,
-        )
-        .await?;
+        cluster
+            .create_keyspace("ev", r#"{"mode":"eventual","conflict":"lww"}"#)
+            .await?;
+        cluster
+            .create_keyspace("evs", r#"{"mode":"eventual","conflict":"siblings"}"#)
+            .await?;
         "?keyspace=ev"
     } else {
         ""

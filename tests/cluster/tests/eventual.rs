@@ -26,24 +26,6 @@ async fn start(env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
     TestCluster::start_spec_in(dir, spec).await
 }
 
-async fn create_keyspace(cluster: &TestCluster, name: &str, spec: &str) -> anyhow::Result<()> {
-    let answer = cluster
-        .client
-        .send(
-            reqwest::Method::PUT,
-            &format!("/v1/keyspaces/{name}"),
-            spec.as_bytes().to_vec(),
-        )
-        .await?;
-    anyhow::ensure!(
-        answer.status == StatusCode::CREATED,
-        "create {name}: {} {:?}",
-        answer.status,
-        answer.json()
-    );
-    Ok(())
-}
-
 /// Where a key lives, from a write's receipt.
 #[derive(Debug, Clone)]
 struct Placement {
@@ -129,12 +111,9 @@ async fn node_state(cluster: &TestCluster, node: NodeId, state: &str) -> anyhow:
 async fn concurrent_writers_make_siblings_that_a_write_with_their_context_resolves()
 -> anyhow::Result<()> {
     let cluster = start(&[]).await?;
-    create_keyspace(
-        &cluster,
-        "carts",
-        r#"{"mode":"eventual","conflict":"siblings"}"#,
-    )
-    .await?;
+    cluster
+        .create_keyspace("carts", r#"{"mode":"eventual","conflict":"siblings"}"#)
+        .await?;
     let client = &cluster.client;
 
     let first = client.put("cart-1?keyspace=carts", b"apple").await?;
@@ -206,12 +185,9 @@ async fn concurrent_writers_make_siblings_that_a_write_with_their_context_resolv
     assert_eq!(unchanged.json()["siblings"], blind.json()["siblings"]);
 
     // lww and merge keyspaces answer one value.
-    create_keyspace(
-        &cluster,
-        "prefs",
-        r#"{"mode":"eventual","conflict":"merge"}"#,
-    )
-    .await?;
+    cluster
+        .create_keyspace("prefs", r#"{"mode":"eventual","conflict":"merge"}"#)
+        .await?;
     client
         .put("p?keyspace=prefs", br#"{"theme":"dark"}"#)
         .await?;
@@ -230,7 +206,9 @@ async fn concurrent_writers_make_siblings_that_a_write_with_their_context_resolv
 async fn a_node_that_was_down_receives_its_writes_by_hinted_handoff() -> anyhow::Result<()> {
     // Anti-entropy off: only hints can bring the missed writes.
     let cluster = start(&[("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "0")]).await?;
-    create_keyspace(&cluster, "events", r#"{"mode":"eventual"}"#).await?;
+    cluster
+        .create_keyspace("events", r#"{"mode":"eventual"}"#)
+        .await?;
     let absent = NodeId(2);
     cluster.cluster.pause_storage(absent)?;
     node_state(&cluster, absent, "down").await?;
@@ -294,12 +272,9 @@ async fn a_node_whose_hints_were_lost_converges_by_anti_entropy() -> anyhow::Res
         ("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "500"),
     ])
     .await?;
-    create_keyspace(
-        &cluster,
-        "events",
-        r#"{"mode":"eventual","write_consistency":"one"}"#,
-    )
-    .await?;
+    cluster
+        .create_keyspace("events", r#"{"mode":"eventual","write_consistency":"one"}"#)
+        .await?;
     let absent = NodeId(3);
     cluster.cluster.pause_storage(absent)?;
     node_state(&cluster, absent, "down").await?;
@@ -335,7 +310,9 @@ async fn tombstones_are_collected_only_once_every_replica_holds_them() -> anyhow
         ("KVORUM_CHECKPOINT_INTERVAL_MS", "0"),
     ])
     .await?;
-    create_keyspace(&cluster, "sessions", r#"{"mode":"eventual"}"#).await?;
+    cluster
+        .create_keyspace("sessions", r#"{"mode":"eventual"}"#)
+        .await?;
     let mut keys = BTreeMap::new();
     for i in 0..30 {
         let key = format!("s-{i}");
@@ -396,7 +373,9 @@ async fn the_tombstone_grace_holds_on_every_replica_not_only_the_collector() -> 
         ("KVORUM_CHECKPOINT_INTERVAL_MS", "0"),
     ])
     .await?;
-    create_keyspace(&cluster, "grace", r#"{"mode":"eventual"}"#).await?;
+    cluster
+        .create_keyspace("grace", r#"{"mode":"eventual"}"#)
+        .await?;
     let key = "late";
     let written = cluster
         .client
@@ -474,12 +453,9 @@ async fn the_tombstone_grace_holds_on_every_replica_not_only_the_collector() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_contexts_a_router_gave_out_for_the_key_are_taken() -> anyhow::Result<()> {
     let cluster = start(&[]).await?;
-    create_keyspace(
-        &cluster,
-        "signed",
-        r#"{"mode":"eventual","conflict":"siblings"}"#,
-    )
-    .await?;
+    cluster
+        .create_keyspace("signed", r#"{"mode":"eventual","conflict":"siblings"}"#)
+        .await?;
     let client = &cluster.client;
     for key in ["a", "b"] {
         let put = client
@@ -535,12 +511,9 @@ async fn only_contexts_a_router_gave_out_for_the_key_are_taken() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_refuses_blind_writes_past_its_sibling_bound_until_resolved() -> anyhow::Result<()> {
     let cluster = start(&[]).await?;
-    create_keyspace(
-        &cluster,
-        "piles",
-        r#"{"mode":"eventual","conflict":"siblings"}"#,
-    )
-    .await?;
+    cluster
+        .create_keyspace("piles", r#"{"mode":"eventual","conflict":"siblings"}"#)
+        .await?;
     let client = &cluster.client;
     let bound = kvorum_protocol::storage::MAX_KEY_SIBLINGS;
     // In a siblings keyspace a write without a context supersedes nothing.
@@ -583,9 +556,7 @@ async fn a_key_refuses_blind_writes_past_its_sibling_bound_until_resolved() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_after_concurrent_writers_and_a_crashed_node() -> anyhow::Result<()> {
     let mut cluster = start(&[("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "500")]).await?;
-    create_keyspace(
-        &cluster,
-        "tallies",
+    cluster.create_keyspace("tallies",
         r#"{"mode":"eventual","conflict":"siblings","write_consistency":"one","read_consistency":"one"}"#,
     )
     .await?;

@@ -95,19 +95,9 @@ async fn a_partition_of_large_values_moves_to_a_new_replica() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_of_large_values_are_handed_off() -> anyhow::Result<()> {
     let cluster = start(Duration::from_secs(600)).await?;
-    let created = cluster
-        .client
-        .send(
-            reqwest::Method::PUT,
-            "/v1/keyspaces/blobs",
-            br#"{"mode":"eventual","conflict":"lww"}"#.to_vec(),
-        )
+    cluster
+        .create_keyspace("blobs", r#"{"mode":"eventual","conflict":"lww"}"#)
         .await?;
-    anyhow::ensure!(
-        created.status == StatusCode::CREATED,
-        "{:?}",
-        created.json()
-    );
     let first = cluster
         .client
         .put("blob-0?keyspace=blobs&consistency=all", &value(0))
