@@ -106,6 +106,10 @@ pub struct Replica {
     applied_upto: Slot,
     ready: Ready,
     loopback: VecDeque<Envelope>,
+    /// Ticks since this replica started, the clock of `last_heard`.
+    ticks: u64,
+    /// When each peer was last heard from (any message), for check-quorum.
+    last_heard: BTreeMap<NodeId, u64>,
 }
 
 impl Replica {
@@ -134,6 +138,8 @@ impl Replica {
             applied_upto: 0,
             ready: Ready::default(),
             loopback: VecDeque::new(),
+            ticks: 0,
+            last_heard: BTreeMap::new(),
         };
         if let Some(snapshot) = replica.durable.snapshot.clone() {
             replica.decided_upto = snapshot.upto;
@@ -192,6 +198,8 @@ impl Replica {
 
     /// Advances time by one tick: elections, heartbeats and retransmissions.
     pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.check_quorum();
         if let Role::Leader {
             ballot, in_flight, ..
         } = &self.role
@@ -323,6 +331,34 @@ impl Replica {
         }
     }
 
+    /// Check-quorum: a leader that has heard from no majority (itself
+    /// included) within the longest election timeout steps down, so that
+    /// clients are sent elsewhere instead of waiting on a leader cut off from
+    /// its followers. Stepping down is always safe: it only stops proposing.
+    fn check_quorum(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let window = u64::from(self.config.election_ticks.1);
+        let heard = self
+            .config
+            .members
+            .iter()
+            .filter(|m| {
+                **m == self.config.id
+                    || self
+                        .last_heard
+                        .get(m)
+                        .is_some_and(|at| self.ticks.saturating_sub(*at) <= window)
+            })
+            .count();
+        if heard < self.majority() {
+            self.role = Role::Follower;
+            self.leader = None;
+            self.reset_election_timer();
+        }
+    }
+
     fn own_ballot(&self) -> Option<Ballot> {
         match &self.role {
             Role::Follower => None,
@@ -366,7 +402,9 @@ impl Replica {
 
     fn handle(&mut self, envelope: Envelope) {
         let Envelope { from, message, .. } = envelope;
+        self.last_heard.insert(from, self.ticks);
         match message {
+            Message::HeartbeatAck { ballot } => self.observe(ballot),
             Message::Prepare { ballot, first_slot } => self.on_prepare(from, ballot, first_slot),
             Message::Promise {
                 ballot,
@@ -535,6 +573,10 @@ impl Replica {
         };
         self.leader = Some(self.config.id);
         self.ticks_since_heartbeat = 0;
+        // Its promisers were just heard; the others get a full window too.
+        for member in self.config.members.clone() {
+            self.last_heard.insert(member, self.ticks);
+        }
         let decided_upto = self.decided_upto;
         self.broadcast_others(Message::Heartbeat {
             ballot,
@@ -625,6 +667,9 @@ impl Replica {
         }
         self.promise(ballot);
         self.follow(from);
+        if from != self.config.id {
+            self.send(from, Message::HeartbeatAck { ballot });
+        }
         self.catch_up_if_behind(from, leader_decided_upto);
     }
 

@@ -192,3 +192,36 @@ fn a_follower_that_is_not_the_leader_redirects_proposals() {
         Err(Some(1))
     );
 }
+
+#[test]
+fn check_quorum_a_leader_that_hears_no_majority_steps_down() {
+    let mut group = Group::new(vec![
+        (1, DurableState::default()),
+        (2, DurableState::default()),
+        (3, DurableState::default()),
+    ]);
+    group.tick_all(5);
+    assert!(group.replicas[&1].is_leader());
+    // Followers that answer keep it leading, for many election timeouts.
+    group.tick_all(200);
+    assert!(
+        group.replicas[&1].is_leader(),
+        "acked heartbeats keep it leading"
+    );
+    // Cut off from both followers (they are gone), it steps down within the
+    // longest election timeout plus a check.
+    group.replicas.remove(&2);
+    group.replicas.remove(&3);
+    let mut ticks = 0;
+    while group.replicas[&1].is_leader() {
+        group.tick_all(1);
+        ticks += 1;
+        assert!(ticks <= 62, "still leading after {ticks} ticks alone");
+    }
+    let leader = group.replicas.get_mut(&1).expect("member");
+    assert_eq!(
+        leader.propose(b"x".to_vec()).map_err(|e| e.leader),
+        Err(None),
+        "no longer leading, it knows no leader to send clients to"
+    );
+}

@@ -123,6 +123,12 @@ pub enum Message {
         /// The leader's first undecided slot.
         decided_upto: Slot,
     },
+    /// A follower heard the leader's heartbeat in `ballot` (check-quorum: a
+    /// leader that hears from no majority steps down).
+    HeartbeatAck {
+        /// The ballot of the heartbeat answered.
+        ballot: Ballot,
+    },
     /// A snapshot, for a replica that needs slots the sender has compacted.
     InstallSnapshot {
         /// The snapshot.
