@@ -302,6 +302,18 @@ impl LocalCluster {
             .await?;
         }
         cluster.wait_router_ready().await?;
+        // Every storage node counts too (admitted, and caught up if it is a new
+        // incarnation), so that the first request finds the whole cluster.
+        for index in 0..cluster.storage.len() {
+            let address = cluster.layout.storage[index].to_string();
+            wait_for(
+                &cluster.client,
+                &mut cluster.storage[index],
+                &address,
+                Probe::Ready,
+            )
+            .await?;
+        }
         Ok(cluster)
     }
 

@@ -158,18 +158,17 @@ impl NewIncarnation {
             return;
         };
         let follower = self.membership.follower();
-        while !follower
-            .wait_for_version(version, Duration::from_secs(5))
-            .await
-        {
-            tracing::warn!(
-                version,
-                "waiting for the metadata state holding this node's registration"
-            );
-        }
-        let state = follower
-            .current()
-            .expect("a state at the registration's version");
+        // A linearizable read, at once: it holds the registration, and a new
+        // node should not keep refusing requests while a watch catches up.
+        let state = self
+            .retry("read the metadata state holding the registration", || {
+                self.membership.read_state()
+            })
+            .await;
+        debug_assert!(
+            state.version >= version,
+            "a linearizable read after the registration"
+        );
         let Some(me) = state.nodes.get(&self.node).cloned() else {
             tracing::error!(node = %self.node, "the metadata state does not list this node after its registration");
             return;

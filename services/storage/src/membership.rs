@@ -82,6 +82,13 @@ impl Membership {
         }
     }
 
+    /// The metadata state, read linearizably (it holds every command applied before the read).
+    pub async fn read_state(
+        &self,
+    ) -> Result<kvorum_protocol::metadata::MetadataState, MetadClientError> {
+        self.client.state().await
+    }
+
     /// Tells the metadata service that incarnation `incarnation` of `node` has caught up.
     pub async fn report_caught_up(
         &self,

@@ -21,8 +21,9 @@ async fn chaos_run(
         .output()
         .await?;
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json"))?)?;
+    let written = std::fs::read(out.path().join("report.json"))
+        .map_err(|e| anyhow::anyhow!("no report ({e}); the run said:\n{stderr}"))?;
+    let report: serde_json::Value = serde_json::from_slice(&written)?;
     eprintln!("{report:#}");
     Ok((run.status.success(), stderr, report, out))
 }
