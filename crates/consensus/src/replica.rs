@@ -332,14 +332,18 @@ impl Replica {
     }
 
     /// Check-quorum: a leader that has heard from no majority (itself
-    /// included) within the longest election timeout steps down, so that
+    /// included) within twice the longest election timeout steps down, so that
     /// clients are sent elsewhere instead of waiting on a leader cut off from
     /// its followers. Stepping down is always safe: it only stops proposing.
     fn check_quorum(&mut self) {
         if !self.is_leader() {
             return;
         }
-        let window = u64::from(self.config.election_ticks.1);
+        // Twice the longest election timeout: ticks come in bursts after the
+        // runtime stalls (a slow fsync), and acknowledgements that arrived
+        // meanwhile are read only after them; a leader should not step down
+        // for that.
+        let window = 2 * u64::from(self.config.election_ticks.1);
         let heard = self
             .config
             .members

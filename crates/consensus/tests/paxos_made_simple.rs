@@ -208,8 +208,8 @@ fn check_quorum_a_leader_that_hears_no_majority_steps_down() {
         group.replicas[&1].is_leader(),
         "acked heartbeats keep it leading"
     );
-    // Cut off from both followers (they are gone), it steps down within the
-    // longest election timeout plus a check.
+    // Cut off from both followers (they are gone), it steps down within twice
+    // the longest election timeout plus a check.
     group.replicas.remove(&2);
     group.replicas.remove(&3);
     let mut ticks = 0;
