@@ -150,9 +150,11 @@ impl Monitor {
 /// down would have the recovery controller tear the cluster apart.
 ///
 /// `verdicts` are this detector's; `recorded` is what the metadata service
-/// holds. Nodes recorded down whose verdict is not up keep their slot; new
-/// downs take the remaining ones in id order, and the rest are reported
-/// suspect instead. Returns the verdicts to report and how many were held back.
+/// holds. Nodes recorded down keep their slot until the metadata service
+/// records them up again (even when this detector already sees them up: its
+/// "up" may not be applied before a new "down"); new downs take the remaining
+/// slots in id order, and the rest are reported suspect instead. Returns the
+/// verdicts to report and how many were held back.
 pub fn cap_downs(
     verdicts: &[(NodeId, NodeState)],
     recorded: &BTreeMap<NodeId, NodeState>,
@@ -161,9 +163,7 @@ pub fn cap_downs(
     let cap = watched.saturating_sub(1) / 2;
     let mut down = verdicts
         .iter()
-        .filter(|(id, verdict)| {
-            *verdict != NodeState::Up && recorded.get(id) == Some(&NodeState::Down)
-        })
+        .filter(|(id, _)| recorded.get(id) == Some(&NodeState::Down))
         .count();
     let mut held_back = 0;
     let capped = verdicts
@@ -222,12 +222,13 @@ mod tests {
                 &[Down, Suspect, Down, Up, Up],
                 1,
             ),
-            // A recorded-down node seen up again frees its slot.
+            // A recorded-down node seen up again keeps its slot until metad
+            // records it up: its "up" and a new "down" may apply in either order.
             (
                 &[Down, Down, Up, Down, Up],
                 &[Up, Up, Down, Up, Up],
-                &[Down, Down, Up, Suspect, Up],
-                1,
+                &[Down, Suspect, Up, Suspect, Up],
+                2,
             ),
             // Three nodes: one may be down.
             (&[Down, Down, Up], &[Up; 3], &[Down, Suspect, Up], 1),
