@@ -202,15 +202,8 @@ impl HttpClient {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = Bytes::from(serde_json::to_vec(body)?);
-        self.call_tracking(
-            reqwest::Method::POST,
-            address,
-            path,
-            Some(body),
-            idempotency,
-        )
-        .await
+        self.send_json_tracking(reqwest::Method::POST, address, path, body, idempotency)
+            .await
     }
 
     /// `PUT http://{address}{path}` with a JSON body, decoding a JSON answer.
@@ -241,8 +234,25 @@ impl HttpClient {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        self.send_json_tracking(method, address, path, body, idempotency)
+            .await
+            .map(|answer| answer.value)
+    }
+
+    async fn send_json_tracking<Req, Resp>(
+        &self,
+        method: reqwest::Method,
+        address: &str,
+        path: &str,
+        body: &Req,
+        idempotency: Idempotency,
+    ) -> Result<Retried<Resp>, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
         let body = Bytes::from(serde_json::to_vec(body)?);
-        self.call(method, address, path, Some(body), idempotency)
+        self.call_tracking(method, address, path, Some(body), idempotency)
             .await
     }
 

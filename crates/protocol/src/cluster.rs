@@ -197,6 +197,13 @@ pub struct PartitionAssignment {
     pub pending: Vec<Replacement>,
 }
 
+impl PartitionAssignment {
+    /// Whether this assignment places `node` here: as a replica, or joining in a move.
+    pub fn places(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node) || self.pending.iter().any(|r| r.joining == node)
+    }
+}
+
 /// A node about to take another's place in a partition's replica set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replacement {

@@ -251,7 +251,7 @@ pub fn drained(state: &MetadataState) -> Vec<NodeId> {
             .partition_map
             .iter()
             .flat_map(|m| &m.partitions)
-            .any(|p| p.replicas.contains(&node) || p.pending.iter().any(|r| r.joining == node))
+            .any(|p| p.places(node))
     };
     state
         .nodes

@@ -207,7 +207,7 @@ impl AppState {
 
     /// Whether this incarnation answers reads and exports.
     pub(crate) fn serving(&self) -> Result<(), ApiError> {
-        if self.incarnation.serves_reads() {
+        if self.incarnation.counts() {
             Ok(())
         } else {
             Err(ApiError::CatchingUp(self.incarnation.takes_writes()))

@@ -103,8 +103,7 @@ pub async fn catch_up(
     // Partitions it holds, and those it is joining (a joining node that lost its
     // data mid-move must not be switched in with only the copy's tail).
     let mine = |p: &&kvorum_protocol::cluster::PartitionAssignment| {
-        (p.replicas.contains(&node) || p.pending.iter().any(|r| r.joining == node))
-            && !copied.contains(&p.id)
+        p.places(node) && !copied.contains(&p.id)
     };
     let todo: Vec<_> = map.partitions.iter().filter(mine).cloned().collect();
     for assignment in todo {

@@ -59,7 +59,7 @@ pub fn unassigned(
     };
     held.iter()
         .filter_map(|partition| map.assignment(*partition))
-        .filter(|a| !a.replicas.contains(&node) && !a.pending.iter().any(|r| r.joining == node))
+        .filter(|a| !a.places(node))
         .map(|a| WriteOp::DropUnassigned {
             partition: a.id,
             epoch: a.epoch,

@@ -105,9 +105,7 @@ async fn hand_off(
         if bytes >= MAX_PAGE_BYTES {
             break;
         }
-        let assignment = map.assignment(hint.partition).filter(|a| {
-            a.replicas.contains(&target) || a.pending.iter().any(|r| r.joining == target)
-        });
+        let assignment = map.assignment(hint.partition).filter(|a| a.places(target));
         let held = store
             .read_causal(hint.partition, &hint.keyspace, &hint.key)
             .map_err(|e| e.to_string())?;

@@ -53,8 +53,9 @@ impl Incarnation {
         Self(Arc::new(AtomicU8::new(ADMITTING)))
     }
 
-    /// Whether the node answers reads, prepares, coordinated writes and exports.
-    pub fn serves_reads(&self) -> bool {
+    /// Whether its data counts: it answers reads, prepares, coordinated
+    /// writes and exports, and its acknowledgements count.
+    pub fn counts(&self) -> bool {
         self.0.load(Ordering::Acquire) == SERVING
     }
 
@@ -66,11 +67,6 @@ impl Incarnation {
     /// An admitted incarnation still catching up: it takes writes, answers no reads.
     pub fn catching_up() -> Self {
         Self(Arc::new(AtomicU8::new(CATCHING_UP)))
-    }
-
-    /// Whether its acknowledgements count (it is not catching up).
-    pub fn counts(&self) -> bool {
-        self.serves_reads()
     }
 
     /// Stops counting this node's data: it is a new incarnation after all.

@@ -228,7 +228,7 @@ pub async fn run(
         fence,
         readiness: kvorum_server::Readiness::new(move || {
             membership_ready.check()?;
-            if phase.serves_reads() {
+            if phase.counts() {
                 Ok(())
             } else {
                 Err("a new incarnation catching up from its peers".to_owned())

@@ -177,9 +177,7 @@ async fn raise_fences(
         {
             for assignment in &map.partitions {
                 fence.raise(assignment.id, assignment.epoch);
-                let here = assignment.replicas.contains(&node)
-                    || assignment.pending.iter().any(|r| r.joining == node);
-                fence.place(assignment.id, assignment.epoch, here);
+                fence.place(assignment.id, assignment.epoch, assignment.places(node));
             }
         }
         tokio::select! {

@@ -42,6 +42,16 @@ impl Client {
         })
     }
 
+    async fn metrics(&self, address: SocketAddr) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     async fn status(&self, address: SocketAddr) -> Option<MetadStatus> {
         let response = self
             .http
@@ -171,13 +181,7 @@ async fn metadata_replicas_survive_leader_loss_minorities_and_total_restarts() -
         percentile(&latencies, 0.99)
     );
 
-    let metrics = client
-        .http
-        .get(format!("http://{}/metrics", group.addresses()[&leader]))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = client.metrics(group.addresses()[&leader]).await?;
     assert!(
         metrics.contains("kvorum_paxos_decided_entries_total"),
         "{metrics}"
@@ -394,13 +398,7 @@ async fn a_replica_back_after_many_compactions_catches_up_through_a_chunked_snap
         "replica {away} caught up {:?} after its restart, 300 commands behind, through a snapshot of {snapshot_bytes} bytes",
         restarted.elapsed()
     );
-    let metrics = client
-        .http
-        .get(format!("http://{}/metrics", group.addresses()[&leader]))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = client.metrics(group.addresses()[&leader]).await?;
     assert!(
         metrics
             .lines()
