@@ -7,6 +7,7 @@
 //! request may have reached the peer, because a write coordinator must report
 //! an unknown outcome when it might have.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +30,8 @@ pub struct ClientConfig {
     pub retries: u32,
     /// The pause before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// The local address calls go out from (the kernel's choice when `None`).
+    pub source: Option<IpAddr>,
 }
 
 impl ClientConfig {
@@ -40,7 +43,17 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(2),
             retries: 2,
             retry_backoff: Duration::from_millis(20),
+            source: None,
         }
+    }
+
+    /// Calls go out from the address the service listens on, when that is one
+    /// address rather than a wildcard: on a host with several addresses (a
+    /// chaos run gives each process its own loopback address) peers then see
+    /// a call come from the address they know the caller by.
+    pub fn speaking_from(mut self, listen: SocketAddr) -> Self {
+        self.source = (!listen.ip().is_unspecified()).then_some(listen.ip());
+        self
     }
 }
 
@@ -166,6 +179,7 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
+            .local_address(config.source)
             .user_agent(user_agent)
             .build()?;
         Ok(Self { inner, config })

@@ -1,4 +1,5 @@
-//! A whole Kvorum cluster as local processes on 127.0.0.1.
+//! A whole Kvorum cluster as local processes on 127.0.0.1 (or, for chaos
+//! runs, on a loopback address of each process's own).
 //!
 //! `make run` and the cluster tests start clusters through this one piece of
 //! code. Each process gets its own log file and data directory under the
@@ -6,18 +7,22 @@
 //! and are told by the kernel to die with their parent, and [`LocalCluster`]
 //! kills them on drop, so a failing or aborted test leaves nothing behind.
 
+mod clock;
+mod layout;
+mod metad;
 mod process;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvorum_http_client::{ClientConfig, HttpClient};
 use kvorum_protocol::health::Health;
-use kvorum_protocol::{ClusterSettings, NodeId};
-use serde::{Deserialize, Serialize};
-
+use kvorum_protocol::NodeId;
+pub use crate::clock::{DEFAULT_LIBFAKETIME, FakeClocks};
+use crate::layout::{Layout, prepare_layout};
+pub use crate::metad::MetadGroup;
 use crate::process::ManagedProcess;
 
 /// The file in the data directory that pins a local cluster's sizes and ports across runs.
@@ -34,7 +39,9 @@ pub struct ClusterSpec {
     pub replication_factor: usize,
     /// Partitions keys hash into.
     pub partitions: u32,
-    /// The router's port; 0 picks a free one.
+    /// Routers to start.
+    pub routers: usize,
+    /// Port of router 1 (router i gets base + i - 1); 0 picks free ones.
     pub router_port: u16,
     /// Port of storage node 1 (node i gets base + i - 1); 0 picks free ones.
     pub storage_base_port: u16,
@@ -60,6 +67,13 @@ pub struct ClusterSpec {
     pub log_filter: String,
     /// Extra environment for every process, such as `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub env: BTreeMap<String, String>,
+    /// Give each process a loopback address of its own (127.a.b.c), so that
+    /// firewall rules can cut the links between two of them.
+    pub own_addresses: bool,
+    /// Start routers, metadata replicas, detectors and recovery controllers
+    /// with this libfaketime library preloaded, so that their wall clocks can
+    /// be stepped ([`LocalCluster::clocks`]).
+    pub fake_clocks: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -71,6 +85,7 @@ impl ClusterSpec {
             standbys: 0,
             replication_factor: 3,
             partitions: 16,
+            routers: 1,
             router_port: 0,
             storage_base_port: 0,
             metad_replicas: 3,
@@ -84,6 +99,8 @@ impl ClusterSpec {
             bin_dir: default_bin_dir(),
             log_filter: "info".to_owned(),
             env: BTreeMap::new(),
+            own_addresses: false,
+            fake_clocks: None,
         }
     }
 }
@@ -174,6 +191,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
 /// compete, and a random pick makes two parallel tests choosing the same port
 /// unlikely.
 pub fn free_port() -> Result<u16, LaunchError> {
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A free TCP port on `ip`, chosen as [`free_port`] chooses one.
+pub fn free_port_on(ip: IpAddr) -> Result<u16, LaunchError> {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| {
@@ -185,7 +207,7 @@ pub fn free_port() -> Result<u16, LaunchError> {
     let range = 10_000..ephemeral_low.max(10_001);
     for _ in 0..1_000 {
         let port = rand::random_range(range.clone());
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind((ip, port)).is_ok() {
             return Ok(port);
         }
     }
@@ -204,9 +226,10 @@ pub struct LocalCluster {
     layout: Layout,
     metad: MetadGroup,
     storage: Vec<ManagedProcess>,
-    router: Option<ManagedProcess>,
+    routers: Vec<ManagedProcess>,
     detectors: Vec<ManagedProcess>,
     recovery: Vec<ManagedProcess>,
+    clocks: Option<FakeClocks>,
     client: HttpClient,
 }
 
@@ -242,6 +265,11 @@ impl LocalCluster {
         let layout = prepare_layout(&spec)?;
         let client = HttpClient::new(ClientConfig::new("launcher"))
             .map_err(|e| LaunchError::Invalid(e.to_string()))?;
+        let clocks = spec
+            .fake_clocks
+            .as_deref()
+            .map(|library| FakeClocks::new(library, &spec.data_dir.join("clocks")))
+            .transpose()?;
         let metad = MetadGroup::start_at(
             &spec.data_dir,
             layout.metad.clone(),
@@ -249,6 +277,7 @@ impl LocalCluster {
             &spec.bin_dir,
             &spec.log_filter,
             &spec.env,
+            clocks.clone(),
         )
         .await?;
         let mut cluster = Self {
@@ -256,17 +285,20 @@ impl LocalCluster {
             layout,
             metad,
             storage: Vec::new(),
-            router: None,
+            routers: Vec::new(),
             detectors: Vec::new(),
             recovery: Vec::new(),
+            clocks,
             client,
         };
         for index in 0..cluster.layout.storage.len() {
             let process = cluster.spawn_storage(index)?;
             cluster.storage.push(process);
         }
-        let router = cluster.spawn_router()?;
-        cluster.router = Some(router);
+        for index in 0..cluster.layout.routers().len() {
+            let router = cluster.spawn_router(index)?;
+            cluster.routers.push(router);
+        }
         for index in 0..cluster.layout.detectors.len() {
             let detector = cluster.spawn_detector(index)?;
             cluster.detectors.push(detector);
@@ -280,7 +312,11 @@ impl LocalCluster {
                 .wait_healthy(StorageOrRouter::Storage(index))
                 .await?;
         }
-        cluster.wait_healthy(StorageOrRouter::Router).await?;
+        for index in 0..cluster.routers.len() {
+            cluster
+                .wait_healthy(StorageOrRouter::Router(index))
+                .await?;
+        }
         for index in 0..cluster.detectors.len() {
             let address = cluster.layout.detectors[index].to_string();
             wait_for(
@@ -317,9 +353,83 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// `http://127.0.0.1:PORT`, the router's base URL.
+    /// `http://127.0.0.1:PORT`, the (first) router's base URL.
     pub fn router_url(&self) -> String {
         format!("http://{}", self.layout.router)
+    }
+
+    /// Every router's base URL, in start order.
+    pub fn router_urls(&self) -> Vec<String> {
+        self.layout
+            .routers()
+            .iter()
+            .map(|address| format!("http://{address}"))
+            .collect()
+    }
+
+    /// Every process of the cluster: its name (as its log file has it), kind and address.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        let mut all = Vec::new();
+        let mut add = |kind, name: String, address| {
+            all.push(ProcessInfo {
+                kind,
+                name,
+                address,
+            });
+        };
+        for (id, address) in &self.layout.metad {
+            add(ProcessKind::Metad, format!("metad-{id}"), *address);
+        }
+        for (i, address) in self.layout.storage.iter().enumerate() {
+            add(ProcessKind::Storage, format!("storage-{}", i + 1), *address);
+        }
+        for (i, address) in self.layout.routers().iter().enumerate() {
+            add(ProcessKind::Router, router_name(i), *address);
+        }
+        for (i, address) in self.layout.detectors.iter().enumerate() {
+            add(ProcessKind::Detector, format!("detector-{}", i + 1), *address);
+        }
+        for (i, address) in self.layout.recovery.iter().enumerate() {
+            add(ProcessKind::Recovery, format!("recovery-{}", i + 1), *address);
+        }
+        all
+    }
+
+    /// The wall clocks of the processes started on fake clocks, when the spec asked for them.
+    pub fn clocks(&self) -> Option<&FakeClocks> {
+        self.clocks.as_ref()
+    }
+
+    /// Freezes router `index` (0-based) with SIGSTOP.
+    pub fn pause_router(&self, index: usize) -> Result<(), LaunchError> {
+        self.router(index)?.pause();
+        Ok(())
+    }
+
+    /// Lets a paused router run again with SIGCONT.
+    pub fn resume_router(&self, index: usize) -> Result<(), LaunchError> {
+        self.router(index)?.resume();
+        Ok(())
+    }
+
+    /// Kills router `index` (0-based) with SIGKILL, as a crash would.
+    pub async fn kill_router(&mut self, index: usize) -> Result<(), LaunchError> {
+        self.router(index)?;
+        self.routers[index].kill().await
+    }
+
+    /// Starts router `index` again and waits until it is healthy.
+    pub async fn restart_router(&mut self, index: usize) -> Result<(), LaunchError> {
+        self.router(index)?;
+        self.routers[index].kill().await?;
+        self.routers[index] = self.spawn_router(index)?;
+        self.wait_healthy(StorageOrRouter::Router(index)).await
+    }
+
+    fn router(&self, index: usize) -> Result<&ManagedProcess, LaunchError> {
+        self.routers
+            .get(index)
+            .ok_or_else(|| LaunchError::Invalid(format!("no router {index}")))
     }
 
     /// The storage nodes' ids and addresses.
@@ -380,7 +490,7 @@ impl LocalCluster {
                 "adding a node to a cluster with standbys is not supported by the launcher".into(),
             ));
         }
-        let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let address = self.layout.next_address()?;
         self.layout.storage.push(address);
         let index = self.layout.storage.len() - 1;
         let process = self.spawn_storage(index)?;
@@ -472,7 +582,7 @@ impl LocalCluster {
         for process in self.detectors.iter_mut().chain(&mut self.recovery) {
             process.kill().await?;
         }
-        if let Some(router) = self.router.as_mut() {
+        for router in &mut self.routers {
             router.kill().await?;
         }
         for process in &mut self.storage {
@@ -486,7 +596,7 @@ impl LocalCluster {
         for process in self.recovery.iter_mut().chain(&mut self.detectors) {
             process.terminate().await?;
         }
-        if let Some(router) = self.router.as_mut() {
+        for router in &mut self.routers {
             router.terminate().await?;
         }
         for process in &mut self.storage {
@@ -542,21 +652,28 @@ impl LocalCluster {
         )
     }
 
-    fn spawn_router(&self) -> Result<ManagedProcess, LaunchError> {
+    fn spawn_router(&self, index: usize) -> Result<ManagedProcess, LaunchError> {
+        let name = router_name(index);
         let args = vec![
             "--listen".to_owned(),
-            self.layout.router.to_string(),
+            self.layout.routers()[index].to_string(),
             "--metad".to_owned(),
             self.metad_list(),
         ];
         ManagedProcess::spawn(
-            "router",
+            &name,
             &self.spec.bin_dir.join("kvorum-router"),
             &args,
-            &self.log_path("router"),
+            &self.log_path(&name),
             &self.spec.log_filter,
-            &self.spec.env,
+            &self.env_for(&name)?,
         )
+    }
+
+    /// The environment of process `name`: the spec's, and its fake clock if
+    /// the cluster has them (storage nodes keep the true time).
+    fn env_for(&self, name: &str) -> Result<BTreeMap<String, String>, LaunchError> {
+        process_env(&self.spec.env, self.clocks.as_ref(), name)
     }
 
     fn spawn_detector(&self, index: usize) -> Result<ManagedProcess, LaunchError> {
@@ -573,7 +690,7 @@ impl LocalCluster {
             &args,
             &self.log_path(&name),
             &self.spec.log_filter,
-            &self.spec.env,
+            &self.env_for(&name)?,
         )
     }
 
@@ -595,7 +712,7 @@ impl LocalCluster {
             &args,
             &self.log_path(&name),
             &self.spec.log_filter,
-            &self.spec.env,
+            &self.env_for(&name)?,
         )
     }
 
@@ -609,24 +726,22 @@ impl LocalCluster {
                 self.layout.storage[index].to_string(),
                 &mut self.storage[index],
             ),
-            StorageOrRouter::Router => (
-                self.layout.router.to_string(),
-                self.router
-                    .as_mut()
-                    .ok_or(LaunchError::Invalid("router not started".into()))?,
+            StorageOrRouter::Router(index) => (
+                self.layout.routers()[index].to_string(),
+                self.routers
+                    .get_mut(index)
+                    .ok_or(LaunchError::Invalid(format!("router {index} not started")))?,
             ),
         };
         wait_for(&self.client, process, &address, Probe::Healthy).await
     }
 
-    /// Waits until the router routes by a partition map (every storage node registered).
+    /// Waits until every router routes by a partition map (every storage node registered).
     pub async fn wait_router_ready(&mut self) -> Result<(), LaunchError> {
-        let address = self.layout.router.to_string();
-        let process = self
-            .router
-            .as_mut()
-            .ok_or(LaunchError::Invalid("router not started".into()))?;
-        wait_for(&self.client, process, &address, Probe::Ready).await
+        for (address, process) in self.layout.routers().iter().zip(&mut self.routers) {
+            wait_for(&self.client, process, &address.to_string(), Probe::Ready).await?;
+        }
+        Ok(())
     }
 }
 
@@ -675,147 +790,6 @@ async fn wait_for(
     }
 }
 
-/// A group of metadata replicas (`kvorum-metad`); killed on drop.
-#[derive(Debug)]
-pub struct MetadGroup {
-    dir: PathBuf,
-    bin_dir: PathBuf,
-    log_filter: String,
-    env: BTreeMap<String, String>,
-    settings: Option<ClusterSettings>,
-    addresses: BTreeMap<u64, SocketAddr>,
-    processes: BTreeMap<u64, ManagedProcess>,
-    client: HttpClient,
-}
-
-impl MetadGroup {
-    /// Starts `replicas` metadata replicas on free ports with their data under
-    /// `dir` and the service's default cluster settings, and waits until all are healthy.
-    pub async fn start(dir: &Path, replicas: u64, bin_dir: &Path) -> Result<Self, LaunchError> {
-        let addresses = (1..=replicas)
-            .map(|id| Ok((id, SocketAddr::from(([127, 0, 0, 1], free_port()?)))))
-            .collect::<Result<BTreeMap<_, _>, LaunchError>>()?;
-        Self::start_at(dir, addresses, None, bin_dir, "info", &BTreeMap::new()).await
-    }
-
-    /// Starts one replica per entry of `addresses`, proposing `settings` (or the
-    /// service's defaults) as the cluster's shape, and waits until all are healthy.
-    pub async fn start_at(
-        dir: &Path,
-        addresses: BTreeMap<u64, SocketAddr>,
-        settings: Option<ClusterSettings>,
-        bin_dir: &Path,
-        log_filter: &str,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Self, LaunchError> {
-        let binary = bin_dir.join("kvorum-metad");
-        if !binary.is_file() {
-            return Err(LaunchError::MissingBinary(binary));
-        }
-        std::fs::create_dir_all(dir.join("logs"))
-            .map_err(io(format!("creating {}", dir.display())))?;
-        let client = HttpClient::new(ClientConfig::new("launcher"))
-            .map_err(|e| LaunchError::Invalid(e.to_string()))?;
-        let ids: Vec<u64> = addresses.keys().copied().collect();
-        let mut group = Self {
-            dir: dir.to_owned(),
-            bin_dir: bin_dir.to_owned(),
-            log_filter: log_filter.to_owned(),
-            env: env.clone(),
-            settings,
-            addresses,
-            processes: BTreeMap::new(),
-            client,
-        };
-        for id in ids {
-            group.restart(id).await?;
-        }
-        Ok(group)
-    }
-
-    /// Every replica's address, by id.
-    pub fn addresses(&self) -> &BTreeMap<u64, SocketAddr> {
-        &self.addresses
-    }
-
-    /// Kills one replica with SIGKILL and waits for it to die.
-    pub async fn kill(&mut self, id: u64) -> Result<(), LaunchError> {
-        match self.processes.get_mut(&id) {
-            Some(process) => process.kill().await,
-            None => Ok(()),
-        }
-    }
-
-    /// Kills every replica with SIGKILL.
-    pub async fn kill_all(&mut self) -> Result<(), LaunchError> {
-        for process in self.processes.values_mut() {
-            process.kill().await?;
-        }
-        Ok(())
-    }
-
-    /// Stops every replica with SIGTERM, waiting for each to exit.
-    pub async fn stop(&mut self) -> Result<(), LaunchError> {
-        for process in self.processes.values_mut() {
-            process.terminate().await?;
-        }
-        Ok(())
-    }
-
-    /// Starts one replica (again), on its data directory and address, and waits until it is healthy.
-    pub async fn restart(&mut self, id: u64) -> Result<(), LaunchError> {
-        self.kill(id).await?;
-        let address = *self
-            .addresses
-            .get(&id)
-            .ok_or(LaunchError::NoSuchNode(NodeId(id)))?;
-        let peers: Vec<String> = self
-            .addresses
-            .iter()
-            .map(|(id, a)| format!("{id}={a}"))
-            .collect();
-        let name = format!("metad-{id}");
-        let mut args = vec![
-            "--id".to_owned(),
-            id.to_string(),
-            "--peers".to_owned(),
-            peers.join(","),
-            "--listen".to_owned(),
-            address.to_string(),
-            "--data-dir".to_owned(),
-            self.dir.join(&name).display().to_string(),
-        ];
-        if let Some(settings) = self.settings {
-            args.extend([
-                "--partitions".to_owned(),
-                settings.partitions.to_string(),
-                "--replication-factor".to_owned(),
-                settings.replication_factor.to_string(),
-                "--bootstrap-nodes".to_owned(),
-                settings.bootstrap_nodes.to_string(),
-            ]);
-        }
-        let log = self.dir.join("logs").join(format!("{name}.log"));
-        let mut process = ManagedProcess::spawn(
-            &name,
-            &self.bin_dir.join("kvorum-metad"),
-            &args,
-            &log,
-            &self.log_filter,
-            &self.env,
-        )?;
-        wait_for(
-            &self.client,
-            &mut process,
-            &address.to_string(),
-            Probe::Healthy,
-        )
-        .await?;
-        self.processes.insert(id, process);
-        Ok(())
-    }
-}
-
 /// The last `lines` lines of a log file, for error messages.
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -825,192 +799,55 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 enum StorageOrRouter {
     Storage(usize),
+    Router(usize),
+}
+
+/// Router `index`'s name: `router` for the first (as `make run` has always
+/// named it), `router-2` and on for the others.
+fn router_name(index: usize) -> String {
+    if index == 0 {
+        "router".to_owned()
+    } else {
+        format!("router-{}", index + 1)
+    }
+}
+
+/// The environment of process `name`: `base`, and its fake clock when there are clocks.
+pub(crate) fn process_env(
+    base: &BTreeMap<String, String>,
+    clocks: Option<&FakeClocks>,
+    name: &str,
+) -> Result<BTreeMap<String, String>, LaunchError> {
+    let mut env = base.clone();
+    if let Some(clocks) = clocks {
+        env.extend(clocks.env(name)?);
+    }
+    Ok(env)
+}
+
+/// What a process of a local cluster is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKind {
+    /// A metadata replica.
+    Metad,
+    /// A storage node.
+    Storage,
+    /// A router.
     Router,
+    /// A failure detector.
+    Detector,
+    /// A recovery controller.
+    Recovery,
 }
 
-/// A local cluster's sizes and addresses, pinned in the data directory so that
-/// a restart finds every process where the others expect it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Layout {
-    partitions: u32,
-    replication_factor: usize,
-    router: SocketAddr,
-    metad: BTreeMap<u64, SocketAddr>,
-    storage: Vec<SocketAddr>,
-    #[serde(default)]
-    detectors: Vec<SocketAddr>,
-    #[serde(default)]
-    recovery: Vec<SocketAddr>,
-    /// How many of the last storage entries are standbys.
-    #[serde(default)]
-    standbys: usize,
+/// One process of a local cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// What it is.
+    pub kind: ProcessKind,
+    /// Its name, as its log file and its clock file have it (`storage-2`).
+    pub name: String,
+    /// Where it listens.
+    pub address: SocketAddr,
 }
 
-impl Layout {
-    /// The cluster settings the metadata replicas propose: the map waits for every node.
-    fn settings(&self) -> ClusterSettings {
-        ClusterSettings {
-            partitions: self.partitions,
-            replication_factor: self.replication_factor,
-            bootstrap_nodes: self.storage.len() - self.standbys,
-        }
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} storage nodes from {}, {} metadata replicas from {}, {} detectors, router {}, RF {}, {} partitions",
-            self.storage.len(),
-            self.storage
-                .first()
-                .map_or("?".to_owned(), ToString::to_string),
-            self.metad.len(),
-            self.metad
-                .values()
-                .next()
-                .map_or("?".to_owned(), ToString::to_string),
-            self.detectors.len(),
-            self.router,
-            self.replication_factor,
-            self.partitions
-        )
-    }
-}
-
-/// Writes the layout file, or checks that an existing one matches the spec.
-fn prepare_layout(spec: &ClusterSpec) -> Result<Layout, LaunchError> {
-    let path = spec.data_dir.join(LAYOUT_FILE);
-    if path.exists() {
-        let text =
-            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-        let existing: Layout =
-            serde_json::from_str(&text).map_err(|e| LaunchError::ShapeMismatch {
-                path: path.clone(),
-                dir: spec.data_dir.clone(),
-                found: format!("unreadable: {e}"),
-            })?;
-        let fixed = |base: u16, index: usize| {
-            SocketAddr::from(([127, 0, 0, 1], base.saturating_add(index as u16)))
-        };
-        let same_shape = existing.storage.len() == spec.nodes + spec.standbys
-            && existing.standbys == spec.standbys
-            && existing.detectors.len() == spec.detectors
-            && existing.recovery.len() == spec.recovery
-            && existing.metad.len() as u64 == spec.metad_replicas
-            && existing.partitions == spec.partitions
-            && existing.replication_factor == spec.replication_factor;
-        let same_ports = (spec.storage_base_port == 0
-            || existing
-                .storage
-                .iter()
-                .enumerate()
-                .all(|(i, a)| *a == fixed(spec.storage_base_port, i)))
-            && (spec.metad_base_port == 0
-                || existing
-                    .metad
-                    .values()
-                    .enumerate()
-                    .all(|(i, a)| *a == fixed(spec.metad_base_port, i)))
-            && (spec.router_port == 0 || existing.router.port() == spec.router_port)
-            && (spec.detector_base_port == 0
-                || existing
-                    .detectors
-                    .iter()
-                    .enumerate()
-                    .all(|(i, a)| *a == fixed(spec.detector_base_port, i)));
-        if same_shape && same_ports {
-            return Ok(existing);
-        }
-        return Err(LaunchError::ShapeMismatch {
-            path,
-            dir: spec.data_dir.clone(),
-            found: existing.describe(),
-        });
-    }
-    let port = |base: u16, index: usize| -> Result<SocketAddr, LaunchError> {
-        let port = if base == 0 {
-            free_port()?
-        } else {
-            base.checked_add(u16::try_from(index).unwrap_or(u16::MAX))
-                .ok_or_else(|| {
-                    LaunchError::Invalid(format!("port {base} + {index} is above 65535"))
-                })?
-        };
-        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
-    };
-    let layout = Layout {
-        partitions: spec.partitions,
-        replication_factor: spec.replication_factor,
-        router: port(spec.router_port, 0)?,
-        metad: (0..spec.metad_replicas)
-            .map(|i| Ok((i + 1, port(spec.metad_base_port, i as usize)?)))
-            .collect::<Result<_, LaunchError>>()?,
-        storage: (0..spec.nodes + spec.standbys)
-            .map(|i| port(spec.storage_base_port, i))
-            .collect::<Result<_, LaunchError>>()?,
-        standbys: spec.standbys,
-        detectors: (0..spec.detectors)
-            .map(|i| port(spec.detector_base_port, i))
-            .collect::<Result<_, LaunchError>>()?,
-        recovery: (0..spec.recovery)
-            .map(|i| port(spec.recovery_base_port, i))
-            .collect::<Result<_, LaunchError>>()?,
-    };
-    layout
-        .settings()
-        .validate()
-        .map_err(|e| LaunchError::Invalid(e.to_string()))?;
-    let text =
-        serde_json::to_string_pretty(&layout).map_err(|e| LaunchError::Invalid(e.to_string()))?;
-    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
-    Ok(layout)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(dir: &Path, nodes: usize) -> ClusterSpec {
-        ClusterSpec {
-            nodes,
-            storage_base_port: 17_001,
-            metad_base_port: 17_101,
-            router_port: 17_200,
-            detector_base_port: 17_300,
-            recovery_base_port: 17_400,
-            ..ClusterSpec::for_tests(dir)
-        }
-    }
-
-    #[test]
-    fn a_data_directory_keeps_its_layout_across_restarts() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let first = prepare_layout(&spec(dir.path(), 5)).expect("first start");
-        let again = prepare_layout(&spec(dir.path(), 5)).expect("restart");
-        assert_eq!(first, again);
-        assert_eq!(first.storage[4].to_string(), "127.0.0.1:17005");
-        assert_eq!(first.metad[&3].to_string(), "127.0.0.1:17103");
-        assert_eq!(first.settings().bootstrap_nodes, 5);
-        // Free ports are picked once, then kept.
-        let free = tempfile::tempdir().expect("tempdir");
-        let picked = prepare_layout(&ClusterSpec::for_tests(free.path())).expect("free ports");
-        let kept = prepare_layout(&ClusterSpec::for_tests(free.path())).expect("restart");
-        assert_eq!(picked, kept);
-    }
-
-    #[test]
-    fn a_data_directory_refuses_another_cluster_shape() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        prepare_layout(&spec(dir.path(), 5)).expect("first start");
-        let moved = ClusterSpec {
-            metad_base_port: 18_000,
-            ..spec(dir.path(), 5)
-        };
-        assert!(prepare_layout(&moved).is_err(), "other metadata ports");
-        let error = prepare_layout(&spec(dir.path(), 7)).expect_err("different shape");
-        assert!(
-            error.to_string().contains("describes a different cluster"),
-            "{error}"
-        );
-    }
-}

@@ -83,13 +83,14 @@ pub struct MetadClient {
 }
 
 impl MetadClient {
-    /// A client of the replicas at `replicas` (`host:port` each), named `service` in its user agent.
-    pub fn new(service: &'static str, replicas: MetadAddresses) -> Result<Self, String> {
+    /// A client of the replicas at `replicas` (`host:port` each); `config`
+    /// names the caller and where it calls from, the timeouts are this client's own.
+    pub fn new(mut config: ClientConfig, replicas: MetadAddresses) -> Result<Self, String> {
         let replicas = replicas.0;
         if replicas.is_empty() {
             return Err("no metadata replicas given".to_owned());
         }
-        let mut config = ClientConfig::new(service);
+        let service = config.service;
         // Past a watch's wait and a command's decision (the service caps both
         // at its own request timeout, 5 s by default), short of the deadline.
         config.request_timeout = Duration::from_secs(8);

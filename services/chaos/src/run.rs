@@ -201,7 +201,7 @@ async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> 
     let cluster = LocalCluster::start(spec).await?;
     let router = cluster.router_url();
     let metad = MetadClient::new(
-        "chaos",
+        kvorum_http_client::ClientConfig::new("chaos"),
         MetadAddresses(
             cluster
                 .metad()

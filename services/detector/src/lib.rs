@@ -92,7 +92,10 @@ pub async fn run(
 ) -> Result<(), DetectorError> {
     let advertised = config.advertised().map_err(DetectorError::Config)?;
     let metad =
-        MetadClient::new("detector", config.metad.clone()).map_err(DetectorError::Config)?;
+        MetadClient::new(
+            ClientConfig::new("detector").speaking_from(config.listen),
+            config.metad.clone(),
+        ).map_err(DetectorError::Config)?;
     let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
     let shared = Arc::new(Shared {
         monitor: Mutex::new(Monitor::new(
@@ -106,7 +109,7 @@ pub async fn run(
         follower,
         started: Instant::now(),
     });
-    let mut probe_config = ClientConfig::new("detector");
+    let mut probe_config = ClientConfig::new("detector").speaking_from(config.listen);
     probe_config.connect_timeout = config.interval();
     probe_config.request_timeout = config.interval();
     probe_config.retries = 0;

@@ -125,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         standbys: usize::try_from(config.standbys)?,
         replication_factor: usize::try_from(config.replication_factor)?,
         partitions: config.partitions,
+        routers: 1,
         router_port: config.port,
         storage_base_port: config.storage_port,
         metad_replicas: config.metad_replicas,
@@ -141,6 +142,8 @@ async fn main() -> anyhow::Result<()> {
         log_filter: config.cluster_log,
         // Children inherit this process's environment, OTEL_* included.
         env: Default::default(),
+        own_addresses: false,
+        fake_clocks: None,
     };
     let shutdown = kvorum_server::shutdown_on_signal();
     let cluster = LocalCluster::start(spec).await?;

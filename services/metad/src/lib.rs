@@ -73,7 +73,7 @@ pub async fn run(
     };
 
     let (outbound, messages) = mpsc::unbounded_channel();
-    let mut client_config = ClientConfig::new("metad");
+    let mut client_config = ClientConfig::new("metad").speaking_from(config.listen);
     client_config.request_timeout = config.tick() * 10;
     client_config.retries = 0;
     let client = HttpClient::new(client_config).map_err(|e| MetadError::Config(e.to_string()))?;

@@ -90,11 +90,14 @@ pub async fn run(
 ) -> Result<(), RecoveryError> {
     let advertised = config.advertised().map_err(RecoveryError::Config)?;
     let metad =
-        MetadClient::new("recovery", config.metad.clone()).map_err(RecoveryError::Config)?;
+        MetadClient::new(
+            ClientConfig::new("recovery").speaking_from(config.listen),
+            config.metad.clone(),
+        ).map_err(RecoveryError::Config)?;
     let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
     let lease = Lease::default();
     let moves = Arc::new(Moves::default());
-    let mut storage = ClientConfig::new("recovery");
+    let mut storage = ClientConfig::new("recovery").speaking_from(config.listen);
     storage.request_timeout = Duration::from_secs(30);
     storage.retries = 1;
     let mover = Mover {

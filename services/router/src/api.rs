@@ -772,13 +772,13 @@ mod tests {
             leases: Default::default(),
             context_key: None,
         };
-        let metad = MetadClient::new("test", MetadAddresses(vec!["127.0.0.1:4".to_owned()]))
+        let metad = MetadClient::new(ClientConfig::new("test"), MetadAddresses(vec!["127.0.0.1:4".to_owned()]))
             .expect("client")
             .with_deadline(Duration::from_millis(100));
         let mut config = ClientConfig::new("test");
         config.retries = 0;
         let state = AppState {
-            metadata: Metadata::new(metad, Follower::fixed(metadata)),
+            metadata: Metadata::new(metad, Follower::fixed(metadata), ClientConfig::new("test")),
             coordinator: Coordinator::new(
                 HttpReplicas::new(
                     HttpClient::new(config).expect("client"),

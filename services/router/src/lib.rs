@@ -56,10 +56,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
     config.validate()?;
-    let metad = kvorum_metad_client::MetadClient::new("router", config.metad.clone())
+    let metad = kvorum_metad_client::MetadClient::new(
+        ClientConfig::new("router").speaking_from(config.listen),
+        config.metad.clone(),
+    )
         .map_err(RouterError::Client)?;
     let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
-    let mut client_config = ClientConfig::new("router");
+    let mut client_config = ClientConfig::new("router").speaking_from(config.listen);
     client_config.request_timeout = config.replica_timeout();
     client_config.retries = config.replica_retries;
     let client = HttpClient::new(client_config).map_err(|e| RouterError::Client(e.to_string()))?;
@@ -69,7 +72,11 @@ pub async fn run(
         );
     }
     let state = Arc::new(AppState {
-        metadata: Metadata::new(metad, follower),
+        metadata: Metadata::new(
+            metad,
+            follower,
+            ClientConfig::new("router").speaking_from(config.listen),
+        ),
         coordinator: Coordinator::new(
             HttpReplicas::new(client, config.replica_timeout()),
             rand::random(),

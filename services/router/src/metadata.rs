@@ -90,9 +90,10 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// Metadata followed through `follower`, with commands sent through `client`.
-    pub fn new(client: MetadClient, follower: Follower) -> Self {
-        let mut config = ClientConfig::new("router");
+    /// Metadata followed through `follower`, with commands sent through
+    /// `client`; lease holders are called as `calls` says, with short timeouts.
+    pub fn new(client: MetadClient, follower: Follower, calls: ClientConfig) -> Self {
+        let mut config = calls;
         config.request_timeout = STATUS_TIMEOUT;
         config.connect_timeout = STATUS_TIMEOUT;
         config.retries = 0;

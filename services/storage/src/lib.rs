@@ -72,7 +72,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StorageError> {
     let address = config.advertised().map_err(StorageError::Config)?;
-    let metad = MetadClient::new("storage", config.metad.clone()).map_err(StorageError::Config)?;
+    let metad = MetadClient::new(
+        kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen),
+        config.metad.clone(),
+    ).map_err(StorageError::Config)?;
     let checkpoints = Checkpoints::new(
         config.checkpoint_dir(),
         usize::try_from(config.checkpoint_retention).unwrap_or(usize::MAX),
@@ -138,7 +141,7 @@ pub async fn run(
         shutdown.clone(),
     );
     let peers = {
-        let mut peers = kvorum_http_client::ClientConfig::new("storage");
+        let mut peers = kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen);
         peers.request_timeout = std::time::Duration::from_secs(30);
         kvorum_http_client::HttpClient::new(peers)
             .map_err(|e| StorageError::Config(e.to_string()))?
@@ -146,7 +149,7 @@ pub async fn run(
     // Hints and anti-entropy move small batches: a short deadline keeps a
     // paused peer from holding up a whole round.
     let background_peers = {
-        let mut config = kvorum_http_client::ClientConfig::new("storage");
+        let mut config = kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen);
         config.request_timeout = std::time::Duration::from_secs(3);
         kvorum_http_client::HttpClient::new(config)
             .map_err(|e| StorageError::Config(e.to_string()))?

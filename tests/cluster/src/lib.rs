@@ -102,7 +102,10 @@ impl TestCluster {
             .values()
             .map(ToString::to_string)
             .collect();
-        MetadClient::new("tests", MetadAddresses(addresses)).map_err(anyhow::Error::msg)
+        MetadClient::new(
+            kvorum_http_client::ClientConfig::new("tests"),
+            MetadAddresses(addresses),
+        ).map_err(anyhow::Error::msg)
     }
 
     /// Reads a key straight from one storage node's internal API, bypassing the router.

@@ -360,6 +360,7 @@ async fn a_replica_back_after_many_compactions_catches_up_through_a_chunked_snap
         &default_bin_dir(),
         "info",
         &env,
+        None,
     )
     .await?;
     let client = Client::new()?;
