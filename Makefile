@@ -17,6 +17,7 @@ REPLACEMENT_DELAY_MS ?= 15000
 DATA_DIR     ?= data
 CHAOS_DURATION_S ?= 150
 CHAOS_OUT    ?= target/chaos/latest
+CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,kill-recovery
 
 CARGO ?= cargo
 # A toolchain that ensure-tools.sh installed with rustup lives here.
@@ -28,7 +29,7 @@ KIND_CLUSTER ?= kvorum
 IMAGES := $(shell sed -n 's/^SERVICES=(\(.*\))$$/\1/p' scripts/build-images.sh)
 
 .PHONY: all tools build release run test lint fmt clean clean-data images test-docker \
-	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-docker chaos-k8s \
+	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-tools chaos-long chaos-docker chaos-k8s \
 	bench profile
 
 all: build
@@ -51,7 +52,10 @@ run: release ## start a local cluster in ./data until Ctrl-C
 		--replacement-delay-ms $(REPLACEMENT_DELAY_MS) \
 		--data-dir $(DATA_DIR) --bin-dir target/release
 
-test: build ## unit, handler and whole-cluster tests
+chaos-tools: ## nftables and libfaketime, for network and clock faults
+	@scripts/ensure-chaos-tools.sh
+
+test: build chaos-tools ## unit, handler and whole-cluster tests
 	$(CARGO) nextest run --workspace
 
 lint: tools ## formatting and clippy, warnings are errors
@@ -67,8 +71,11 @@ clean-data: ## forget the local cluster's data
 clean: clean-data
 	$(CARGO) clean
 
-chaos: build ## a bounded chaos run on local processes (at most 3 minutes); report in target/chaos/latest
+chaos: build chaos-tools ## a bounded chaos run on local processes (at most 4 minutes); report in target/chaos/latest
 	./target/debug/kvorum-chaos --duration-s $(CHAOS_DURATION_S) --out $(CHAOS_OUT)
+
+chaos-long: build chaos-tools ## a 30-minute soak with every fault kind (not in CI); report in target/chaos/long
+	./target/debug/kvorum-chaos --duration-s 1800 --faults $(CHAOS_ALL_FAULTS) --out target/chaos/long
 
 chaos-docker: tools ## a chaos run with network partitions against the Compose cluster; report in target/chaos/docker
 	scripts/chaos-docker.sh

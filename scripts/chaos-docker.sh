@@ -40,6 +40,6 @@ address_map=$(IFS=,; echo "${map[*]}")
     --compose-project "$project" --compose-files "deploy/docker-compose.yml,$override" \
     --address-map "$address_map" \
     --duration-s "${CHAOS_DURATION_S:-90}" --rate 40 --fault-interval-s 8 --fault-hold-s 3 \
-    --faults kill-storage,partition-storage,kill-metad-leader,pause-storage,term-storage,kill-recovery \
+    --faults kill-storage,partition-storage,kill-metad-leader,kill-two-storage,pause-storage,term-storage,kill-storage-and-metad-leader,kill-recovery \
     --out "${CHAOS_OUT:-target/chaos/docker}"
 log "PASSED: see ${CHAOS_OUT:-target/chaos/docker}/report.html"

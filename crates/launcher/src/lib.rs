@@ -17,13 +17,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kvorum_http_client::{ClientConfig, HttpClient};
-use kvorum_protocol::health::Health;
-use kvorum_protocol::NodeId;
 pub use crate::clock::{DEFAULT_LIBFAKETIME, FakeClocks};
 use crate::layout::{Layout, prepare_layout};
 pub use crate::metad::MetadGroup;
 use crate::process::ManagedProcess;
+use kvorum_http_client::{ClientConfig, HttpClient};
+use kvorum_protocol::NodeId;
+use kvorum_protocol::health::Health;
 
 /// The file in the data directory that pins a local cluster's sizes and ports across runs.
 pub const LAYOUT_FILE: &str = "cluster.json";
@@ -313,9 +313,7 @@ impl LocalCluster {
                 .await?;
         }
         for index in 0..cluster.routers.len() {
-            cluster
-                .wait_healthy(StorageOrRouter::Router(index))
-                .await?;
+            cluster.wait_healthy(StorageOrRouter::Router(index)).await?;
         }
         for index in 0..cluster.detectors.len() {
             let address = cluster.layout.detectors[index].to_string();
@@ -387,10 +385,18 @@ impl LocalCluster {
             add(ProcessKind::Router, router_name(i), *address);
         }
         for (i, address) in self.layout.detectors.iter().enumerate() {
-            add(ProcessKind::Detector, format!("detector-{}", i + 1), *address);
+            add(
+                ProcessKind::Detector,
+                format!("detector-{}", i + 1),
+                *address,
+            );
         }
         for (i, address) in self.layout.recovery.iter().enumerate() {
-            add(ProcessKind::Recovery, format!("recovery-{}", i + 1), *address);
+            add(
+                ProcessKind::Recovery,
+                format!("recovery-{}", i + 1),
+                *address,
+            );
         }
         all
     }
@@ -850,4 +856,3 @@ pub struct ProcessInfo {
     /// Where it listens.
     pub address: SocketAddr,
 }
-

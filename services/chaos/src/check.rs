@@ -8,7 +8,7 @@ use kvorum_linearizability::history::{Operation, Outcome};
 use kvorum_linearizability::model::{Register, RegisterInput};
 use serde::{Deserialize, Serialize};
 
-use crate::history::{Op, OpKind, Status};
+use crate::history::{FaultRecord, Op, OpKind, Status};
 
 /// A strong key whose history is not linearizable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +267,60 @@ pub fn lost_eventual_writes(
         .collect()
 }
 
+/// How operations fared while the faults of one kind were in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultImpact {
+    /// The fault kind.
+    pub kind: String,
+    /// Faults of that kind.
+    pub faults: usize,
+    /// Operations in flight at some moment while one of them was in force.
+    pub operations: usize,
+    /// Of those, the ones that failed.
+    pub failed: usize,
+    /// Of those, the ones whose outcome is unknown.
+    pub unknown: usize,
+}
+
+/// Per fault kind, in the order kinds first occur: the operations whose span
+/// overlaps one of its faults (a fault never healed lasts until `end_ms`).
+pub fn impact_by_kind(ops: &[Op], faults: &[FaultRecord], end_ms: f64) -> Vec<FaultImpact> {
+    let mut kinds: Vec<&str> = Vec::new();
+    for fault in faults {
+        if !kinds.contains(&fault.kind.as_str()) {
+            kinds.push(&fault.kind);
+        }
+    }
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let windows: Vec<(f64, f64)> = faults
+                .iter()
+                .filter(|f| f.kind == kind)
+                .map(|f| (f.start_ms, f.end_ms.unwrap_or(end_ms)))
+                .collect();
+            let during: Vec<&Op> = ops
+                .iter()
+                .filter(|op| {
+                    windows
+                        .iter()
+                        .any(|(start, stop)| op.invoke_ms <= *stop && op.complete_ms >= *start)
+                })
+                .collect();
+            FaultImpact {
+                kind: kind.to_owned(),
+                faults: windows.len(),
+                operations: during.len(),
+                failed: during.iter().filter(|o| o.status == Status::Fail).count(),
+                unknown: during
+                    .iter()
+                    .filter(|o| o.status == Status::Unknown)
+                    .count(),
+            }
+        })
+        .collect()
+}
+
 /// Successful operations completed before `until_ms`.
 pub fn successes_before(ops: &[Op], until_ms: f64) -> usize {
     ops.iter()
@@ -376,5 +430,48 @@ mod tests {
             op(1, OpKind::Write, Some("c"), (5.0, 6.0), Status::Ok),
         ];
         assert_eq!(successes_before(&ops, 5.5), 1);
+    }
+
+    #[test]
+    fn operations_count_under_every_fault_kind_they_overlap() {
+        let fault = |kind: &str, start_ms, end_ms| FaultRecord {
+            kind: kind.into(),
+            target: "x".into(),
+            start_ms,
+            end_ms,
+            kill: false,
+        };
+        let faults = [
+            fault("partition-halves", 10.0, Some(20.0)),
+            fault("kill-storage", 30.0, Some(40.0)),
+            fault("partition-halves", 50.0, None),
+        ];
+        let ops = vec![
+            op(1, OpKind::Write, Some("a"), (0.0, 5.0), Status::Ok),
+            op(1, OpKind::Write, Some("b"), (8.0, 12.0), Status::Unknown),
+            op(2, OpKind::Read, None, (15.0, 35.0), Status::Fail),
+            op(2, OpKind::Read, None, (41.0, 45.0), Status::Ok),
+            op(3, OpKind::Write, Some("c"), (60.0, 61.0), Status::Ok),
+        ];
+        let impact = impact_by_kind(&ops, &faults, 100.0);
+        assert_eq!(
+            impact,
+            [
+                FaultImpact {
+                    kind: "partition-halves".into(),
+                    faults: 2,
+                    operations: 3,
+                    failed: 1,
+                    unknown: 1,
+                },
+                FaultImpact {
+                    kind: "kill-storage".into(),
+                    faults: 1,
+                    operations: 1,
+                    failed: 1,
+                    unknown: 0,
+                },
+            ]
+        );
     }
 }

@@ -29,6 +29,25 @@ impl Backend {
     }
 }
 
+/// A deliberate bug of the router, for testing the checkers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectedBug {
+    /// Strong writes are committed to one replica and acknowledged from there.
+    AckBeforeQuorum,
+    /// Strong reads answer from the first replica that replies.
+    ReadFirstReply,
+}
+
+impl InjectedBug {
+    /// The router's environment variable that turns it on.
+    pub fn router_env(self) -> &'static str {
+        match self {
+            InjectedBug::AckBeforeQuorum => "KVORUM_TEST_ONLY_ACK_BEFORE_QUORUM",
+            InjectedBug::ReadFirstReply => "KVORUM_TEST_ONLY_READ_FIRST_REPLY",
+        }
+    }
+}
+
 /// Runs a recorded workload against a Kvorum cluster while a nemesis kills,
 /// stops, pauses and partitions its parts, then heals everything, checks the
 /// history and writes a report.
@@ -79,11 +98,11 @@ pub struct ChaosConfig {
     pub duration_s: u64,
 
     /// Concurrent clients.
-    #[arg(long, env = "KVORUM_CHAOS_CLIENTS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = "KVORUM_CHAOS_CLIENTS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub clients: u64,
 
     /// Operations per second over all clients.
-    #[arg(long, env = "KVORUM_CHAOS_RATE", default_value_t = 60.0)]
+    #[arg(long, env = "KVORUM_CHAOS_RATE", default_value_t = 140.0)]
     pub rate: f64,
 
     /// Keys of the strong keyspace.
@@ -91,19 +110,27 @@ pub struct ChaosConfig {
     pub strong_keys: u64,
 
     /// Keys of the eventual keyspace.
-    #[arg(long, env = "KVORUM_CHAOS_EVENTUAL_KEYS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, env = "KVORUM_CHAOS_EVENTUAL_KEYS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub eventual_keys: u64,
 
     /// Share of operations on the eventual keyspace (0 to 1).
     #[arg(long, env = "KVORUM_CHAOS_EVENTUAL_SHARE", default_value_t = 0.3)]
     pub eventual_share: f64,
 
+    /// Share of writes with a large value (1 KiB up to --max-value-bytes; the others are a few bytes).
+    #[arg(long, env = "KVORUM_CHAOS_LARGE_VALUE_SHARE", default_value_t = 0.02)]
+    pub large_value_share: f64,
+
+    /// The largest value a write carries, in bytes (the router takes up to 1 MiB by default).
+    #[arg(long, env = "KVORUM_CHAOS_MAX_VALUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(16 << 20)))]
+    pub max_value_bytes: u64,
+
     /// Faults the periodic schedule cycles through, comma-separated.
     #[arg(
         long,
         env = "KVORUM_CHAOS_FAULTS",
         value_delimiter = ',',
-        default_value = "kill-storage,kill-metad-leader,wipe-storage,pause-storage,term-storage,wipe-storage-all,kill-storage,kill-recovery"
+        default_value = "partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,kill-recovery"
     )]
     pub faults: Vec<FaultKind>,
 
@@ -112,11 +139,11 @@ pub struct ChaosConfig {
     pub quiet_start_s: u64,
 
     /// Seconds between the starts of two faults.
-    #[arg(long, env = "KVORUM_CHAOS_FAULT_INTERVAL_S", default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "KVORUM_CHAOS_FAULT_INTERVAL_S", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub fault_interval_s: u64,
 
     /// Seconds a fault lasts before it is healed.
-    #[arg(long, env = "KVORUM_CHAOS_FAULT_HOLD_S", default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    #[arg(long, env = "KVORUM_CHAOS_FAULT_HOLD_S", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub fault_hold_s: u64,
 
     /// A scripted scenario instead of the periodic schedule: a JSON file
@@ -152,10 +179,22 @@ pub struct ChaosConfig {
     )]
     pub trace_url: String,
 
-    /// Start the router with its deliberate test-only bug (strong writes acknowledged
-    /// by one replica), to see the checkers catch it.
-    #[arg(long, env = "KVORUM_CHAOS_INJECT_BUG", default_value_t = false)]
-    pub inject_bug: bool,
+    /// Process backend: routers to start; the clients are spread over them (a
+    /// network split puts one on each side when there are two).
+    #[arg(long, env = "KVORUM_CHAOS_ROUTERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub routers: u64,
+
+    /// Process backend: the libfaketime library clock faults run processes with.
+    #[arg(long, env = "KVORUM_CHAOS_LIBFAKETIME", default_value = kvorum_launcher::DEFAULT_LIBFAKETIME)]
+    pub libfaketime: PathBuf,
+
+    /// Start the routers with one of their deliberate test-only bugs, to see
+    /// the checkers catch it: `ack-before-quorum` (strong writes acknowledged
+    /// by one replica; the default when the flag has no value) or
+    /// `read-first-reply` (strong reads answered by one replica, which only a
+    /// partition or a lagging replica reveals).
+    #[arg(long, env = "KVORUM_CHAOS_INJECT_BUG", value_enum, num_args = 0..=1, default_missing_value = "ack-before-quorum")]
+    pub inject_bug: Option<InjectedBug>,
 
     /// Logging.
     #[command(flatten)]
@@ -177,6 +216,12 @@ impl ChaosConfig {
                 self.eventual_share
             ));
         }
+        if !(0.0..=1.0).contains(&self.large_value_share) {
+            return Err(format!(
+                "--large-value-share must be between 0 and 1, not {}",
+                self.large_value_share
+            ));
+        }
         if self.faults.is_empty() {
             return Err("--faults needs at least one fault".to_owned());
         }
@@ -186,17 +231,28 @@ impl ChaosConfig {
         if self.backend == Backend::Docker && self.compose_project.is_none() {
             return Err("--backend docker needs --compose-project".to_owned());
         }
-        let unavailable: &[FaultKind] = match self.backend {
-            Backend::Process => &[FaultKind::PartitionStorage],
-            Backend::Docker => &[FaultKind::WipeStorage, FaultKind::WipeStorageAll],
-            Backend::K8s => &[
-                FaultKind::PauseStorage,
-                FaultKind::PartitionStorage,
-                FaultKind::WipeStorage,
-                FaultKind::WipeStorageAll,
-            ],
+        let available = |fault: FaultKind| match self.backend {
+            Backend::Process => true,
+            Backend::Docker => matches!(
+                fault,
+                FaultKind::KillStorage
+                    | FaultKind::TermStorage
+                    | FaultKind::PauseStorage
+                    | FaultKind::KillMetadLeader
+                    | FaultKind::KillRecovery
+                    | FaultKind::PartitionStorage
+                    | FaultKind::KillTwoStorage
+                    | FaultKind::KillStorageAndMetadLeader
+            ),
+            Backend::K8s => matches!(
+                fault,
+                FaultKind::KillStorage
+                    | FaultKind::TermStorage
+                    | FaultKind::KillMetadLeader
+                    | FaultKind::KillRecovery
+            ),
         };
-        if let Some(fault) = self.faults.iter().find(|f| unavailable.contains(f)) {
+        if let Some(fault) = self.faults.iter().find(|f| !available(**f)) {
             return Err(format!(
                 "fault {} is not available with --backend {}",
                 fault.name(),
@@ -211,7 +267,7 @@ impl ChaosConfig {
                 "--address-map entry {bad:?} is not registered=reachable"
             ));
         }
-        if self.inject_bug && self.backend != Backend::Process {
+        if self.inject_bug.is_some() && self.backend != Backend::Process {
             return Err(
                 "--inject-bug needs --backend process (it starts the router itself)".to_owned(),
             );
@@ -251,10 +307,24 @@ mod tests {
     #[test]
     fn backends_refuse_what_they_cannot_do() {
         assert!(parse(&[]).is_ok());
+        let every: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        assert!(
+            parse(&["--faults", &every.join(",")]).is_ok(),
+            "local processes take every fault"
+        );
         for (args, reason) in [
             (
-                &["--faults", "partition-storage"][..],
-                "not available with --backend process",
+                &[
+                    "--backend",
+                    "docker",
+                    "--router",
+                    "http://x",
+                    "--compose-project",
+                    "p",
+                    "--faults",
+                    "clock-forward",
+                ][..],
+                "not available with --backend docker",
             ),
             (&["--backend", "docker"][..], "needs --router"),
             (
@@ -286,5 +356,15 @@ mod tests {
         let mapped = parse(&["--address-map", "storage-1:7001=127.0.0.1:5"]).expect("valid");
         assert_eq!(mapped.reachable("storage-1:7001"), "127.0.0.1:5");
         assert_eq!(mapped.reachable("storage-2:7001"), "storage-2:7001");
+        assert_eq!(
+            parse(&["--inject-bug"]).expect("valid").inject_bug,
+            Some(InjectedBug::AckBeforeQuorum)
+        );
+        assert_eq!(
+            parse(&["--inject-bug", "read-first-reply"])
+                .expect("valid")
+                .inject_bug,
+            Some(InjectedBug::ReadFirstReply)
+        );
     }
 }

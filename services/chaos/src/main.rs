@@ -13,7 +13,14 @@ async fn main() -> anyhow::Result<()> {
         out = %config.out.display(),
         "chaos run configured"
     );
-    let report = kvorum_chaos::run::run(&config).await?;
+    // On SIGINT or SIGTERM the run is dropped: its cluster is killed and its
+    // firewall rules removed on the way out.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let report = tokio::select! {
+        report = kvorum_chaos::run::run(&config) => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the cluster is stopped and the firewall rules removed"),
+        _ = terminate.recv() => anyhow::bail!("terminated; the cluster is stopped and the firewall rules removed"),
+    };
     tracing::info!(
         report = %config.out.join("report.html").display(),
         "\n{}",

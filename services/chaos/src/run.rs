@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::check;
 use crate::config::Backend;
 use crate::config::ChaosConfig;
+use crate::firewall::Firewall;
 use crate::history::{FaultRecord, Op, OpKind, Status};
 use crate::nemesis::{DockerNemesis, FaultKind, K8sNemesis, Nemesis, ProcessNemesis};
 use crate::report::{self, Report};
@@ -89,8 +90,12 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     )
     .await?;
 
+    let routers = match &nemesis {
+        Nemesis::Process(local) => local.cluster.router_urls(),
+        _ => vec![router.clone()],
+    };
     let workload = Workload {
-        router: router.clone(),
+        routers,
         clients: config.clients,
         strong: (STRONG.to_owned(), config.strong_keys as usize),
         eventual: (EVENTUAL.to_owned(), config.eventual_keys as usize),
@@ -99,6 +104,8 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         duration: Duration::from_secs(config.duration_s),
         seed,
         request_timeout: Duration::from_secs(5),
+        large_share: config.large_value_share,
+        max_value_bytes: usize::try_from(config.max_value_bytes)?,
     };
     let clock = Instant::now();
     let (done, finished) = watch::channel(false);
@@ -118,6 +125,12 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     let (strong_finals, final_reads) =
         final_strong_reads(&http, &router, config, clock, config.clients).await;
     ops.extend(final_reads);
+    // A key whose end state is unknown cannot be checked for lost writes: it fails the run.
+    let unread: Vec<String> = (0..config.strong_keys)
+        .map(|k| format!("k{k}"))
+        .filter(|key| !strong_finals.contains_key(&(STRONG.to_owned(), key.clone())))
+        .map(|key| format!("{STRONG}/{key}"))
+        .collect();
     let (eventual_finals, unconverged) = converge(&http, &router, config).await?;
 
     let (anomalies, undecided) = check::linearizability(&ops, &[STRONG.to_owned()]);
@@ -149,19 +162,28 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         linearizability_anomalies: anomalies.len(),
         undecided_keys: undecided.len(),
         unconverged_keys: unconverged.len(),
+        unread_keys: unread.len(),
         rf_restored: recovered,
         recovery_seconds,
         duration_seconds,
+        fault_kinds: faults
+            .iter()
+            .map(|f| f.kind.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        impact: check::impact_by_kind(&ops, &faults, duration_seconds * 1000.0),
         fault_log: faults,
         anomalies,
         lost: lost.into_iter().take(100).collect(),
         unconverged: unconverged.into_iter().take(100).collect(),
+        unread,
     };
     report.passed = report.valid
         && report.lost_writes == 0
         && report.linearizability_anomalies == 0
         && report.undecided_keys == 0
         && report.unconverged_keys == 0
+        && report.unread_keys == 0
         && report.rf_restored
         && report.fault_log.iter().all(|f| f.end_ms.is_some());
     write_outputs(&config.out, &report, &ops, &config.trace_url)?;
@@ -179,6 +201,12 @@ async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> 
     }
     let mut spec = ClusterSpec::for_tests(&data);
     spec.recovery = 2;
+    spec.routers = usize::try_from(config.routers)?;
+    // Addresses of their own, so that firewall rules can tell processes apart.
+    spec.own_addresses = true;
+    if config.faults.iter().any(|f| f.is_clock()) {
+        spec.fake_clocks = Some(config.libfaketime.clone());
+    }
     spec.log_filter = "info".to_owned();
     if let Some(bin_dir) = &config.bin_dir {
         spec.bin_dir = bin_dir.clone();
@@ -194,10 +222,14 @@ async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> 
     // Anti-entropy often, so eventual keys converge soon after the faults heal.
     spec.env
         .insert("KVORUM_ANTI_ENTROPY_INTERVAL_MS".into(), "2000".into());
-    if config.inject_bug {
-        spec.env
-            .insert("KVORUM_TEST_ONLY_ACK_BEFORE_QUORUM".into(), "true".into());
+    if let Some(bug) = config.inject_bug {
+        spec.env.insert(bug.router_env().into(), "true".into());
     }
+    let firewall = if config.faults.iter().any(|f| f.is_network()) {
+        Some(Firewall::open().await?)
+    } else {
+        None
+    };
     let cluster = LocalCluster::start(spec).await?;
     let router = cluster.router_url();
     let metad = MetadClient::new(
@@ -219,6 +251,7 @@ async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> 
             cluster,
             metad,
             storage,
+            firewall,
         })),
     ))
 }
@@ -330,9 +363,11 @@ async fn final_strong_reads(
 ) -> (BTreeMap<(String, String), Option<String>>, Vec<Op>) {
     let mut finals = BTreeMap::new();
     let mut ops = Vec::new();
+    // One deadline for all keys: a cluster that cannot answer them all in a
+    // minute fails the run (the keys left unread) rather than stalling it.
+    let deadline = Instant::now() + Duration::from_secs(60);
     for k in 0..config.strong_keys {
         let key = format!("k{k}");
-        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let invoke_ms = millis(clock);
             let Ok(answer) = http
@@ -352,7 +387,7 @@ async fn final_strong_reads(
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            let value = found.then(|| String::from_utf8_lossy(&body).into_owned());
+            let value = found.then(|| crate::workload::decode_value(&body));
             finals.insert((STRONG.to_owned(), key.clone()), value.clone());
             ops.push(Op {
                 client,
@@ -421,7 +456,7 @@ async fn converge(
                     .siblings()
                     .iter()
                     .filter_map(|s| s.value.as_ref())
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .map(|v| crate::workload::decode_value(v))
                     .collect();
                 finals.insert((EVENTUAL.to_owned(), key.as_str().to_owned()), values);
             } else {

@@ -12,8 +12,8 @@ use crate::history::{Op, OpKind, Status};
 /// What the clients do.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// The router, `http://host:port`.
-    pub router: String,
+    /// The routers, `http://host:port` each; client i calls router i mod their number.
+    pub routers: Vec<String>,
     /// Concurrent clients.
     pub clients: u64,
     /// The strong keyspace and how many keys it uses.
@@ -30,6 +30,41 @@ pub struct Workload {
     pub seed: u64,
     /// Deadline of one request.
     pub request_timeout: Duration,
+    /// The share of writes whose value is large (1 KiB up to `max_value_bytes`).
+    pub large_share: f64,
+    /// The largest value written, in bytes.
+    pub max_value_bytes: usize,
+}
+
+/// What separates a value's identity from its padding on the wire.
+const PADDING_MARK: u8 = b'|';
+
+/// The bytes written for value `id` padded to `size` bytes: the id, a mark,
+/// and filler, so that the history keeps only the id however large the value.
+pub fn encode_value(id: &str, size: usize) -> Vec<u8> {
+    let mut bytes = id.as_bytes().to_vec();
+    if size > bytes.len() + 1 {
+        bytes.push(PADDING_MARK);
+        bytes.resize(size, b'.');
+    }
+    bytes
+}
+
+/// The identity of a value read back: the id before the mark. Padding that is
+/// not all filler (a value torn or mixed with another) is kept whole, marked
+/// as corrupt, so that it matches no write and the checkers flag it.
+pub fn decode_value(bytes: &[u8]) -> String {
+    match bytes.iter().position(|b| *b == PADDING_MARK) {
+        None => String::from_utf8_lossy(bytes).into_owned(),
+        Some(at) if bytes[at + 1..].iter().all(|b| *b == b'.') => {
+            String::from_utf8_lossy(&bytes[..at]).into_owned()
+        }
+        Some(at) => format!(
+            "corrupt value {} ({} bytes)",
+            String::from_utf8_lossy(&bytes[..at]),
+            bytes.len()
+        ),
+    }
 }
 
 /// Milliseconds since `clock`.
@@ -63,13 +98,18 @@ impl Workload {
         let period = Duration::from_secs_f64(self.clients as f64 / self.rate.max(0.001));
         let started = Instant::now();
         let mut ops = Vec::new();
-        for n in 0u64.. {
-            // Paced, not synchronised: each client keeps its share of the rate.
-            let due = started + period.mul_f64(n as f64);
+        let mut due = started;
+        loop {
+            // Paced, not synchronised: each client keeps its share of the rate,
+            // and one that fell behind (its last call took longer than its
+            // period) skips the slots it missed rather than firing them in a
+            // burst, so the workload ends when the run does.
             if due.duration_since(started) >= self.duration {
                 break;
             }
             tokio::time::sleep_until(due.into()).await;
+            let n = ops.len();
+            due = (due + period).max(Instant::now());
             let eventual = rng.random_bool(self.eventual_share.clamp(0.0, 1.0));
             let (keyspace, keys) = if eventual {
                 &self.eventual
@@ -84,8 +124,16 @@ impl Workload {
                 _ => OpKind::Read,
             };
             let value = (kind == OpKind::Write).then(|| format!("c{client}-{n}"));
+            // Large values go to the strong keyspace only: blind writes pile
+            // up as siblings of the eventual keys, and megabytes of them would
+            // measure sibling bookkeeping rather than the faults.
+            let size = if !eventual && rng.random_bool(self.large_share.clamp(0.0, 1.0)) {
+                rng.random_range(1024..=self.max_value_bytes.max(1024))
+            } else {
+                0
+            };
             ops.push(
-                self.call(&http, clock, client, keyspace, key, kind, value)
+                self.call(&http, clock, client, keyspace, key, kind, value, size)
                     .await,
             );
         }
@@ -102,15 +150,20 @@ impl Workload {
         key: String,
         kind: OpKind,
         value: Option<String>,
+        size: usize,
     ) -> Op {
-        let url = format!("{}/v1/kv/{key}?keyspace={keyspace}", self.router);
+        let router =
+            &self.routers[usize::try_from(client).unwrap_or(0) % self.routers.len().max(1)];
+        let url = format!("{router}/v1/kv/{key}?keyspace={keyspace}");
         // Every operation starts its own trace, so the report can link any
         // operation to the router's and storage nodes' spans (when they export them).
         let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
         let traceparent = format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1);
         let request = match kind {
             OpKind::Read => http.get(&url),
-            OpKind::Write => http.put(&url).body(value.clone().unwrap_or_default()),
+            OpKind::Write => http
+                .put(&url)
+                .body(encode_value(value.as_deref().unwrap_or_default(), size)),
             OpKind::Delete => http.delete(&url),
         }
         .header("traceparent", traceparent);
@@ -158,7 +211,7 @@ impl Workload {
             (OpKind::Read, StatusCode::OK) => {
                 op.status = Status::Ok;
                 op.found = true;
-                op.observed = Some(vec![String::from_utf8_lossy(&body).into_owned()]);
+                op.observed = Some(vec![decode_value(&body)]);
             }
             (OpKind::Read, StatusCode::MULTIPLE_CHOICES) => {
                 op.status = Status::Ok;
@@ -169,7 +222,7 @@ impl Workload {
                     s.siblings
                         .iter()
                         .filter_map(|v| v.value.as_ref())
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .map(|v| decode_value(v))
                         .collect()
                 });
             }
@@ -189,5 +242,22 @@ impl Workload {
             }
         }
         op
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_values_read_back_as_their_id_and_torn_ones_as_corrupt() {
+        assert_eq!(encode_value("c1-2", 0), b"c1-2");
+        let large = encode_value("c1-2", 1 << 20);
+        assert_eq!(large.len(), 1 << 20);
+        assert_eq!(decode_value(&large), "c1-2");
+        assert_eq!(decode_value(b"c1-2"), "c1-2");
+        let mut torn = large.clone();
+        torn[1000] = b'x';
+        assert!(decode_value(&torn).starts_with("corrupt value c1-2"));
     }
 }

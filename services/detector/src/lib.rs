@@ -91,11 +91,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DetectorError> {
     let advertised = config.advertised().map_err(DetectorError::Config)?;
-    let metad =
-        MetadClient::new(
-            ClientConfig::new("detector").speaking_from(config.listen),
-            config.metad.clone(),
-        ).map_err(DetectorError::Config)?;
+    let metad = MetadClient::new(
+        ClientConfig::new("detector").speaking_from(config.listen),
+        config.metad.clone(),
+    )
+    .map_err(DetectorError::Config)?;
     let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
     let shared = Arc::new(Shared {
         monitor: Mutex::new(Monitor::new(

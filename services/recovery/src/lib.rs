@@ -89,11 +89,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RecoveryError> {
     let advertised = config.advertised().map_err(RecoveryError::Config)?;
-    let metad =
-        MetadClient::new(
-            ClientConfig::new("recovery").speaking_from(config.listen),
-            config.metad.clone(),
-        ).map_err(RecoveryError::Config)?;
+    let metad = MetadClient::new(
+        ClientConfig::new("recovery").speaking_from(config.listen),
+        config.metad.clone(),
+    )
+    .map_err(RecoveryError::Config)?;
     let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
     let lease = Lease::default();
     let moves = Arc::new(Moves::default());

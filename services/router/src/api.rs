@@ -772,9 +772,12 @@ mod tests {
             leases: Default::default(),
             context_key: None,
         };
-        let metad = MetadClient::new(ClientConfig::new("test"), MetadAddresses(vec!["127.0.0.1:4".to_owned()]))
-            .expect("client")
-            .with_deadline(Duration::from_millis(100));
+        let metad = MetadClient::new(
+            ClientConfig::new("test"),
+            MetadAddresses(vec!["127.0.0.1:4".to_owned()]),
+        )
+        .expect("client")
+        .with_deadline(Duration::from_millis(100));
         let mut config = ClientConfig::new("test");
         config.retries = 0;
         let state = AppState {

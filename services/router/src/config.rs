@@ -31,6 +31,12 @@ pub struct RouterConfig {
     #[arg(long, env = "KVORUM_TEST_ONLY_ACK_BEFORE_QUORUM", default_value_t = false, action = clap::ArgAction::Set)]
     pub test_only_ack_before_quorum: bool,
 
+    /// A deliberate bug, for testing the chaos checkers only: strong reads are
+    /// answered from the first replica that replies, without a quorum. Reads
+    /// stale values when that replica is cut off from the writes.
+    #[arg(long, env = "KVORUM_TEST_ONLY_READ_FIRST_REPLY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub test_only_read_first_reply: bool,
+
     /// Deadline of one client request, in milliseconds; past it the client gets 504.
     #[arg(long, env = "KVORUM_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,

@@ -309,6 +309,8 @@ pub struct Coordinator<T> {
     pub(crate) background: TaskTracker,
     /// A deliberate bug for testing the chaos checkers: strong commits go to one replica only.
     ack_before_quorum: bool,
+    /// A deliberate bug for testing the chaos checkers: strong reads answer from one reply.
+    read_first_reply: bool,
 }
 
 impl<T: ReplicaTransport> Coordinator<T> {
@@ -319,6 +321,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
             tags: Mutex::new(StdRng::seed_from_u64(seed)),
             background: TaskTracker::new(),
             ack_before_quorum: false,
+            read_first_reply: false,
         }
     }
 
@@ -327,6 +330,15 @@ impl<T: ReplicaTransport> Coordinator<T> {
     /// chaos checkers catch lost writes; never in production.
     pub fn with_test_only_ack_before_quorum(mut self, enabled: bool) -> Self {
         self.ack_before_quorum = enabled;
+        self
+    }
+
+    /// Breaks the read protocol on purpose: a strong read is answered from the
+    /// first replica that replies, with no quorum and no write-back. For
+    /// testing that the chaos checkers catch stale reads under a partition;
+    /// never in production.
+    pub fn with_test_only_read_first_reply(mut self, enabled: bool) -> Self {
+        self.read_first_reply = enabled;
         self
     }
 
@@ -396,7 +408,11 @@ impl<T: ReplicaTransport> Coordinator<T> {
         // joining node include a quorum of the old set and a quorum of the new
         // one, so a read overlaps every acknowledged write whether the move
         // switches or aborts, and whichever map the writer routed by.
-        let required = level.required(route.replicas.len()) + route.joining.len();
+        let required = if self.read_first_reply {
+            1
+        } else {
+            level.required(route.replicas.len()) + route.joining.len()
+        };
         let target = Self::target(route, keyspace, key);
         let transport = &self.transport;
         let gathered = fan_out(&self.background, &route.read_targets(), required, |r| {

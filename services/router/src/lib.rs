@@ -60,7 +60,7 @@ pub async fn run(
         ClientConfig::new("router").speaking_from(config.listen),
         config.metad.clone(),
     )
-        .map_err(RouterError::Client)?;
+    .map_err(RouterError::Client)?;
     let follower = kvorum_metad_client::follow(metad.clone(), shutdown.clone());
     let mut client_config = ClientConfig::new("router").speaking_from(config.listen);
     client_config.request_timeout = config.replica_timeout();
@@ -69,6 +69,11 @@ pub async fn run(
     if config.test_only_ack_before_quorum {
         tracing::warn!(
             "--test-only-ack-before-quorum is set: strong writes are acknowledged by one replica and WILL be lost; this router is for testing the chaos checkers only"
+        );
+    }
+    if config.test_only_read_first_reply {
+        tracing::warn!(
+            "--test-only-read-first-reply is set: strong reads answer from one replica and WILL be stale; this router is for testing the chaos checkers only"
         );
     }
     let state = Arc::new(AppState {
@@ -81,7 +86,8 @@ pub async fn run(
             HttpReplicas::new(client, config.replica_timeout()),
             rand::random(),
         )
-        .with_test_only_ack_before_quorum(config.test_only_ack_before_quorum),
+        .with_test_only_ack_before_quorum(config.test_only_ack_before_quorum)
+        .with_test_only_read_first_reply(config.test_only_read_first_reply),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
         hinted_handoff: config.hinted_handoff,
     });

@@ -75,7 +75,8 @@ pub async fn run(
     let metad = MetadClient::new(
         kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen),
         config.metad.clone(),
-    ).map_err(StorageError::Config)?;
+    )
+    .map_err(StorageError::Config)?;
     let checkpoints = Checkpoints::new(
         config.checkpoint_dir(),
         usize::try_from(config.checkpoint_retention).unwrap_or(usize::MAX),
@@ -141,7 +142,8 @@ pub async fn run(
         shutdown.clone(),
     );
     let peers = {
-        let mut peers = kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen);
+        let mut peers =
+            kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen);
         peers.request_timeout = std::time::Duration::from_secs(30);
         kvorum_http_client::HttpClient::new(peers)
             .map_err(|e| StorageError::Config(e.to_string()))?
@@ -149,7 +151,8 @@ pub async fn run(
     // Hints and anti-entropy move small batches: a short deadline keeps a
     // paused peer from holding up a whole round.
     let background_peers = {
-        let mut config = kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen);
+        let mut config =
+            kvorum_http_client::ClientConfig::new("storage").speaking_from(config.listen);
         config.request_timeout = std::time::Duration::from_secs(3);
         kvorum_http_client::HttpClient::new(config)
             .map_err(|e| StorageError::Config(e.to_string()))?

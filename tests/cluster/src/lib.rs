@@ -105,7 +105,8 @@ impl TestCluster {
         MetadClient::new(
             kvorum_http_client::ClientConfig::new("tests"),
             MetadAddresses(addresses),
-        ).map_err(anyhow::Error::msg)
+        )
+        .map_err(anyhow::Error::msg)
     }
 
     /// Reads a key straight from one storage node's internal API, bypassing the router.

@@ -1,6 +1,8 @@
 //! The chaos tool catches a store that acknowledges writes before a quorum has
-//! them: a router started with its deliberate test-only bug must fail the run,
-//! with the anomalies in the report.
+//! them, and one that answers reads from one replica: a router started with
+//! one of its deliberate test-only bugs must fail the run, with the anomalies
+//! in the report. And runs with the real protocol, under disk wipes and under
+//! network partitions, must pass.
 
 // The report's summary goes to stderr, which the harness shows on failure.
 #![allow(clippy::print_stderr)]
@@ -96,5 +98,68 @@ async fn a_chaos_run_that_wipes_disks_under_traffic_loses_nothing() -> anyhow::R
         })
         .count();
     assert!(wipes >= 2, "too few disk wipes: {report}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_catches_reads_answered_by_one_replica_under_a_partition() -> anyhow::Result<()>
+{
+    // Only network faults: a replica cut off from the writes answers reads
+    // with what it had, and a router that takes one reply passes that on.
+    let (passed, stderr, report, _out) = chaos_run(&[
+        "--duration-s",
+        "25",
+        "--quiet-start-s",
+        "6",
+        "--fault-interval-s",
+        "5",
+        "--fault-hold-s",
+        "4",
+        "--faults",
+        "partition-storage,partition-halves",
+        "--seed",
+        "7",
+        "--inject-bug",
+        "read-first-reply",
+    ])
+    .await?;
+    assert!(!passed, "the run passed with the bug on:\n{stderr}");
+    assert_eq!(report["valid"], true, "{report}");
+    assert!(
+        report["linearizability_anomalies"].as_u64().unwrap_or(0) > 0,
+        "no stale read found: {report}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_under_partitions_clock_jumps_and_double_failures_passes() -> anyhow::Result<()>
+{
+    let (passed, stderr, report, _out) = chaos_run(&[
+        "--duration-s",
+        "40",
+        "--quiet-start-s",
+        "6",
+        "--fault-interval-s",
+        "4",
+        "--fault-hold-s",
+        "2",
+        "--faults",
+        "partition-halves,clock-forward,kill-two-storage,partition-one-way,pause-router,partition-bridge,clock-back,lossy-links",
+        "--seed",
+        "31",
+    ])
+    .await?;
+    assert!(passed, "the run failed:\n{stderr}");
+    assert_eq!(report["passed"], true, "{report}");
+    assert!(report["fault_kinds"].as_u64().unwrap_or(0) >= 6, "{report}");
+    // Faults this strong must cost something, and the report says what, per kind.
+    let impact = report["impact"].as_array().cloned().unwrap_or_default();
+    assert!(
+        impact
+            .iter()
+            .any(|i| i["failed"].as_u64().unwrap_or(0) + i["unknown"].as_u64().unwrap_or(0) > 0),
+        "no operation failed under the faults: {report}"
+    );
     Ok(())
 }

@@ -78,7 +78,46 @@ impl DockerNemesis {
                     Heal::ComposeStart("recovery".to_owned()),
                 ))
             }
-            FaultKind::WipeStorage | FaultKind::WipeStorageAll => {
+            FaultKind::KillTwoStorage => {
+                let mut others: Vec<&String> =
+                    self.storage.iter().filter(|s| **s != service).collect();
+                anyhow::ensure!(
+                    !others.is_empty(),
+                    "kill-two-storage needs two storage nodes"
+                );
+                let second = others
+                    .swap_remove(rng.random_range(0..others.len()))
+                    .clone();
+                self.compose(&["kill", &service, &second]).await?;
+                Ok((
+                    format!("{service} and {second}"),
+                    Heal::All(vec![
+                        Heal::ComposeStart(service),
+                        Heal::ComposeStart(second),
+                    ]),
+                ))
+            }
+            FaultKind::KillStorageAndMetadLeader => {
+                let leader = format!("metad-{}", leader_from_router(router).await?);
+                self.compose(&["kill", &service, &leader]).await?;
+                Ok((
+                    format!("{service} and {leader} (leader)"),
+                    Heal::All(vec![
+                        Heal::ComposeStart(leader),
+                        Heal::ComposeStart(service),
+                    ]),
+                ))
+            }
+            FaultKind::WipeStorage
+            | FaultKind::WipeStorageAll
+            | FaultKind::PartitionHalves
+            | FaultKind::PartitionBridge
+            | FaultKind::PartitionOneWay
+            | FaultKind::LossyLinks
+            | FaultKind::ClockForward
+            | FaultKind::ClockBack
+            | FaultKind::ClockDrift
+            | FaultKind::PauseRouter => {
                 anyhow::bail!("{} needs the process backend", kind.name())
             }
         }
@@ -86,6 +125,11 @@ impl DockerNemesis {
 
     pub(super) async fn heal(&mut self, heal: Heal) -> anyhow::Result<()> {
         match heal {
+            Heal::All(heals) => {
+                for heal in heals {
+                    Box::pin(self.heal(heal)).await?;
+                }
+            }
             Heal::ComposeStart(service) => {
                 self.compose(&["start", &service]).await?;
             }
@@ -111,4 +155,3 @@ impl DockerNemesis {
         Ok(())
     }
 }
-

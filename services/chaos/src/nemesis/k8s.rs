@@ -71,7 +71,17 @@ impl K8sNemesis {
             FaultKind::PauseStorage
             | FaultKind::PartitionStorage
             | FaultKind::WipeStorage
-            | FaultKind::WipeStorageAll => {
+            | FaultKind::WipeStorageAll
+            | FaultKind::PartitionHalves
+            | FaultKind::PartitionBridge
+            | FaultKind::PartitionOneWay
+            | FaultKind::LossyLinks
+            | FaultKind::ClockForward
+            | FaultKind::ClockBack
+            | FaultKind::ClockDrift
+            | FaultKind::KillTwoStorage
+            | FaultKind::KillStorageAndMetadLeader
+            | FaultKind::PauseRouter => {
                 anyhow::bail!("{} is not available on Kubernetes", kind.name())
             }
         };
@@ -113,4 +123,3 @@ impl K8sNemesis {
         }
     }
 }
-

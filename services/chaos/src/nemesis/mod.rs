@@ -1,6 +1,7 @@
-//! Faults: kill, terminate, pause and partition storage nodes, kill the
-//! metadata leader and the active recovery controller — on local processes,
-//! Docker Compose containers, or Kubernetes pods.
+//! Faults: kill, terminate, pause, wipe and partition storage nodes, kill the
+//! metadata leader and the active recovery controller, split the network,
+//! move clocks, and break two things at once — on local processes, Docker
+//! Compose containers, or Kubernetes pods.
 
 use std::str::FromStr;
 
@@ -8,7 +9,9 @@ use kvorum_protocol::NodeId;
 use rand::rngs::StdRng;
 
 /// A kind of fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// SIGKILL a storage node, restart it when healed.
@@ -21,7 +24,8 @@ pub enum FaultKind {
     KillMetadLeader,
     /// SIGKILL the active recovery controller, restart it when healed.
     KillRecovery,
-    /// Cut a storage container off the network, reconnect it when healed (Docker only).
+    /// Cut a storage node off from every other process (a container off the
+    /// network, on Docker); let it back when healed.
     PartitionStorage,
     /// SIGKILL a storage node and delete its data directory, keeping its
     /// checkpoints; restart it when healed (it restores the newest checkpoint
@@ -30,11 +34,39 @@ pub enum FaultKind {
     /// As [`FaultKind::WipeStorage`], deleting its checkpoints too: the disk is
     /// lost for good and the node catches up from nothing.
     WipeStorageAll,
+    /// Split the whole cluster in two (each kind of process dealt out between
+    /// the sides, a router on each side when there are two); the larger side
+    /// holds a majority of metadata replicas and storage nodes.
+    PartitionHalves,
+    /// Two sides that cannot see each other, and a metadata replica and a
+    /// storage node that see both (Jepsen's bridge).
+    PartitionBridge,
+    /// A one-way cut: what a storage node or the metadata leader sends is
+    /// lost, while what is sent to it arrives.
+    PartitionOneWay,
+    /// Drop 30% of the packets on every link of a storage node.
+    LossyLinks,
+    /// Step the wall clock of a router, metadata replica, detector or recovery
+    /// controller forward by 10 to 90 seconds; step it back when healed.
+    ClockForward,
+    /// As [`FaultKind::ClockForward`], backwards.
+    ClockBack,
+    /// Make such a clock run fast or slow (±0.5 to 1 s per second) for the
+    /// fault's duration; step it back to the true time when healed.
+    ClockDrift,
+    /// SIGKILL two storage nodes at once: the keys they both hold lose their
+    /// quorum, and writes to them must fail or end unknown, never wrongly.
+    KillTwoStorage,
+    /// SIGKILL a storage node and the metadata leader at once.
+    KillStorageAndMetadLeader,
+    /// SIGSTOP one of the routers (mid-way through whatever writes it is
+    /// coordinating), SIGCONT it when healed.
+    PauseRouter,
 }
 
 impl FaultKind {
     /// Every kind, in the order a periodic schedule cycles through them.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::KillStorage,
         FaultKind::KillMetadLeader,
         FaultKind::PauseStorage,
@@ -43,6 +75,16 @@ impl FaultKind {
         FaultKind::PartitionStorage,
         FaultKind::WipeStorage,
         FaultKind::WipeStorageAll,
+        FaultKind::PartitionHalves,
+        FaultKind::PartitionBridge,
+        FaultKind::PartitionOneWay,
+        FaultKind::LossyLinks,
+        FaultKind::ClockForward,
+        FaultKind::ClockBack,
+        FaultKind::ClockDrift,
+        FaultKind::KillTwoStorage,
+        FaultKind::KillStorageAndMetadLeader,
+        FaultKind::PauseRouter,
     ];
 
     /// Its name, as on the command line.
@@ -56,12 +98,53 @@ impl FaultKind {
             FaultKind::PartitionStorage => "partition-storage",
             FaultKind::WipeStorage => "wipe-storage",
             FaultKind::WipeStorageAll => "wipe-storage-all",
+            FaultKind::PartitionHalves => "partition-halves",
+            FaultKind::PartitionBridge => "partition-bridge",
+            FaultKind::PartitionOneWay => "partition-one-way",
+            FaultKind::LossyLinks => "lossy-links",
+            FaultKind::ClockForward => "clock-forward",
+            FaultKind::ClockBack => "clock-back",
+            FaultKind::ClockDrift => "clock-drift",
+            FaultKind::KillTwoStorage => "kill-two-storage",
+            FaultKind::KillStorageAndMetadLeader => "kill-storage-and-metad-leader",
+            FaultKind::PauseRouter => "pause-router",
         }
     }
 
-    /// Whether the fault stops a process (a kill, SIGTERM or pod deletion), as opposed to pausing or cutting it off.
+    /// Whether the fault stops a process (a kill, SIGTERM or pod deletion), as
+    /// opposed to pausing it, cutting it off or moving its clock.
     pub fn is_kill(self) -> bool {
-        !matches!(self, FaultKind::PauseStorage | FaultKind::PartitionStorage)
+        matches!(
+            self,
+            FaultKind::KillStorage
+                | FaultKind::TermStorage
+                | FaultKind::KillMetadLeader
+                | FaultKind::KillRecovery
+                | FaultKind::WipeStorage
+                | FaultKind::WipeStorageAll
+                | FaultKind::KillTwoStorage
+                | FaultKind::KillStorageAndMetadLeader
+        )
+    }
+
+    /// Whether the fault cuts or degrades network links.
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::PartitionStorage
+                | FaultKind::PartitionHalves
+                | FaultKind::PartitionBridge
+                | FaultKind::PartitionOneWay
+                | FaultKind::LossyLinks
+        )
+    }
+
+    /// Whether the fault moves a process's wall clock.
+    pub fn is_clock(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ClockForward | FaultKind::ClockBack | FaultKind::ClockDrift
+        )
     }
 }
 
@@ -80,7 +163,7 @@ impl FromStr for FaultKind {
 }
 
 /// How to undo a fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Heal {
     /// Start a storage node again.
     RestartStorage(NodeId),
@@ -90,6 +173,19 @@ pub enum Heal {
     RestartMetad(u64),
     /// Start a recovery controller again.
     RestartRecovery(usize),
+    /// SIGCONT a router (by its index).
+    ResumeRouter(usize),
+    /// Let the links of one firewall fault through again.
+    Restore(String),
+    /// Put a process's wall clock back to the true time, stopping its drift if it drifts.
+    TrueClock {
+        /// The process.
+        name: String,
+        /// The task that moves a drifting clock.
+        drift: Option<tokio::task::JoinHandle<()>>,
+    },
+    /// Heal each, in order.
+    All(Vec<Heal>),
     /// `docker-compose start` a service.
     ComposeStart(String),
     /// `docker-compose unpause` a service.

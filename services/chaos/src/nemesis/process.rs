@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use kvorum_launcher::LocalCluster;
+use kvorum_launcher::{LocalCluster, ProcessKind};
 use kvorum_metad_client::MetadClient;
 use kvorum_protocol::NodeId;
 use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::{FaultKind, Heal};
+use crate::firewall::{Firewall, Link};
+use crate::partition::{self, Grudge};
 
 /// Faults on a local cluster's processes.
 #[derive(Debug)]
@@ -19,6 +21,8 @@ pub struct ProcessNemesis {
     pub metad: MetadClient,
     /// Storage node ids.
     pub storage: Vec<NodeId>,
+    /// Cuts links between processes (when the run has network faults).
+    pub firewall: Option<Firewall>,
 }
 
 impl ProcessNemesis {
@@ -50,9 +54,6 @@ impl ProcessNemesis {
                     Heal::RestartMetad(leader),
                 ))
             }
-            FaultKind::PartitionStorage => {
-                anyhow::bail!("partition-storage needs the docker backend")
-            }
             FaultKind::WipeStorage => {
                 self.cluster.wipe_storage(node).await?;
                 Ok((
@@ -81,6 +82,183 @@ impl ProcessNemesis {
                     Heal::RestartRecovery(index),
                 ))
             }
+            FaultKind::KillTwoStorage => {
+                let others: Vec<NodeId> = self
+                    .storage
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != node)
+                    .collect();
+                anyhow::ensure!(
+                    !others.is_empty(),
+                    "kill-two-storage needs two storage nodes"
+                );
+                let second = others[rng.random_range(0..others.len())];
+                self.cluster.kill_storage(node).await?;
+                self.cluster.kill_storage(second).await?;
+                Ok((
+                    format!("storage {node} and storage {second}"),
+                    Heal::All(vec![
+                        Heal::RestartStorage(node),
+                        Heal::RestartStorage(second),
+                    ]),
+                ))
+            }
+            FaultKind::KillStorageAndMetadLeader => {
+                let leader = self.metad_leader().await;
+                self.cluster.metad_mut().kill(leader).await?;
+                self.cluster.kill_storage(node).await?;
+                Ok((
+                    format!("storage {node} and metad {leader} (leader)"),
+                    Heal::All(vec![Heal::RestartMetad(leader), Heal::RestartStorage(node)]),
+                ))
+            }
+            FaultKind::PauseRouter => {
+                let routers = self.cluster.router_urls().len();
+                let index = rng.random_range(0..routers);
+                self.cluster.pause_router(index)?;
+                Ok((format!("router {}", index + 1), Heal::ResumeRouter(index)))
+            }
+            FaultKind::PartitionStorage
+            | FaultKind::PartitionHalves
+            | FaultKind::PartitionBridge
+            | FaultKind::PartitionOneWay
+            | FaultKind::LossyLinks => self.cut(kind, node, rng).await,
+            FaultKind::ClockForward | FaultKind::ClockBack | FaultKind::ClockDrift => {
+                self.move_clock(kind, rng)
+            }
+        }
+    }
+
+    /// A network fault: which links it cuts, as firewall rules.
+    async fn cut(
+        &mut self,
+        kind: FaultKind,
+        node: NodeId,
+        rng: &mut StdRng,
+    ) -> anyhow::Result<(String, Heal)> {
+        let processes = self.cluster.processes();
+        let index_of = |name: &str| processes.iter().position(|p| p.name == name);
+        let storage = index_of(&format!("storage-{}", node.0))
+            .ok_or_else(|| anyhow::anyhow!("storage {node} is not in the cluster"))?;
+        let names = |side: &[usize]| {
+            side.iter()
+                .map(|i| processes[*i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (grudge, loss, target) = match kind {
+            FaultKind::PartitionStorage => (
+                Grudge::isolate(processes.len(), storage),
+                None,
+                format!("storage {node} isolated"),
+            ),
+            FaultKind::PartitionHalves => {
+                let [a, b] = partition::halves(&processes, rng);
+                let target = format!("[{}] | [{}]", names(&a), names(&b));
+                (Grudge::sides(&[a, b]), None, target)
+            }
+            FaultKind::PartitionBridge => {
+                let ([a, b], bridge) = partition::bridge(&processes, rng);
+                let target = format!(
+                    "[{}] | [{}] bridged by [{}]",
+                    names(&a),
+                    names(&b),
+                    names(&bridge)
+                );
+                (Grudge::sides(&[a, b]), None, target)
+            }
+            FaultKind::PartitionOneWay => {
+                let muted = if rng.random_bool(0.5) {
+                    let leader = self.metad_leader().await;
+                    index_of(&format!("metad-{leader}")).unwrap_or(storage)
+                } else {
+                    storage
+                };
+                (
+                    Grudge::mute(processes.len(), muted),
+                    None,
+                    format!(
+                        "{} unheard (it still hears the others)",
+                        processes[muted].name
+                    ),
+                )
+            }
+            FaultKind::LossyLinks => (
+                Grudge::isolate(processes.len(), storage),
+                Some(30),
+                format!("storage {node} loses 30% of its packets"),
+            ),
+            other => anyhow::bail!("{} is not a network fault", other.name()),
+        };
+        let links: Vec<Link> = grudge
+            .0
+            .iter()
+            .map(|(from, to)| Link {
+                from: processes[*from].address,
+                to: processes[*to].address,
+            })
+            .collect();
+        let firewall = self
+            .firewall
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("{} needs the run's firewall", kind.name()))?;
+        let chain = firewall.drop_links(&links, loss).await?;
+        Ok((target, Heal::Restore(chain)))
+    }
+
+    /// A clock fault on a router, metadata replica, detector or recovery controller.
+    fn move_clock(&mut self, kind: FaultKind, rng: &mut StdRng) -> anyhow::Result<(String, Heal)> {
+        let clocks = self
+            .cluster
+            .clocks()
+            .ok_or_else(|| anyhow::anyhow!("{} needs the run's fake clocks", kind.name()))?
+            .clone();
+        let faked: Vec<String> = self
+            .cluster
+            .processes()
+            .into_iter()
+            .filter(|p| p.kind != ProcessKind::Storage)
+            .map(|p| p.name)
+            .collect();
+        let name = faked[rng.random_range(0..faked.len())].clone();
+        match kind {
+            FaultKind::ClockForward | FaultKind::ClockBack => {
+                let step = rng.random_range(10.0..90.0_f64);
+                let offset = if kind == FaultKind::ClockBack {
+                    -step
+                } else {
+                    step
+                };
+                clocks.set_offset(&name, offset)?;
+                Ok((
+                    format!("{name} clock {offset:+.0} s"),
+                    Heal::TrueClock { name, drift: None },
+                ))
+            }
+            _ => {
+                let rate =
+                    rng.random_range(0.5..1.0_f64) * if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                let started = std::time::Instant::now();
+                let drifting = name.clone();
+                let drift = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(500));
+                    loop {
+                        tick.tick().await;
+                        let offset = started.elapsed().as_secs_f64() * rate;
+                        if let Err(error) = clocks.set_offset(&drifting, offset) {
+                            tracing::warn!(%error, "cannot move a drifting clock");
+                        }
+                    }
+                });
+                Ok((
+                    format!("{name} clock drifts {rate:+.2} s/s"),
+                    Heal::TrueClock {
+                        name,
+                        drift: Some(drift),
+                    },
+                ))
+            }
         }
     }
 
@@ -91,6 +269,37 @@ impl ProcessNemesis {
             Heal::Resume(node) => self.cluster.resume_storage(node)?,
             Heal::RestartMetad(id) => self.cluster.metad_mut().restart(id).await?,
             Heal::RestartRecovery(index) => self.cluster.restart_recovery(index).await?,
+            Heal::ResumeRouter(index) => self.cluster.resume_router(index)?,
+            Heal::Restore(chain) => {
+                self.firewall
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("no firewall to restore {chain} in"))?
+                    .restore(&chain)
+                    .await?;
+            }
+            Heal::TrueClock { name, drift } => {
+                if let Some(drift) = drift {
+                    drift.abort();
+                    let _ = drift.await;
+                }
+                let clocks = self
+                    .cluster
+                    .clocks()
+                    .ok_or_else(|| anyhow::anyhow!("no fake clocks to put back"))?;
+                clocks.set_offset(&name, 0.0)?;
+            }
+            Heal::All(heals) => {
+                // Each is tried, so that one failure does not leave the rest broken.
+                let mut first_error = None;
+                for heal in heals {
+                    if let Err(error) = Box::pin(self.heal(heal)).await {
+                        first_error.get_or_insert(error);
+                    }
+                }
+                if let Some(error) = first_error {
+                    return Err(error);
+                }
+            }
             other => anyhow::bail!("{other:?} does not heal a process fault"),
         }
         Ok(())
