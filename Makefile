@@ -17,7 +17,7 @@ REPLACEMENT_DELAY_MS ?= 15000
 DATA_DIR     ?= data
 CHAOS_DURATION_S ?= 150
 CHAOS_OUT    ?= target/chaos/latest
-CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,kill-recovery
+CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery
 
 CARGO ?= cargo
 # A toolchain that ensure-tools.sh installed with rustup lives here.
@@ -71,11 +71,11 @@ clean-data: ## forget the local cluster's data
 clean: clean-data
 	$(CARGO) clean
 
-chaos: build chaos-tools ## a bounded chaos run on local processes (at most 4 minutes); report in target/chaos/latest
-	./target/debug/kvorum-chaos --duration-s $(CHAOS_DURATION_S) --out $(CHAOS_OUT)
+chaos: release chaos-tools ## a bounded chaos run on local processes (at most 4 minutes); report in target/chaos/latest
+	./target/release/kvorum-chaos --duration-s $(CHAOS_DURATION_S) --out $(CHAOS_OUT)
 
-chaos-long: build chaos-tools ## a 30-minute soak with every fault kind (not in CI); report in target/chaos/long
-	./target/debug/kvorum-chaos --duration-s 1800 --faults $(CHAOS_ALL_FAULTS) --out target/chaos/long
+chaos-long: release chaos-tools ## a 30-minute soak with every fault kind (not in CI); report in target/chaos/long
+	./target/release/kvorum-chaos --duration-s 1800 --faults $(CHAOS_ALL_FAULTS) --out target/chaos/long
 
 chaos-docker: tools ## a chaos run with network partitions against the Compose cluster; report in target/chaos/docker
 	scripts/chaos-docker.sh

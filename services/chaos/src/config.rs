@@ -102,7 +102,7 @@ pub struct ChaosConfig {
     pub clients: u64,
 
     /// Operations per second over all clients.
-    #[arg(long, env = "KVORUM_CHAOS_RATE", default_value_t = 140.0)]
+    #[arg(long, env = "KVORUM_CHAOS_RATE", default_value_t = 160.0)]
     pub rate: f64,
 
     /// Keys of the strong keyspace.
@@ -130,7 +130,7 @@ pub struct ChaosConfig {
         long,
         env = "KVORUM_CHAOS_FAULTS",
         value_delimiter = ',',
-        default_value = "partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,kill-recovery"
+        default_value = "partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery"
     )]
     pub faults: Vec<FaultKind>,
 

@@ -237,26 +237,35 @@ pub fn timeline(ops: &[Op], faults: &[FaultRecord], flagged: &[&str]) -> Result<
     let end = end_seconds(ops, faults);
     let clients = ops.iter().map(|o| o.client).max().map_or(1, |c| c + 1);
     let height = 80 + 14 * clients as u32;
+    // Lanes sit on whole numbers, so that the labels, drawn at whole numbers, name them.
+    let lanes = -0.5..clients as f64 - 0.5;
     svg(height, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("Operations by client", ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..end, 0.0..clients as f64)?;
+            .build_cartesian_2d(0.0..end, lanes.clone())?;
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .y_labels(clients as usize + 1)
-            .y_label_formatter(&|y| format!("client {y:.0}"))
+            .y_labels(clients as usize * 2 + 1)
+            .y_label_formatter(&|y| {
+                let lane = y.round();
+                if (y - lane).abs() < 1e-6 && lane >= 0.0 && lane < clients as f64 {
+                    format!("client {lane:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .x_desc("seconds since the start")
             .draw()?;
         chart.draw_series(faults.iter().map(|f| {
             let (a, b) = span(f, end);
-            Rectangle::new([(a, 0.0), (b, clients as f64)], FAULT.mix(0.15).filled())
+            Rectangle::new([(a, lanes.start), (b, lanes.end)], FAULT.mix(0.15).filled())
         }))?;
         chart.draw_series(ops.iter().map(|o| {
-            let y = o.client as f64 + 0.5;
+            let y = o.client as f64;
             let width = if o.status == Status::Ok { 2 } else { 5 };
             PathElement::new(
                 vec![
@@ -274,7 +283,7 @@ pub fn timeline(ops: &[Op], faults: &[FaultRecord], flagged: &[&str]) -> Result<
                 .filter(|o| o.trace_id.as_deref().is_some_and(|t| flagged.contains(&t)))
                 .map(|o| {
                     Circle::new(
-                        (o.invoke_ms / 1000.0, o.client as f64 + 0.5),
+                        (o.invoke_ms / 1000.0, o.client as f64),
                         6,
                         FLAGGED.stroke_width(2),
                     )

@@ -117,7 +117,8 @@ impl DockerNemesis {
             | FaultKind::ClockForward
             | FaultKind::ClockBack
             | FaultKind::ClockDrift
-            | FaultKind::PauseRouter => {
+            | FaultKind::PauseRouter
+            | FaultKind::ChurnStorage => {
                 anyhow::bail!("{} needs the process backend", kind.name())
             }
         }

@@ -81,7 +81,8 @@ impl K8sNemesis {
             | FaultKind::ClockDrift
             | FaultKind::KillTwoStorage
             | FaultKind::KillStorageAndMetadLeader
-            | FaultKind::PauseRouter => {
+            | FaultKind::PauseRouter
+            | FaultKind::ChurnStorage => {
                 anyhow::bail!("{} is not available on Kubernetes", kind.name())
             }
         };

@@ -62,11 +62,14 @@ pub enum FaultKind {
     /// SIGSTOP one of the routers (mid-way through whatever writes it is
     /// coordinating), SIGCONT it when healed.
     PauseRouter,
+    /// Add a storage node and decommission another, so that partitions move
+    /// while the faults after it go on; the cluster keeps its new shape.
+    ChurnStorage,
 }
 
 impl FaultKind {
     /// Every kind, in the order a periodic schedule cycles through them.
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::KillStorage,
         FaultKind::KillMetadLeader,
         FaultKind::PauseStorage,
@@ -85,6 +88,7 @@ impl FaultKind {
         FaultKind::KillTwoStorage,
         FaultKind::KillStorageAndMetadLeader,
         FaultKind::PauseRouter,
+        FaultKind::ChurnStorage,
     ];
 
     /// Its name, as on the command line.
@@ -108,6 +112,7 @@ impl FaultKind {
             FaultKind::KillTwoStorage => "kill-two-storage",
             FaultKind::KillStorageAndMetadLeader => "kill-storage-and-metad-leader",
             FaultKind::PauseRouter => "pause-router",
+            FaultKind::ChurnStorage => "churn-storage",
         }
     }
 
@@ -186,6 +191,8 @@ pub enum Heal {
     },
     /// Heal each, in order.
     All(Vec<Heal>),
+    /// Nothing to undo: the fault changed the cluster for good.
+    Nothing,
     /// `docker-compose start` a service.
     ComposeStart(String),
     /// `docker-compose unpause` a service.

@@ -119,6 +119,31 @@ impl ProcessNemesis {
                 self.cluster.pause_router(index)?;
                 Ok((format!("router {}", index + 1), Heal::ResumeRouter(index)))
             }
+            FaultKind::ChurnStorage => {
+                let (added, _) = self.cluster.add_storage().await?;
+                let url = format!(
+                    "{}/v1/nodes/{}/decommission",
+                    self.cluster.router_url(),
+                    node.0
+                );
+                let answer = reqwest::Client::new()
+                    .post(&url)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    answer.status().is_success(),
+                    "decommissioning storage {node}: {} {}",
+                    answer.status(),
+                    answer.text().await.unwrap_or_default()
+                );
+                self.storage.retain(|n| *n != node);
+                self.storage.push(added);
+                Ok((
+                    format!("storage {added} added, storage {node} decommissioned"),
+                    Heal::Nothing,
+                ))
+            }
             FaultKind::PartitionStorage
             | FaultKind::PartitionHalves
             | FaultKind::PartitionBridge
@@ -270,6 +295,7 @@ impl ProcessNemesis {
             Heal::RestartMetad(id) => self.cluster.metad_mut().restart(id).await?,
             Heal::RestartRecovery(index) => self.cluster.restart_recovery(index).await?,
             Heal::ResumeRouter(index) => self.cluster.resume_router(index)?,
+            Heal::Nothing => {}
             Heal::Restore(chain) => {
                 self.firewall
                     .as_mut()
