@@ -28,6 +28,9 @@ pub struct Config {
     /// About how many bytes of entries one Accept or catch-up answer carries
     /// (at least one entry): the transport's message limit, less headroom.
     pub max_message_bytes: usize,
+    /// Whether a replica whose election timer fires asks a majority first
+    /// (pre-vote) before raising its ballot; off only to show what it prevents.
+    pub pre_vote: bool,
 }
 
 /// Splits `entries` into runs of at most about `budget` bytes, each non-empty.
@@ -110,6 +113,8 @@ pub struct Replica {
     ticks: u64,
     /// When each peer was last heard from (any message), for check-quorum.
     last_heard: BTreeMap<NodeId, u64>,
+    /// A pre-vote under way: the round asked about and who granted it.
+    pre_vote: Option<(u64, BTreeSet<NodeId>)>,
 }
 
 impl Replica {
@@ -140,6 +145,7 @@ impl Replica {
             loopback: VecDeque::new(),
             ticks: 0,
             last_heard: BTreeMap::new(),
+            pre_vote: None,
         };
         if let Some(snapshot) = replica.durable.snapshot.clone() {
             replica.decided_upto = snapshot.upto;
@@ -183,6 +189,13 @@ impl Replica {
     /// The leader this replica believes in.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
+    }
+
+    /// The highest ballot this replica has seen (its own included): each
+    /// election raises it, and pre-vote keeps a replica that cannot reach a
+    /// majority from raising it.
+    pub fn highest_ballot(&self) -> Ballot {
+        self.highest_seen
     }
 
     /// Whether this replica leads, or heard its leader within an election timeout.
@@ -229,7 +242,11 @@ impl Replica {
         } else {
             self.ticks_since_leader += 1;
             if self.ticks_since_leader >= self.election_timeout {
-                self.start_election();
+                if self.config.pre_vote {
+                    self.start_pre_vote();
+                } else {
+                    self.start_election();
+                }
             }
         }
         self.drain_loopback();
@@ -388,6 +405,44 @@ impl Replica {
         }
     }
 
+    /// Asks every replica whether it would support an election, before
+    /// raising any ballot: only with a majority's support does the election
+    /// start. A replica cut off from the majority asks in vain and, when it
+    /// returns, finds the leader still leading (its ballot never rose).
+    fn start_pre_vote(&mut self) {
+        let round = self.highest_seen.round + 1;
+        self.pre_vote = Some((round, BTreeSet::new()));
+        // Whoever led is not heard any more: peers asking meanwhile may be granted.
+        self.leader = None;
+        self.reset_election_timer();
+        self.broadcast(Message::PreVote { round });
+    }
+
+    /// Grants a pre-vote unless this replica leads or heard its leader within
+    /// the shortest election timeout (then the group has a working leader). It
+    /// changes nothing here: no promise, no timer, no ballot seen.
+    fn on_pre_vote(&mut self, from: NodeId, round: u64) {
+        let granted = from == self.config.id
+            || (!self.is_leader()
+                && (self.leader.is_none()
+                    || self.ticks_since_leader >= self.config.election_ticks.0));
+        self.send(from, Message::PreVoteReply { round, granted });
+    }
+
+    fn on_pre_vote_reply(&mut self, from: NodeId, round: u64, granted: bool) {
+        let Some((asked, grants)) = self.pre_vote.as_mut() else {
+            return;
+        };
+        if !granted || *asked != round {
+            return;
+        }
+        grants.insert(from);
+        if grants.len() >= self.majority() {
+            self.pre_vote = None;
+            self.start_election();
+        }
+    }
+
     fn start_election(&mut self) {
         let ballot = Ballot {
             round: self.highest_seen.round + 1,
@@ -409,6 +464,10 @@ impl Replica {
         self.last_heard.insert(from, self.ticks);
         match message {
             Message::HeartbeatAck { ballot } => self.observe(ballot),
+            Message::PreVote { round } => self.on_pre_vote(from, round),
+            Message::PreVoteReply { round, granted } => {
+                self.on_pre_vote_reply(from, round, granted)
+            }
             Message::Prepare { ballot, first_slot } => self.on_prepare(from, ballot, first_slot),
             Message::Promise {
                 ballot,
@@ -480,6 +539,7 @@ impl Replica {
         if from != self.config.id {
             // Give the candidate time to win before standing ourselves.
             self.reset_election_timer();
+            self.pre_vote = None;
         }
         // A candidate asking for slots this replica compacted gets the snapshot: it
         // must not mistake those decided slots for empty ones and fill them with no-ops.
@@ -681,6 +741,7 @@ impl Replica {
         if leader != self.config.id {
             self.leader = Some(leader);
             self.reset_election_timer();
+            self.pre_vote = None;
         }
     }
 

@@ -17,6 +17,7 @@ fn config(id: NodeId, members: &[NodeId]) -> Config {
         heartbeat_ticks: 1,
         max_message_bytes: 1 << 20,
         seed: id,
+        pre_vote: true,
     }
 }
 

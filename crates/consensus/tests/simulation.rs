@@ -90,6 +90,7 @@ impl Simulation {
             heartbeat_ticks: 3,
             // Small enough that batches of proposals and catch-up answers split.
             max_message_bytes: 100,
+            pre_vote: true,
             seed: self.seed ^ (id << 32) ^ self.incarnation,
         };
         // Only what was persisted survives.

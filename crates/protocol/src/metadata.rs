@@ -227,4 +227,8 @@ pub struct MetadStatus {
     /// Every replica of the group (this one included): id and address.
     #[serde(default)]
     pub peers: BTreeMap<u64, String>,
+    /// The highest ballot round this replica has seen: every election raises
+    /// it, so an unchanged round across replicas means no election happened.
+    #[serde(default)]
+    pub ballot_round: u64,
 }

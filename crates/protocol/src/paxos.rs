@@ -129,6 +129,21 @@ pub enum Message {
         /// The ballot of the heartbeat answered.
         ballot: Ballot,
     },
+    /// Pre-vote (Ongaro's thesis, 9.6): would the receiver support an election
+    /// in `round`? Asking and answering change no state, so a replica that
+    /// cannot reach a majority never raises its ballot by asking.
+    PreVote {
+        /// The round the sender would stand in.
+        round: u64,
+    },
+    /// The answer to a pre-vote: granted only by a replica that has not heard
+    /// a leader within the shortest election timeout.
+    PreVoteReply {
+        /// The round asked about.
+        round: u64,
+        /// Whether the sender would support the election.
+        granted: bool,
+    },
     /// A snapshot, for a replica that needs slots the sender has compacted.
     InstallSnapshot {
         /// The snapshot.

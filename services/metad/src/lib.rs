@@ -69,6 +69,7 @@ pub async fn run(
         heartbeat_ticks: 3,
         // Headroom for the envelope and the JSON around the entries.
         max_message_bytes: usize::try_from(config.max_message_bytes / 2).unwrap_or(usize::MAX),
+        pre_vote: true,
         seed: rand::random(),
     };
 

@@ -206,6 +206,7 @@ impl Node {
                     state_digest: digest,
                     snapshot_bytes: self.replica.snapshot_bytes() as u64,
                     hears_leader: self.replica.hears_leader(),
+                    ballot_round: self.replica.highest_ballot().round,
                     // The HTTP shell knows the peer failures; it fills them in.
                     last_peer_error: None,
                     // The HTTP shell knows the addresses; it fills them in.
