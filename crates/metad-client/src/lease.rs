@@ -64,7 +64,8 @@ async fn until_lapse(client: &MetadClient, name: &str, now_ms: u64) -> Duration 
 /// the lease at once; one that gets no answer leaves it to lapse on this
 /// instance's clock, counted from when the renewal was asked, so the holder
 /// stops acting no later than the metadata service lets another one start
-/// (assuming the instances' clocks agree to well under the lease).
+/// (metad stamps the request with its leader's clock when it proposes it, and
+/// that is after this instance asked).
 pub async fn hold(
     client: MetadClient,
     name: &str,

@@ -106,7 +106,9 @@ pub enum MetadataOp {
         name: String,
         /// Who wants it.
         holder: String,
-        /// The proposer's clock, in milliseconds (time is an input, never read).
+        /// The time of the request in milliseconds: the metad replica that
+        /// proposes it overwrites what the requester sent with its own wall
+        /// clock, so expiries compare on one clock; applying it reads no clock.
         now_ms: u64,
         /// How long the lease lasts.
         duration_ms: u64,

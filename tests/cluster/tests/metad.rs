@@ -431,7 +431,8 @@ async fn a_command_from_a_lease_holder_that_lost_its_lease_is_refused() -> anyho
         .submit_until_applied(&all, &acquire("take-a", "a", 0), Duration::from_secs(10))
         .await?;
     let epoch_a = first["lease"]["epoch"].as_u64().expect("an epoch");
-    // By the proposers' clocks a's lease lapsed, and b took it.
+    // b is refused until a's lease lapses (a second later by the leader's
+    // clock; the requesters' clocks are ignored), then takes it.
     let second = client
         .submit_until_applied(
             &all,
