@@ -27,6 +27,10 @@ use crate::workload::{Workload, millis};
 const STRONG: &str = "chaos_strong";
 const EVENTUAL: &str = "chaos_eventual";
 const REPLICATION_FACTOR: usize = 3;
+/// How long every strong key together gets for its final read.
+const FINAL_READS: Duration = Duration::from_secs(60);
+/// How long the eventual keys get to converge once the faults healed.
+const CONVERGENCE: Duration = Duration::from_secs(60);
 
 /// Runs the whole scenario and writes the report; returns it.
 pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
@@ -122,8 +126,15 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     let recovered =
         wait_recovery(&http, &router, Duration::from_secs(config.recovery_bound_s)).await;
     let recovery_seconds = recovered.then(|| last_heal.elapsed().as_secs_f64());
-    let (strong_finals, final_reads) =
-        final_strong_reads(&http, &router, config, clock, config.clients).await;
+    let (strong_finals, final_reads) = final_strong_reads(
+        &http,
+        &router,
+        config.strong_keys,
+        clock,
+        config.clients,
+        FINAL_READS,
+    )
+    .await;
     ops.extend(final_reads);
     // A key whose end state is unknown cannot be checked for lost writes: it fails the run.
     let unread: Vec<String> = (0..config.strong_keys)
@@ -131,7 +142,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         .filter(|key| !strong_finals.contains_key(&(STRONG.to_owned(), key.clone())))
         .map(|key| format!("{STRONG}/{key}"))
         .collect();
-    let (eventual_finals, unconverged) = converge(&http, &router, config).await?;
+    let (eventual_finals, unconverged) = converge(&http, &router, config, CONVERGENCE).await?;
 
     let (anomalies, undecided) = check::linearizability(&ops, &[STRONG.to_owned()]);
     let mut lost = check::lost_strong_writes(&ops, &strong_finals);
@@ -323,7 +334,7 @@ async fn inject(
 
 /// Polls the cluster view until every storage node is up, no move is under way
 /// and every partition has its full replica set of up nodes.
-async fn wait_recovery(http: &reqwest::Client, router: &str, bound: Duration) -> bool {
+pub(crate) async fn wait_recovery(http: &reqwest::Client, router: &str, bound: Duration) -> bool {
     let deadline = Instant::now() + bound;
     while Instant::now() < deadline {
         if let Ok(answer) = http.get(format!("{router}/v1/cluster")).send().await
@@ -354,19 +365,20 @@ async fn wait_recovery(http: &reqwest::Client, router: &str, bound: Duration) ->
 }
 
 /// Reads every strong key at ALL once the faults healed; the reads join the history.
-async fn final_strong_reads(
+pub(crate) async fn final_strong_reads(
     http: &reqwest::Client,
     router: &str,
-    config: &ChaosConfig,
+    keys: u64,
     clock: Instant,
     client: u64,
+    within: Duration,
 ) -> (BTreeMap<(String, String), Option<String>>, Vec<Op>) {
     let mut finals = BTreeMap::new();
     let mut ops = Vec::new();
-    // One deadline for all keys: a cluster that cannot answer them all in a
-    // minute fails the run (the keys left unread) rather than stalling it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for k in 0..config.strong_keys {
+    // One deadline for all keys: a cluster that cannot answer them all in
+    // time fails the run (the keys left unread) rather than stalling it.
+    let deadline = Instant::now() + within;
+    for k in 0..keys {
         let key = format!("k{k}");
         while Instant::now() < deadline {
             let invoke_ms = millis(clock);
@@ -411,13 +423,14 @@ async fn final_strong_reads(
 
 /// Waits until every replica of every eventual key holds the same state; returns
 /// each key's final values and the keys that never converged.
-async fn converge(
+pub(crate) async fn converge(
     http: &reqwest::Client,
     router: &str,
     config: &ChaosConfig,
+    within: Duration,
 ) -> anyhow::Result<(BTreeMap<(String, String), Vec<String>>, Vec<String>)> {
     let keyspace = KeyspaceName::parse(EVENTUAL)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     loop {
         let view: ClusterView = http
             .get(format!("{router}/v1/cluster"))
@@ -524,3 +537,6 @@ pub fn describe_faults(kinds: &[FaultKind]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests;

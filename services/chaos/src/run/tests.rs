@@ -1,0 +1,185 @@
+//! The run's end-of-run waits against fake routers and storage nodes: the
+//! recovery wait, the final strong reads and the convergence check each say
+//! yes only when the cluster's answers say so, and give up at their deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use kvorum_protocol::storage::CausalReadResponse;
+use tokio::net::TcpListener;
+
+use clap::Parser;
+
+use super::*;
+
+/// Serves `app` on a free loopback port; returns `host:port`.
+async fn serve(app: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    address
+}
+
+/// A cluster view of one partition on storage nodes `nodes` (id, address, state).
+fn view(nodes: &[(u64, String, &str)]) -> serde_json::Value {
+    serde_json::json!({
+        "metad": {"leader": 1, "replicas": []},
+        "nodes": nodes.iter().map(|(id, address, state)| serde_json::json!({
+            "id": id, "address": address, "role": "storage", "state": state, "phi": null
+        })).collect::<Vec<_>>(),
+        "partitions": [{"id": 0, "epoch": 1, "replicas": nodes.iter().map(|n| n.0).collect::<Vec<_>>()}],
+        "moves": [],
+    })
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn the_recovery_wait_ends_when_every_node_is_up_and_not_before() {
+    // The node is down for the first answers, then up.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/v1/cluster",
+            get(|State(calls): State<Arc<AtomicUsize>>| async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                let state = if n < 3 { "down" } else { "up" };
+                Json(view(&[
+                    (1, "a:1".into(), "up"),
+                    (2, "b:1".into(), "up"),
+                    (3, "c:1".into(), state),
+                ]))
+            }),
+        )
+        .with_state(calls.clone());
+    let router = format!("http://{}", serve(app).await);
+    assert!(wait_recovery(&http(), &router, Duration::from_secs(20)).await);
+    assert!(calls.load(Ordering::SeqCst) >= 4, "it waited for the node");
+
+    let never = axum::Router::new().route(
+        "/v1/cluster",
+        get(|| async {
+            Json(view(&[
+                (1, "a:1".into(), "up"),
+                (2, "b:1".into(), "down"),
+                (3, "c:1".into(), "up"),
+            ]))
+        }),
+    );
+    let router = format!("http://{}", serve(never).await);
+    assert!(!wait_recovery(&http(), &router, Duration::from_secs(1)).await);
+}
+
+#[tokio::test]
+async fn final_reads_record_values_and_absences_and_leave_unanswered_keys_unread() {
+    let app = axum::Router::new().route(
+        "/v1/kv/{key}",
+        get(|Path(key): Path<String>| async move {
+            match key.as_str() {
+                "k0" => (StatusCode::OK, crate::workload::encode_value("c1-7", 4096)),
+                "k1" => (StatusCode::NOT_FOUND, Vec::new()),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, Vec::new()),
+            }
+        }),
+    );
+    let router = format!("http://{}", serve(app).await);
+    let (finals, ops) = final_strong_reads(
+        &http(),
+        &router,
+        3,
+        Instant::now(),
+        9,
+        Duration::from_secs(2),
+    )
+    .await;
+    let key = |k: &str| (STRONG.to_owned(), k.to_owned());
+    assert_eq!(finals.get(&key("k0")), Some(&Some("c1-7".to_owned())));
+    assert_eq!(finals.get(&key("k1")), Some(&None));
+    assert!(
+        !finals.contains_key(&key("k2")),
+        "never answered: left unread"
+    );
+    assert_eq!(ops.len(), 2, "one recorded read per answered key");
+    assert!(ops.iter().all(|o| o.client == 9 && o.status == Status::Ok));
+}
+
+#[tokio::test]
+async fn convergence_needs_every_replica_to_answer_the_same() {
+    // Replica 3 fails its first reads, then answers like the others.
+    let failures = Arc::new(AtomicUsize::new(2));
+    let replica = |flaky: bool, failures: Arc<AtomicUsize>| {
+        axum::Router::new()
+            .route(
+                "/internal/v1/causal/read",
+                post(move |State(failures): State<Arc<AtomicUsize>>| async move {
+                    if flaky && failures.load(Ordering::SeqCst) > 0 {
+                        failures.fetch_sub(1, Ordering::SeqCst);
+                        return Err(StatusCode::SERVICE_UNAVAILABLE);
+                    }
+                    Ok(Json(CausalReadResponse {
+                        state: kvorum_protocol::CausalState::empty(),
+                        deleted_for_ms: None,
+                    }))
+                }),
+            )
+            .with_state(failures)
+    };
+    let a = serve(replica(false, failures.clone())).await;
+    let b = serve(replica(false, failures.clone())).await;
+    let c = serve(replica(true, failures.clone())).await;
+    let nodes = vec![(1, a, "up"), (2, b, "up"), (3, c, "up")];
+    let cluster_view = view(&nodes);
+    let app = axum::Router::new().route(
+        "/v1/cluster",
+        get(move || {
+            let body = cluster_view.clone();
+            async move { Json(body) }
+        }),
+    );
+    let router = format!("http://{}", serve(app).await);
+    let config =
+        ChaosConfig::try_parse_from(["kvorum-chaos", "--eventual-keys", "4"]).expect("config");
+    let (finals, unconverged) = converge(&http(), &router, &config, Duration::from_secs(20))
+        .await
+        .expect("converge");
+    assert!(unconverged.is_empty(), "{unconverged:?}");
+    assert_eq!(finals.len(), 4, "every key's final state");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "the flaky replica was asked again"
+    );
+
+    // A replica that never answers leaves every key unconverged at the deadline.
+    let dead = axum::Router::new().route(
+        "/internal/v1/causal/read",
+        post(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+    );
+    let mut nodes = nodes;
+    nodes[2].1 = serve(dead).await;
+    let cluster_view = view(&nodes);
+    let app = axum::Router::new().route(
+        "/v1/cluster",
+        get(move || {
+            let body = cluster_view.clone();
+            async move { Json(body) }
+        }),
+    );
+    let router = format!("http://{}", serve(app).await);
+    let (finals, unconverged) = converge(&http(), &router, &config, Duration::from_secs(1))
+        .await
+        .expect("converge");
+    assert!(finals.is_empty());
+    assert_eq!(unconverged.len(), 4, "{unconverged:?}");
+}
