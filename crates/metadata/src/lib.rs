@@ -6,8 +6,6 @@
 //! applied before is not applied again; its first outcome is returned, so a
 //! client that retries after a timeout cannot apply a command twice.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use kvorum_protocol::cluster::PartitionAssignment;
 use kvorum_protocol::cluster::{NodeRole, NodeState, is_host_port};
 use kvorum_protocol::metadata::{
@@ -16,8 +14,11 @@ use kvorum_protocol::metadata::{
 use kvorum_protocol::{KeyspaceConfig, NodeId, PartitionMap};
 use serde::{Deserialize, Serialize};
 
-/// How many request ids are remembered for deduplication.
-pub const REMEMBERED_REQUESTS: usize = 10_000;
+use crate::requests::RememberedRequests;
+
+mod requests;
+
+pub use requests::{REMEMBERED_FOR_MS, REMEMBERED_REQUESTS};
 
 /// The longest request id accepted.
 pub const MAX_REQUEST_ID: usize = 128;
@@ -26,8 +27,10 @@ pub const MAX_REQUEST_ID: usize = 128;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
     state: MetadataState,
-    outcomes: BTreeMap<RequestId, Result<MetadataOutcome, MetadataError>>,
-    order: VecDeque<RequestId>,
+    /// Flattened, so that snapshots keep the layout they had before the table
+    /// had a module of its own.
+    #[serde(flatten)]
+    requests: RememberedRequests,
 }
 
 impl StateMachine {
@@ -36,32 +39,39 @@ impl StateMachine {
         &self.state
     }
 
-    /// Applies a decided command, once per request id.
+    /// Applies a decided command that carries no time, once per request id.
     pub fn apply(&mut self, command: &MetadataCommand) -> Result<MetadataOutcome, MetadataError> {
-        if let Some(earlier) = self.outcomes.get(&command.request_id) {
+        self.apply_at(command, None)
+    }
+
+    /// Applies a decided command proposed at `at_ms` (when known), once per
+    /// request id; ids remembered for longer than [`REMEMBERED_FOR_MS`] before
+    /// it are forgotten.
+    pub fn apply_at(
+        &mut self,
+        command: &MetadataCommand,
+        at_ms: Option<u64>,
+    ) -> Result<MetadataOutcome, MetadataError> {
+        if let Some(at_ms) = at_ms {
+            self.requests.forget_older_than(at_ms);
+        }
+        if let Some(earlier) = self.requests.outcome(&command.request_id) {
             return earlier.clone();
         }
         let outcome = self.apply_new(command);
         // Taking or renewing a lease is idempotent (the proposer's clock is in
         // the command), so its outcome need not be remembered: leases are most
         // of the log, and remembering them filled the table and the snapshot.
-        if matches!(command.op, MetadataOp::AcquireLease { .. }) {
-            return outcome;
-        }
-        self.outcomes
-            .insert(command.request_id.clone(), outcome.clone());
-        self.order.push_back(command.request_id.clone());
-        while self.order.len() > REMEMBERED_REQUESTS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.outcomes.remove(&oldest);
-            }
+        if !matches!(command.op, MetadataOp::AcquireLease { .. }) {
+            self.requests
+                .remember(&command.request_id, &outcome, at_ms.unwrap_or(0));
         }
         outcome
     }
 
     /// The remembered outcome of a request id, if it was applied recently.
     pub fn outcome(&self, request: &RequestId) -> Option<&Result<MetadataOutcome, MetadataError>> {
-        self.outcomes.get(request)
+        self.requests.outcome(request)
     }
 
     /// The encoding of the whole machine, for log compaction.

@@ -195,8 +195,17 @@ pub struct MetadataState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogCommand {
-    /// A client command, applied by every replica.
+    /// A client command, applied by every replica (as logged before commands
+    /// carried the time they were proposed at).
     Apply(MetadataCommand),
+    /// A client command and the proposing replica's wall clock when it
+    /// proposed it, in milliseconds: the one clock the request-id table ages by.
+    Stamped {
+        /// The command.
+        command: MetadataCommand,
+        /// When it was proposed.
+        at_ms: u64,
+    },
     /// A read barrier: once it is applied, the replica has every command decided
     /// before the read began, so its state can be read linearizably.
     Barrier(u64),

@@ -158,7 +158,8 @@ impl Node {
                 }
             }
             Input::Command(mut command, reply, caller) => {
-                stamp_lease_clock(&mut command);
+                let at_ms = wall_clock_ms();
+                stamp_lease_clock(&mut command, at_ms);
                 let request_id = command.request_id.clone();
                 // The Paxos round of this command, traced from proposal to application
                 // as a child of the request that caused it.
@@ -169,7 +170,7 @@ impl Node {
                     paxos.leader = self.id,
                     otel.status_code = tracing::field::Empty,
                 );
-                match self.propose(&LogCommand::Apply(command)) {
+                match self.propose(&LogCommand::Stamped { command, at_ms }) {
                     Ok(()) => self
                         .commands
                         .entry(request_id)
@@ -298,15 +299,9 @@ impl Node {
     fn apply(&mut self, entry: Entry) {
         let Entry::Command(bytes) = entry else { return };
         match serde_json::from_slice::<LogCommand>(&bytes) {
-            Ok(LogCommand::Apply(command)) => {
-                let outcome = self.machine.apply(&command);
-                for waiter in self
-                    .commands
-                    .remove(&command.request_id)
-                    .unwrap_or_default()
-                {
-                    let _ = waiter.send(Ok(outcome.clone()));
-                }
+            Ok(LogCommand::Apply(command)) => self.apply_command(&command, None),
+            Ok(LogCommand::Stamped { command, at_ms }) => {
+                self.apply_command(&command, Some(at_ms));
             }
             Ok(LogCommand::Barrier(id)) => {
                 if let Some(waiter) = self.reads.remove(&id) {
@@ -314,6 +309,17 @@ impl Node {
                 }
             }
             Err(error) => tracing::warn!(%error, "skipping an undecodable log entry"),
+        }
+    }
+
+    fn apply_command(&mut self, command: &MetadataCommand, at_ms: Option<u64>) {
+        let outcome = self.machine.apply_at(command, at_ms);
+        for waiter in self
+            .commands
+            .remove(&command.request_id)
+            .unwrap_or_default()
+        {
+            let _ = waiter.send(Ok(outcome.clone()));
         }
     }
 
@@ -344,6 +350,13 @@ impl Node {
     }
 }
 
+/// This replica's wall clock, in milliseconds since the epoch.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Puts the proposing replica's wall clock into a lease request, replacing
 /// the requester's. Lease expiries are then compared on one clock, the
 /// leader's, whatever the holders' clocks say: a standby whose clock runs
@@ -351,10 +364,8 @@ impl Node {
 /// fell behind still extends its own. Only the replica that proposes stamps
 /// (the leader; a follower's proposal fails), and the stamped value is in the
 /// log, so every replica applies the same expiry.
-fn stamp_lease_clock(command: &mut MetadataCommand) {
+fn stamp_lease_clock(command: &mut MetadataCommand, at_ms: u64) {
     if let MetadataOp::AcquireLease { now_ms, .. } = &mut command.op {
-        *now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        *now_ms = at_ms;
     }
 }
