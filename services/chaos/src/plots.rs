@@ -58,6 +58,19 @@ fn svg(
     Ok(out)
 }
 
+/// The series' legend, in the upper right corner.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<(), PlotError> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// Latency of every operation of `kind` against when it was invoked, on a log
 /// scale, coloured by outcome.
 pub fn latency(ops: &[Op], faults: &[FaultRecord], kind: OpKind) -> Result<String, PlotError> {
@@ -107,13 +120,7 @@ pub fn latency(ops: &[Op], faults: &[FaultRecord], kind: OpKind) -> Result<Strin
                 .label(label)
                 .legend(move |(x, y)| Circle::new((x, y), 3, colour(status).filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -174,13 +181,7 @@ pub fn throughput(ops: &[Op], faults: &[FaultRecord]) -> Result<String, PlotErro
                     PathElement::new(vec![(x, y), (x + 16, y)], colour(status).stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 

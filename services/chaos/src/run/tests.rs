@@ -38,6 +38,18 @@ fn view(nodes: &[(u64, String, &str)]) -> serde_json::Value {
     })
 }
 
+/// A router whose `GET /v1/cluster` always answers `cluster_view`; returns its base URL.
+async fn fake_router(cluster_view: serde_json::Value) -> String {
+    let app = axum::Router::new().route(
+        "/v1/cluster",
+        get(move || {
+            let body = cluster_view.clone();
+            async move { Json(body) }
+        }),
+    );
+    format!("http://{}", serve(app).await)
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -139,15 +151,7 @@ async fn convergence_needs_every_replica_to_answer_the_same() {
     let b = serve(replica(false, failures.clone())).await;
     let c = serve(replica(true, failures.clone())).await;
     let nodes = vec![(1, a, "up"), (2, b, "up"), (3, c, "up")];
-    let cluster_view = view(&nodes);
-    let app = axum::Router::new().route(
-        "/v1/cluster",
-        get(move || {
-            let body = cluster_view.clone();
-            async move { Json(body) }
-        }),
-    );
-    let router = format!("http://{}", serve(app).await);
+    let router = fake_router(view(&nodes)).await;
     let config =
         ChaosConfig::try_parse_from(["kvorum-chaos", "--eventual-keys", "4"]).expect("config");
     let (finals, unconverged) = converge(&http(), &router, &config, Duration::from_secs(20))
@@ -168,15 +172,7 @@ async fn convergence_needs_every_replica_to_answer_the_same() {
     );
     let mut nodes = nodes;
     nodes[2].1 = serve(dead).await;
-    let cluster_view = view(&nodes);
-    let app = axum::Router::new().route(
-        "/v1/cluster",
-        get(move || {
-            let body = cluster_view.clone();
-            async move { Json(body) }
-        }),
-    );
-    let router = format!("http://{}", serve(app).await);
+    let router = fake_router(view(&nodes)).await;
     let (finals, unconverged) = converge(&http(), &router, &config, Duration::from_secs(1))
         .await
         .expect("converge");
