@@ -75,16 +75,6 @@ impl FakeClocks {
         std::fs::rename(&partial, &file).map_err(io(format!("writing {}", file.display())))
     }
 
-    /// The offset process `name`'s clock was last given, in seconds.
-    pub fn offset(&self, name: &str) -> Result<f64, LaunchError> {
-        let file = self.file(name);
-        let text =
-            std::fs::read_to_string(&file).map_err(io(format!("reading {}", file.display())))?;
-        text.trim().parse().map_err(|_| {
-            LaunchError::Invalid(format!("{} holds no offset: {text:?}", file.display()))
-        })
-    }
-
     fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -101,13 +91,21 @@ mod tests {
         std::fs::write(&library, b"").expect("library stand-in");
         let clocks = FakeClocks::new(&library, &dir.path().join("clocks")).expect("clocks");
         let env = clocks.env("router-1").expect("env");
-        assert_eq!(clocks.offset("router-1").expect("initial"), 0.0);
+        let file = dir.path().join("clocks/router-1");
+        let offset = || -> f64 {
+            std::fs::read_to_string(&file)
+                .expect("file")
+                .trim()
+                .parse()
+                .expect("an offset")
+        };
+        assert_eq!(offset(), 0.0);
         assert_eq!(env["FAKETIME_DONT_FAKE_MONOTONIC"], "1");
         clocks.set_offset("router-1", -2.5).expect("step back");
-        let text = std::fs::read_to_string(dir.path().join("clocks/router-1")).expect("file");
+        let text = std::fs::read_to_string(&file).expect("file");
         assert_eq!(text, "-2.500\n");
         clocks.env("router-1").expect("restart");
-        assert_eq!(clocks.offset("router-1").expect("kept"), -2.5);
+        assert_eq!(offset(), -2.5, "kept");
         assert!(clocks.set_offset("router-1", f64::NAN).is_err());
         assert!(FakeClocks::new(&dir.path().join("missing.so"), dir.path()).is_err());
     }

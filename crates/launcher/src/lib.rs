@@ -418,20 +418,6 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Kills router `index` (0-based) with SIGKILL, as a crash would.
-    pub async fn kill_router(&mut self, index: usize) -> Result<(), LaunchError> {
-        self.router(index)?;
-        self.routers[index].kill().await
-    }
-
-    /// Starts router `index` again and waits until it is healthy.
-    pub async fn restart_router(&mut self, index: usize) -> Result<(), LaunchError> {
-        self.router(index)?;
-        self.routers[index].kill().await?;
-        self.routers[index] = self.spawn_router(index)?;
-        self.wait_healthy(StorageOrRouter::Router(index)).await
-    }
-
     fn router(&self, index: usize) -> Result<&ManagedProcess, LaunchError> {
         self.routers
             .get(index)

@@ -93,9 +93,7 @@ pub async fn hold(
         }
         first = false;
         let asked_at = Instant::now();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = kvorum_protocol::wall_clock_ms();
         let answer = client
             .submit(MetadataOp::AcquireLease {
                 name: name.to_owned(),

@@ -58,9 +58,9 @@ impl StateMachine {
         if let Some(earlier) = self.requests.outcome(&command.request_id) {
             return earlier.clone();
         }
-        let outcome = self.apply_new(command);
-        // Taking or renewing a lease is idempotent (the proposer's clock is in
-        // the command), so its outcome need not be remembered: leases are most
+        let outcome = self.apply_new(command, at_ms);
+        // Taking or renewing a lease is idempotent (its time is in the log
+        // entry), so its outcome need not be remembered: leases are most
         // of the log, and remembering them filled the table and the snapshot.
         if !matches!(command.op, MetadataOp::AcquireLease { .. }) {
             self.requests
@@ -84,7 +84,13 @@ impl StateMachine {
         serde_json::from_slice(bytes)
     }
 
-    fn apply_new(&mut self, command: &MetadataCommand) -> Result<MetadataOutcome, MetadataError> {
+    /// Applies a command not applied before; `at_ms` is the time the log
+    /// entry carries, when it carries one.
+    fn apply_new(
+        &mut self,
+        command: &MetadataCommand,
+        at_ms: Option<u64>,
+    ) -> Result<MetadataOutcome, MetadataError> {
         validate(command)?;
         if let Some(expected) = command.expected_version
             && expected != self.state.version
@@ -309,6 +315,10 @@ impl StateMachine {
                 now_ms,
                 duration_ms,
             } => {
+                // Expiries compare on one clock: the proposing replica's, which
+                // the log entry carries; the requester's own time counts only
+                // in entries logged before entries carried one.
+                let now_ms = &at_ms.unwrap_or(*now_ms);
                 if let Some(held) = state.leases.get(name)
                     && held.holder != *holder
                     && held.expires_at_ms > *now_ms
@@ -762,6 +772,24 @@ mod tests {
             machine.apply(&set("6", map(&[(2, &[1, 2, 5])]))),
             Err(MetadataError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_stamped_entry_compares_leases_on_its_stamp_not_the_requesters_clock() {
+        let mut machine = StateMachine::default();
+        machine
+            .apply_at(&acquire("a1", "a", 0), Some(1_000))
+            .expect("a takes it");
+        // b's own clock says a's lease lapsed long ago; the proposer's says not yet.
+        let early = machine.apply_at(&acquire("b1", "b", 1_000_000), Some(1_005));
+        assert!(early.is_err(), "{early:?}");
+        // a's clock says it is far in the past; its renewal still extends its lease.
+        let renewed = machine
+            .apply_at(&acquire("a2", "a", 0), Some(1_008))
+            .expect("a renews");
+        assert_eq!(renewed.lease.expect("lease").expires_at_ms, 1_018);
+        let later = machine.apply_at(&acquire("b2", "b", 0), Some(1_019));
+        assert!(later.is_ok(), "lapsed by the proposer's clock: {later:?}");
     }
 
     #[test]

@@ -46,3 +46,11 @@ pub use version::{Record, Version, VersionTokenError};
 /// Causal states, version vectors and conflict strategies of eventual keyspaces.
 pub use kvorum_causality as causal;
 pub use kvorum_causality::{CausalState, Sibling, VersionVector};
+
+/// Milliseconds since the Unix epoch by this machine's wall clock (0 before
+/// 1970): the one reading of wall time that records are stamped with.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -106,9 +106,10 @@ pub enum MetadataOp {
         name: String,
         /// Who wants it.
         holder: String,
-        /// The time of the request in milliseconds: the metad replica that
-        /// proposes it overwrites what the requester sent with its own wall
-        /// clock, so expiries compare on one clock; applying it reads no clock.
+        /// The requester's clock, in milliseconds. Expiries compare on the
+        /// clock of the metad replica that proposed the request, which its log
+        /// entry carries (`LogCommand::Stamped`); this value counts only for
+        /// entries logged before entries carried a time.
         now_ms: u64,
         /// How long the lease lasts.
         duration_ms: u64,

@@ -273,14 +273,24 @@ async fn create_keyspace(
     name: &str,
     spec: &str,
 ) -> anyhow::Result<()> {
-    let answer = http
-        .put(format!("{router}/v1/keyspaces/{name}"))
-        .body(spec.to_owned())
-        .send()
-        .await?;
+    call_router(
+        http.put(format!("{router}/v1/keyspaces/{name}"))
+            .body(spec.to_owned()),
+        &format!("creating keyspace {name}"),
+    )
+    .await
+}
+
+/// Sends an administrative request to the router, failing with its answer
+/// unless it succeeds.
+pub(crate) async fn call_router(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> anyhow::Result<()> {
+    let answer = request.send().await?;
     anyhow::ensure!(
         answer.status().is_success(),
-        "creating keyspace {name}: {} {}",
+        "{what}: {} {}",
         answer.status(),
         answer.text().await.unwrap_or_default()
     );

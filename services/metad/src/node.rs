@@ -14,8 +14,8 @@ use kvorum_consensus::{Config, Entry, Envelope, Replica};
 use kvorum_metadata::StateMachine;
 use kvorum_paxos_store::PaxosStore;
 use kvorum_protocol::metadata::{
-    LogCommand, MetadStatus, MetadataCommand, MetadataError, MetadataOp, MetadataOutcome,
-    MetadataState, RequestId,
+    LogCommand, MetadStatus, MetadataCommand, MetadataError, MetadataOutcome, MetadataState,
+    RequestId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -157,9 +157,10 @@ impl Node {
                     self.replica.step(envelope);
                 }
             }
-            Input::Command(mut command, reply, caller) => {
-                let at_ms = wall_clock_ms();
-                stamp_lease_clock(&mut command, at_ms);
+            Input::Command(command, reply, caller) => {
+                // The proposer's clock goes into the log with the command: the
+                // one clock lease expiries and the request-id table's ages use.
+                let at_ms = kvorum_protocol::wall_clock_ms();
                 let request_id = command.request_id.clone();
                 // The Paxos round of this command, traced from proposal to application
                 // as a child of the request that caused it.
@@ -347,25 +348,5 @@ impl Node {
             !waiters.is_empty()
         });
         self.reads.retain(|_, waiter| !waiter.is_closed());
-    }
-}
-
-/// This replica's wall clock, in milliseconds since the epoch.
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Puts the proposing replica's wall clock into a lease request, replacing
-/// the requester's. Lease expiries are then compared on one clock, the
-/// leader's, whatever the holders' clocks say: a standby whose clock runs
-/// ahead cannot take a lease that has not lapsed, and a holder whose clock
-/// fell behind still extends its own. Only the replica that proposes stamps
-/// (the leader; a follower's proposal fails), and the stamped value is in the
-/// log, so every replica applies the same expiry.
-fn stamp_lease_clock(command: &mut MetadataCommand, at_ms: u64) {
-    if let MetadataOp::AcquireLease { now_ms, .. } = &mut command.op {
-        *now_ms = at_ms;
     }
 }

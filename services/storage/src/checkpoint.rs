@@ -7,7 +7,6 @@
 //! for a checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvorum_protocol::storage::CheckpointInfo;
 
@@ -102,9 +101,7 @@ impl Checkpoints {
         std::fs::create_dir_all(&self.dir).map_err(self.io())?;
         // Names are the creation time; two checkpoints within one millisecond
         // (or a clock that stepped back) still get distinct, increasing names.
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = kvorum_protocol::wall_clock_ms();
         let created_ms = self
             .list()?
             .last()

@@ -13,7 +13,9 @@ use kvorum_protocol::storage::{
     DIGEST_BUCKETS, ExportCursor, ExportedRecord, Held, MAX_KEY_SIBLINGS, MAX_KEY_STATE_BYTES,
     PartitionExport, causal_value_bytes,
 };
-use kvorum_protocol::{Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version};
+use kvorum_protocol::{
+    Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version, wall_clock_ms,
+};
 use redb::{
     Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     StorageBackend, TableDefinition, WriteTransaction,
@@ -286,13 +288,6 @@ pub struct Store {
     clock: Mutex<HybridClock>,
 }
 
-/// Milliseconds since the Unix epoch by this machine's clock.
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The anti-entropy bucket of a key: stable across nodes and builds.
 pub fn digest_bucket(keyspace: &str, key: &str) -> usize {
     (key_hash(keyspace, key) % DIGEST_BUCKETS as u64) as usize
@@ -532,7 +527,7 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(RECORDS).map_err(db_error)?;
         let since = txn.open_table(DELETED_SINCE).map_err(db_error)?;
-        let now = wall_ms();
+        let now = wall_clock_ms();
         let mut found = Vec::new();
         for entry in table.range(partition_range(partition)).map_err(db_error)? {
             let (key, value) = entry.map_err(db_error)?;
@@ -569,7 +564,7 @@ impl Store {
         Ok(since
             .get((partition.0, keyspace.as_str(), key.as_str()))
             .map_err(db_error)?
-            .map(|g| wall_ms().saturating_sub(g.value())))
+            .map(|g| wall_clock_ms().saturating_sub(g.value())))
     }
 
     /// The nodes that hints are waiting for.
@@ -835,7 +830,7 @@ fn track_deleted(
 ) -> Result<(), StoreError> {
     let mut since = txn.open_table(DELETED_SINCE).map_err(db_error)?;
     if state.is_deleted() {
-        since.insert(table_key, wall_ms()).map_err(db_error)?;
+        since.insert(table_key, wall_clock_ms()).map_err(db_error)?;
     } else {
         since.remove(table_key).map_err(db_error)?;
     }
@@ -862,7 +857,7 @@ impl Store {
     fn tick(&self, observed: u64) -> u64 {
         let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
         clock.observe(observed);
-        clock.tick(wall_ms())
+        clock.tick(wall_clock_ms())
     }
 
     fn observe(&self, timestamp: u64) {

@@ -126,17 +126,13 @@ impl ProcessNemesis {
                     self.cluster.router_url(),
                     node.0
                 );
-                let answer = reqwest::Client::new()
-                    .post(&url)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    answer.status().is_success(),
-                    "decommissioning storage {node}: {} {}",
-                    answer.status(),
-                    answer.text().await.unwrap_or_default()
-                );
+                crate::run::call_router(
+                    reqwest::Client::new()
+                        .post(&url)
+                        .timeout(Duration::from_secs(10)),
+                    &format!("decommissioning storage {node}"),
+                )
+                .await?;
                 self.storage.retain(|n| *n != node);
                 self.storage.push(added);
                 Ok((
