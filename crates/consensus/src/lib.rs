@@ -20,11 +20,16 @@
 //! no-ops. The runtime compacts the log behind a snapshot of its state machine
 //! with [`Replica::compact`]; replicas that need compacted slots are sent the
 //! snapshot instead ([`Ready::snapshot`]).
+//!
+//! Membership changes go through the log ([`Replica::propose_members`]): a
+//! change decided at slot `s` governs every slot after `s`, no leader proposes
+//! past an undecided change, and a change once decided is followed by a fresh
+//! phase 1 in the new membership (ARCHITECTURE.md, "metad membership").
 
 pub mod durable;
 pub mod replica;
 pub mod types;
 
 pub use durable::{DurableState, Persist};
-pub use replica::{Config, NotLeader, Ready, Replica};
-pub use types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot, Snapshot};
+pub use replica::{Config, MembershipRefused, NotLeader, Ready, Replica};
+pub use types::{Accepted, Ballot, Entry, Envelope, Member, Message, NodeId, Slot, Snapshot};

@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::durable::{DurableState, Persist};
-use crate::types::{Accepted, Ballot, Entry, Envelope, Message, NodeId, Slot, Snapshot};
+use crate::types::{Accepted, Ballot, Entry, Envelope, Member, Message, NodeId, Slot, Snapshot};
 
 /// Most decided entries one catch-up answer carries.
 const CATCH_UP_BATCH: usize = 256;
@@ -16,8 +16,12 @@ const CATCH_UP_BATCH: usize = 256;
 pub struct Config {
     /// This replica.
     pub id: NodeId,
-    /// Every replica of the group, this one included.
-    pub members: Vec<NodeId>,
+    /// This life of the replica's store (see [`Member::incarnation`]): it is a
+    /// member only where the membership names it with this incarnation.
+    pub incarnation: u64,
+    /// The founding members, governing the log until a membership change is
+    /// decided (or a snapshot says otherwise).
+    pub members: Vec<Member>,
     /// Ticks without hearing a leader before standing for election: a random
     /// value in this range, so that candidates rarely collide.
     pub election_ticks: (u32, u32),
@@ -58,6 +62,27 @@ pub struct NotLeader {
     pub leader: Option<NodeId>,
 }
 
+/// Why a membership change was not proposed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipRefused {
+    /// Only the leader proposes.
+    #[error("this replica does not lead")]
+    NotLeader(NotLeader),
+    /// A change is already in the log and not yet decided: one at a time.
+    #[error("the membership change at slot {0} is not decided yet; one change at a time")]
+    Pending(Slot),
+    /// A group needs at least one member.
+    #[error("a membership needs at least one member")]
+    Empty,
+    /// A change adds, removes or replaces exactly one replica.
+    #[error("a membership change adds, removes or replaces exactly one replica")]
+    NotOneChange,
+    /// A life that an earlier change removed never comes back: its peers drop
+    /// its messages (a removed replica rejoins with an empty store, in a new life).
+    #[error("replica {0} was removed in this life; it rejoins only with an empty store")]
+    Retired(NodeId),
+}
+
 /// What the runtime must do after driving the replica: persist, then send, then apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ready {
@@ -87,6 +112,10 @@ enum Role {
         in_flight: BTreeMap<Slot, (Entry, BTreeSet<NodeId>)>,
         /// Proposals not yet sent, batched into one Accept.
         unsent: Vec<(Slot, Entry)>,
+        /// A membership change at this slot is not yet decided: nothing after
+        /// it is sent, since the slots after it belong to the new membership,
+        /// whose majority this leader has not run phase 1 with.
+        barrier: Option<Slot>,
     },
 }
 
@@ -115,6 +144,59 @@ pub struct Replica {
     last_heard: BTreeMap<NodeId, u64>,
     /// A pre-vote under way: the round asked about and who granted it.
     pre_vote: Option<(u64, BTreeSet<NodeId>)>,
+    /// The members as of `decided_upto`: the membership every quorum of this
+    /// replica's elections and proposals is counted in.
+    members: Vec<Member>,
+    /// The life each peer last spoke from, to answer peers the membership
+    /// does not name.
+    heard_incarnation: BTreeMap<NodeId, u64>,
+    /// Lives that decided changes removed or replaced: never heard again.
+    retired: Vec<Member>,
+    /// The life the message being handled was sent from.
+    sender_life: u64,
+    /// The peer (and its life) whose message is being handled: answers go there.
+    answering: Option<(NodeId, u64)>,
+}
+
+/// The first slot a leader may not send yet: a membership change waits until
+/// every slot before it is decided (so it is a change of the membership that
+/// truly governs its slot), and what follows the change waits for its
+/// decision (and is dropped with the leadership it was proposed under).
+fn sendable_upto(barrier: Option<Slot>, decided_upto: Slot) -> Slot {
+    match barrier {
+        None => Slot::MAX,
+        Some(change) if decided_upto >= change => change + 1,
+        Some(change) => change,
+    }
+}
+
+/// Whether `after` differs from `before` by one replica: one added, one
+/// removed, or one replaced by a new life. Any two majorities of two such
+/// memberships share a replica, or (a replacement) the old life is gone.
+fn one_change(before: &[Member], after: &[Member]) -> bool {
+    let added: Vec<&Member> = after.iter().filter(|m| !before.contains(m)).collect();
+    let removed: Vec<&Member> = before.iter().filter(|m| !after.contains(m)).collect();
+    let ids_unique = after
+        .iter()
+        .enumerate()
+        .all(|(i, m)| after[..i].iter().all(|o| o.id != m.id));
+    ids_unique
+        && match (added.as_slice(), removed.as_slice()) {
+            ([_], []) | ([], [_]) => true,
+            ([new], [old]) => new.id == old.id && new.incarnation != old.incarnation,
+            _ => false,
+        }
+}
+
+/// Adds to `retired` the lives of `before` that `after` does not name. A life
+/// once retired is never named again (see [`Replica::propose_members`]), so
+/// what an out-of-date replica knows retired is retired for good.
+fn retire(retired: &mut Vec<Member>, before: &[Member], after: &[Member]) {
+    for gone in before {
+        if !after.contains(gone) && !retired.contains(gone) {
+            retired.push(gone.clone());
+        }
+    }
 }
 
 impl Replica {
@@ -146,7 +228,13 @@ impl Replica {
             ticks: 0,
             last_heard: BTreeMap::new(),
             pre_vote: None,
+            members: Vec::new(),
+            heard_incarnation: BTreeMap::new(),
+            retired: Vec::new(),
+            sender_life: 0,
+            answering: None,
         };
+        (replica.members, replica.retired) = replica.members_at(replica.durable.compacted_upto());
         if let Some(snapshot) = replica.durable.snapshot.clone() {
             replica.decided_upto = snapshot.upto;
             replica.applied_upto = snapshot.upto;
@@ -169,7 +257,13 @@ impl Replica {
             return false;
         }
         if upto > self.durable.compacted_upto() {
-            let snapshot = Snapshot { upto, data };
+            let (members, retired) = self.members_at(upto);
+            let snapshot = Snapshot {
+                upto,
+                data,
+                members: Some(members),
+                retired,
+            };
             self.durable.apply(&Persist::Snapshot(snapshot.clone()));
             self.ready.persist.push(Persist::Snapshot(snapshot));
         }
@@ -179,6 +273,62 @@ impl Replica {
     /// The first slot the log still holds.
     pub fn compacted_upto(&self) -> Slot {
         self.durable.compacted_upto()
+    }
+
+    /// The members as of the first undecided slot.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The slot of this leader's membership change not yet decided, if any.
+    pub fn pending_change(&self) -> Option<Slot> {
+        match &self.role {
+            Role::Leader { barrier, .. } => *barrier,
+            Role::Follower | Role::Candidate { .. } => None,
+        }
+    }
+
+    /// Whether this replica, in this life, is one of the members: only then
+    /// does it stand for election.
+    pub fn is_member(&self) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.same_life(self.config.id, self.config.incarnation))
+    }
+
+    /// The members as of `slot`, and the lives retired before it, from the
+    /// snapshot (or the founding members) and the changes decided after it;
+    /// `slot` must be decided here.
+    fn members_at(&self, slot: Slot) -> (Vec<Member>, Vec<Member>) {
+        let snapshot = self.durable.snapshot.as_ref();
+        let mut members = snapshot
+            .and_then(|s| s.members.clone())
+            .unwrap_or_else(|| self.config.members.clone());
+        let mut retired = snapshot.map(|s| s.retired.clone()).unwrap_or_default();
+        for entry in self
+            .durable
+            .decided
+            .range(self.durable.compacted_upto()..slot)
+            .map(|(_, e)| e)
+        {
+            if let Entry::Members(changed) = entry {
+                retire(&mut retired, &members, changed);
+                members = changed.clone();
+            }
+        }
+        (members, retired)
+    }
+
+    /// Whether a vote from `from`, speaking from life `life`, counts: only
+    /// the lives the membership names vote.
+    fn counts(&self, from: NodeId, life: u64) -> bool {
+        self.members.iter().any(|m| m.same_life(from, life))
+    }
+
+    fn change_members(&mut self, members: Vec<Member>) {
+        let previous = std::mem::take(&mut self.members);
+        retire(&mut self.retired, &previous, &members);
+        self.members = members;
     }
 
     /// Whether this replica currently leads.
@@ -214,7 +364,10 @@ impl Replica {
         self.ticks += 1;
         self.check_quorum();
         if let Role::Leader {
-            ballot, in_flight, ..
+            ballot,
+            in_flight,
+            barrier,
+            ..
         } = &self.role
         {
             self.ticks_since_heartbeat += 1;
@@ -222,11 +375,12 @@ impl Replica {
                 self.ticks_since_heartbeat = 0;
                 let ballot = *ballot;
                 // Retransmit what is still undecided: the network may have lost it.
+                let decided_upto = self.decided_upto;
+                let limit = sendable_upto(*barrier, decided_upto);
                 let entries: Vec<(Slot, Entry)> = in_flight
-                    .iter()
+                    .range(..limit)
                     .map(|(s, (e, _))| (*s, e.clone()))
                     .collect();
-                let decided_upto = self.decided_upto;
                 self.broadcast_others(Message::Heartbeat {
                     ballot,
                     decided_upto,
@@ -242,7 +396,13 @@ impl Replica {
         } else {
             self.ticks_since_leader += 1;
             if self.ticks_since_leader >= self.election_timeout {
-                if self.config.pre_vote {
+                if !self.is_member() {
+                    // A replica outside the membership never stands, but its
+                    // leader goes stale all the same, so that it supports an
+                    // election among the members it still answers.
+                    self.leader = None;
+                    self.reset_election_timer();
+                } else if self.config.pre_vote {
                     self.start_pre_vote();
                 } else {
                     self.start_election();
@@ -252,10 +412,34 @@ impl Replica {
         self.drain_loopback();
     }
 
-    /// Handles one message from a peer.
+    /// Handles one message from a peer; one meant for another life of this
+    /// replica, or sent by a life of its sender that the membership has
+    /// replaced, is dropped unread.
     pub fn step(&mut self, envelope: Envelope) {
+        if !self.admits(&envelope) {
+            return;
+        }
+        self.heard_incarnation
+            .insert(envelope.from, envelope.from_incarnation);
+        self.sender_life = envelope.from_incarnation;
+        self.answering = Some((envelope.from, envelope.from_incarnation));
         self.handle(envelope);
+        self.answering = None;
         self.drain_loopback();
+    }
+
+    /// Whether `envelope` is for this life of this replica and comes from a
+    /// life of its sender that no change known here retired. A life the
+    /// membership here does not name is heard (it may have been added by a
+    /// change this replica has not learned yet), but only the lives the
+    /// membership names are counted as votes.
+    pub fn admits(&self, envelope: &Envelope) -> bool {
+        envelope.to == self.config.id
+            && envelope.to_incarnation == self.config.incarnation
+            && !self
+                .retired
+                .iter()
+                .any(|m| m.same_life(envelope.from, envelope.from_incarnation))
     }
 
     /// Proposes a command; only the leader accepts proposals.
@@ -279,6 +463,43 @@ impl Replica {
         Ok(slot)
     }
 
+    /// Proposes that `members` govern the log after the slot this takes; only
+    /// the leader proposes, one replica's change at a time, and only when no
+    /// other change is undecided. The change goes out once every slot before
+    /// it is decided; proposals made meanwhile wait behind it.
+    pub fn propose_members(&mut self, members: Vec<Member>) -> Result<Slot, MembershipRefused> {
+        if members.is_empty() {
+            return Err(MembershipRefused::Empty);
+        }
+        if let Some(pending) = self.pending_change() {
+            return Err(MembershipRefused::Pending(pending));
+        }
+        if let Some(back) = members.iter().find(|m| self.retired.contains(m)) {
+            return Err(MembershipRefused::Retired(back.id));
+        }
+        if !one_change(&self.members, &members) {
+            return Err(MembershipRefused::NotOneChange);
+        }
+        let leader = self.leader;
+        let Role::Leader {
+            next_slot,
+            in_flight,
+            unsent,
+            barrier,
+            ..
+        } = &mut self.role
+        else {
+            return Err(MembershipRefused::NotLeader(NotLeader { leader }));
+        };
+        let slot = *next_slot;
+        *next_slot += 1;
+        let entry = Entry::Members(members);
+        in_flight.insert(slot, (entry.clone(), BTreeSet::new()));
+        unsent.push((slot, entry));
+        *barrier = Some(slot);
+        Ok(slot)
+    }
+
     /// Takes what the runtime must persist, send and apply; proposals made since
     /// the last call go out together as one batch.
     pub fn take_ready(&mut self) -> Ready {
@@ -288,7 +509,7 @@ impl Replica {
     }
 
     fn majority(&self) -> usize {
-        self.config.members.len() / 2 + 1
+        self.members.len() / 2 + 1
     }
 
     fn reset_election_timer(&mut self) {
@@ -299,9 +520,28 @@ impl Replica {
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
+        // An answer goes to the life that asked (this replica's membership may
+        // be older than the asker's); anything else to the life the membership
+        // names, or else (a replica not yet, or no longer, a member here) the
+        // life it last spoke from.
+        let to_incarnation = if to == self.config.id {
+            self.config.incarnation
+        } else if let Some((asker, life)) = self.answering
+            && asker == to
+        {
+            life
+        } else if let Some(member) = self.members.iter().find(|m| m.id == to) {
+            member.incarnation
+        } else if let Some(life) = self.heard_incarnation.get(&to) {
+            *life
+        } else {
+            return;
+        };
         let envelope = Envelope {
             from: self.config.id,
+            from_incarnation: self.config.incarnation,
             to,
+            to_incarnation,
             message,
         };
         if to == self.config.id {
@@ -311,14 +551,18 @@ impl Replica {
         }
     }
 
+    fn member_ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
     fn broadcast(&mut self, message: Message) {
-        for member in self.config.members.clone() {
+        for member in self.member_ids() {
             self.send(member, message.clone());
         }
     }
 
     fn broadcast_others(&mut self, message: Message) {
-        for member in self.config.members.clone() {
+        for member in self.member_ids() {
             if member != self.config.id {
                 self.send(member, message.clone());
             }
@@ -327,6 +571,7 @@ impl Replica {
 
     fn drain_loopback(&mut self) {
         while let Some(envelope) = self.loopback.pop_front() {
+            self.sender_life = self.config.incarnation;
             self.handle(envelope);
         }
     }
@@ -334,11 +579,21 @@ impl Replica {
     fn flush_proposals(&mut self) {
         let decided_upto = self.decided_upto;
         let budget = self.config.max_message_bytes;
-        if let Role::Leader { ballot, unsent, .. } = &mut self.role
+        if let Role::Leader {
+            ballot,
+            unsent,
+            barrier,
+            ..
+        } = &mut self.role
             && !unsent.is_empty()
         {
             let ballot = *ballot;
-            for entries in by_bytes(std::mem::take(unsent), budget) {
+            let limit = sendable_upto(*barrier, decided_upto);
+            let (send, held): (Vec<_>, Vec<_>) = std::mem::take(unsent)
+                .into_iter()
+                .partition(|(s, _)| *s < limit);
+            *unsent = held;
+            for entries in by_bytes(send, budget) {
                 self.broadcast(Message::Accept {
                     ballot,
                     entries,
@@ -362,11 +617,11 @@ impl Replica {
         // for that.
         let window = 2 * u64::from(self.config.election_ticks.1);
         let heard = self
-            .config
             .members
             .iter()
+            .map(|m| m.id)
             .filter(|m| {
-                **m == self.config.id
+                *m == self.config.id
                     || self
                         .last_heard
                         .get(m)
@@ -434,6 +689,13 @@ impl Replica {
             return;
         };
         if !granted || *asked != round {
+            return;
+        }
+        if !self
+            .members
+            .iter()
+            .any(|m| m.same_life(from, self.sender_life))
+        {
             return;
         }
         grants.insert(from);
@@ -583,6 +845,7 @@ impl Replica {
             self.learn(slot, entry);
         }
         let majority = self.majority();
+        let counts = self.counts(from, self.sender_life);
         let Role::Candidate {
             ballot: own,
             promises,
@@ -590,6 +853,9 @@ impl Replica {
         else {
             return;
         };
+        if !counts {
+            return;
+        }
         if *own != ballot {
             return;
         }
@@ -618,27 +884,46 @@ impl Replica {
             .chain(self.durable.decided.keys())
             .max()
             .copied();
-        let next_slot = last.map_or(self.decided_upto, |l| (l + 1).max(self.decided_upto));
+        let mut next_slot = last.map_or(self.decided_upto, |l| (l + 1).max(self.decided_upto));
         let mut in_flight = BTreeMap::new();
         let mut unsent = Vec::new();
+        let mut barrier = None;
         for slot in self.decided_upto..next_slot {
-            if self.durable.decided.contains_key(&slot) {
-                continue;
-            }
-            let entry = highest.remove(&slot).map_or(Entry::Noop, |a| a.entry);
+            let entry = match self.durable.decided.get(&slot) {
+                Some(decided) => {
+                    if matches!(decided, Entry::Members(_)) {
+                        barrier = Some(slot);
+                        break;
+                    }
+                    continue;
+                }
+                None => highest.remove(&slot).map_or(Entry::Noop, |a| a.entry),
+            };
+            let change = matches!(entry, Entry::Members(_));
             in_flight.insert(slot, (entry.clone(), BTreeSet::new()));
             unsent.push((slot, entry));
+            if change {
+                barrier = Some(slot);
+                break;
+            }
+        }
+        // The slots after a membership change belong to the new members: what
+        // was accepted there is found again by the phase 1 that follows the
+        // change's decision, counted in the new membership.
+        if let Some(change) = barrier {
+            next_slot = change + 1;
         }
         self.role = Role::Leader {
             ballot,
             next_slot,
             in_flight,
             unsent,
+            barrier,
         };
         self.leader = Some(self.config.id);
         self.ticks_since_heartbeat = 0;
         // Its promisers were just heard; the others get a full window too.
-        for member in self.config.members.clone() {
+        for member in self.member_ids() {
             self.last_heard.insert(member, self.ticks);
         }
         let decided_upto = self.decided_upto;
@@ -692,6 +977,9 @@ impl Replica {
 
     fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
         let majority = self.majority();
+        if !self.counts(from, self.sender_life) {
+            return;
+        }
         let Role::Leader {
             ballot: own,
             in_flight,
@@ -787,17 +1075,53 @@ impl Replica {
             self.ready.decided.clear();
             self.ready.snapshot = Some(snapshot);
         }
+        // The membership as of what is decided here now: the snapshot's, and
+        // the changes this replica had decided past it (a snapshot may end
+        // before what this replica already decided).
+        let (members, retired) = self.members_at(self.decided_upto);
+        let changed = members != self.members;
+        self.members = members;
+        self.retired = retired;
+        if changed {
+            self.members_changed();
+        }
         self.advance_decided();
     }
 
+    /// A decided membership change: quorums are counted in the new members
+    /// from now on, so a leader or candidate starts over with a fresh phase 1
+    /// among them, and a replica that is no longer a member stands down.
+    fn members_changed(&mut self) {
+        self.pre_vote = None;
+        if matches!(self.role, Role::Follower) {
+            return;
+        }
+        if self.is_member() {
+            self.start_election();
+        } else {
+            self.role = Role::Follower;
+            self.leader = None;
+            self.reset_election_timer();
+        }
+    }
+
     fn advance_decided(&mut self) {
-        while self.durable.decided.contains_key(&self.decided_upto) {
+        let mut changed = false;
+        while let Some(entry) = self.durable.decided.get(&self.decided_upto) {
+            if let Entry::Members(members) = entry {
+                let members = members.clone();
+                self.change_members(members);
+                changed = true;
+            }
             self.decided_upto += 1;
         }
         while self.applied_upto < self.decided_upto {
             let entry = self.durable.decided[&self.applied_upto].clone();
             self.ready.decided.push((self.applied_upto, entry));
             self.applied_upto += 1;
+        }
+        if changed {
+            self.members_changed();
         }
     }
 }

@@ -3,16 +3,26 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use kvorum_consensus::{
-    Accepted, Ballot, Config, DurableState, Entry, Envelope, Message, NodeId, Persist, Replica,
-    Slot,
+    Accepted, Ballot, Config, DurableState, Entry, Envelope, Member, Message, NodeId, Persist,
+    Replica, Slot,
 };
+
+/// A founding member in its first life, as the tests name replicas.
+fn member(id: NodeId) -> Member {
+    Member {
+        id,
+        incarnation: 0,
+        address: format!("replica-{id}"),
+    }
+}
 
 fn config(id: NodeId, members: &[NodeId]) -> Config {
     // Replica 1 times out first, so it is the one that stands for election.
     let election = if id == 1 { (2, 2) } else { (50, 60) };
     Config {
         id,
-        members: members.to_vec(),
+        incarnation: 0,
+        members: members.iter().copied().map(member).collect(),
         election_ticks: election,
         heartbeat_ticks: 1,
         max_message_bytes: 1 << 20,
@@ -145,7 +155,9 @@ fn section_2_3_a_promise_is_persisted_in_the_same_ready_that_sends_it() {
     let ballot = Ballot { round: 7, node: 1 };
     replica.step(Envelope {
         from: 1,
+        from_incarnation: 0,
         to: 2,
+        to_incarnation: 0,
         message: Message::Prepare {
             ballot,
             first_slot: 0,
@@ -166,7 +178,9 @@ fn section_2_3_a_promise_is_persisted_in_the_same_ready_that_sends_it() {
     let stale = Ballot { round: 6, node: 3 };
     replica.step(Envelope {
         from: 3,
+        from_incarnation: 0,
         to: 2,
+        to_incarnation: 0,
         message: Message::Prepare {
             ballot: stale,
             first_slot: 0,

@@ -3,115 +3,40 @@
 //! never raised its ballot while it could not reach a majority. Without
 //! pre-vote the same scenario deposes the leader, which shows the test can fail.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod support;
 
-use kvorum_consensus::{Config, DurableState, Envelope, NodeId, Replica};
+use kvorum_consensus::NodeId;
+use support::Group;
 
-/// A lossless, in-order network whose messages to or from `isolated` are lost.
-struct Group {
-    replicas: BTreeMap<NodeId, Replica>,
-    queue: VecDeque<Envelope>,
-    isolated: BTreeSet<NodeId>,
-    /// Every change of which replica leads (or that none does), in order.
-    leadership: Vec<Option<NodeId>>,
-}
-
-impl Group {
-    fn new(size: u64, pre_vote: bool) -> Self {
-        let members: Vec<NodeId> = (1..=size).collect();
-        let replicas = members
-            .iter()
-            .map(|id| {
-                let config = Config {
-                    id: *id,
-                    members: members.clone(),
-                    election_ticks: (10, 20),
-                    heartbeat_ticks: 3,
-                    max_message_bytes: 1 << 20,
-                    seed: *id * 7919,
-                    pre_vote,
-                };
-                (*id, Replica::new(config, DurableState::default()))
-            })
-            .collect();
-        Self {
-            replicas,
-            queue: VecDeque::new(),
-            isolated: BTreeSet::new(),
-            leadership: Vec::new(),
-        }
-    }
-
-    fn leader(&self) -> Option<NodeId> {
-        self.replicas
-            .iter()
-            .filter(|(_, r)| r.is_leader())
-            .map(|(id, _)| *id)
-            .max()
-    }
-
-    fn settle(&mut self) {
-        let ids: Vec<NodeId> = self.replicas.keys().copied().collect();
-        for id in ids {
-            let ready = self.replicas.get_mut(&id).expect("member").take_ready();
-            self.queue.extend(ready.messages);
-        }
-        while let Some(envelope) = self.queue.pop_front() {
-            if self.isolated.contains(&envelope.from) || self.isolated.contains(&envelope.to) {
-                continue;
-            }
-            let to = envelope.to;
-            let replica = self.replicas.get_mut(&to).expect("member");
-            replica.step(envelope);
-            let ready = replica.take_ready();
-            self.queue.extend(ready.messages);
-        }
-        let leader = self.leader();
-        if self.leadership.last() != Some(&leader) {
-            self.leadership.push(leader);
-        }
-    }
-
-    fn tick_all(&mut self, times: usize) {
-        for _ in 0..times {
-            let ids: Vec<NodeId> = self.replicas.keys().copied().collect();
-            for id in ids {
-                self.replicas.get_mut(&id).expect("member").tick();
-            }
-            self.settle();
-        }
-    }
-
-    /// Elects a leader, cuts one follower off for `ticks`, heals and lets the
-    /// group run: returns the leader before, the leader after, and how many
-    /// times leadership changed after the first election.
-    fn isolate_a_follower(&mut self, ticks: usize) -> (NodeId, Option<NodeId>, usize) {
-        self.tick_all(200);
-        let before = self.leader().expect("a leader within 200 ticks");
-        let changes_before = self.leadership.len();
-        let follower = *self
-            .replicas
-            .keys()
-            .find(|id| **id != before)
-            .expect("a follower");
-        self.isolated.insert(follower);
-        self.tick_all(ticks);
-        self.isolated.clear();
-        self.tick_all(200);
-        let changes = self.leadership.len() - changes_before;
-        assert!(
-            self.replicas[&follower].leader() == self.leader(),
-            "the returned replica follows the leader"
-        );
-        (before, self.leader(), changes)
-    }
+/// Elects a leader, cuts one follower off for `ticks`, heals and lets the
+/// group run: returns the leader before, the leader after, and how many
+/// times leadership changed after the first election.
+fn isolate_a_follower(group: &mut Group, ticks: usize) -> (NodeId, Option<NodeId>, usize) {
+    group.tick_all(200);
+    let before = group.leader().expect("a leader within 200 ticks");
+    let changes_before = group.leadership.len();
+    let follower = *group
+        .replicas
+        .keys()
+        .find(|id| **id != before)
+        .expect("a follower");
+    group.isolated.insert(follower);
+    group.tick_all(ticks);
+    group.isolated.clear();
+    group.tick_all(200);
+    let changes = group.leadership.len() - changes_before;
+    assert!(
+        group.replicas[&follower].leader() == group.leader(),
+        "the returned replica follows the leader"
+    );
+    (before, group.leader(), changes)
 }
 
 #[test]
 fn a_replica_back_from_isolation_rejoins_without_an_election() {
     for size in [3, 5] {
         let mut group = Group::new(size, true);
-        let (before, after, changes) = group.isolate_a_follower(400);
+        let (before, after, changes) = isolate_a_follower(&mut group, 400);
         assert_eq!(
             after,
             Some(before),
@@ -124,7 +49,7 @@ fn a_replica_back_from_isolation_rejoins_without_an_election() {
 #[test]
 fn without_pre_vote_the_returning_replica_deposes_the_leader() {
     let mut group = Group::new(3, false);
-    let (before, after, changes) = group.isolate_a_follower(400);
+    let (before, after, changes) = isolate_a_follower(&mut group, 400);
     assert!(
         changes > 0 || after != Some(before),
         "the returning replica's higher ballot should have forced an election"

@@ -1,12 +1,17 @@
 //! Seeded simulations of 3- and 5-replica groups on a network that loses,
 //! delays, reorders and duplicates messages, with crashes (restart from
-//! persisted state only) and partitions.
+//! persisted state only), disk loss (restart with nothing, in a new life),
+//! partitions (some one-way) and membership changes (a spare added, a member
+//! removed, a replica that lost its disk replaced), all under a small
+//! per-message byte budget.
 //!
 //! Safety is checked after every step: no slot ever has two values chosen (by a
-//! majority of acceptors in one ballot, or as decided by any replica); every
-//! chosen value was proposed; every replica applies the same sequence. Liveness
-//! is checked once the network heals: every command proposed then is decided
-//! everywhere within a bounded number of ticks.
+//! majority, in one ballot, of the acceptors of the membership governing that
+//! slot, or as decided by any replica); every chosen value was proposed; every
+//! replica applies the same sequence. Liveness is checked once the network
+//! heals: every command proposed then is decided everywhere within a bounded
+//! number of ticks. A proposal lost with a deposed leader is the client's to
+//! retry, as metad's clients do; nothing is re-proposed for it otherwise.
 //!
 //! Each failing run prints its seed; `KVORUM_TEST_SEED=<seed>` replays it.
 
@@ -15,7 +20,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use kvorum_consensus::{Config, DurableState, Entry, Envelope, NodeId, Persist, Replica, Slot};
+use kvorum_consensus::{
+    Ballot, Config, DurableState, Entry, Envelope, Member, NodeId, Persist, Replica, Slot,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -27,41 +34,69 @@ struct Faults {
     crash: f64,
     partition: f64,
     compaction: f64,
+    disk_loss: f64,
+    membership: f64,
 }
+
+/// Fewest and most members a change may leave.
+const MEMBERS: (usize, usize) = (3, 5);
 
 struct Simulation {
     rng: StdRng,
     seed: u64,
-    members: Vec<NodeId>,
+    /// Every replica that exists: the founding members and two spares.
+    universe: Vec<NodeId>,
+    founding: Vec<Member>,
+    /// The life of each replica's disk.
+    lives: BTreeMap<NodeId, u64>,
     replicas: BTreeMap<NodeId, Option<Replica>>,
     disks: BTreeMap<NodeId, DurableState>,
     in_flight: Vec<Envelope>,
-    /// Replicas on the same side of the partition as each other; `None` = no partition.
-    side: Option<BTreeSet<NodeId>>,
+    /// Replicas on one side of a partition, and whether the cut is one-way
+    /// (then only messages from this side to the other are lost).
+    side: Option<(BTreeSet<NodeId>, bool)>,
     /// What each replica's current incarnation has applied, in order.
     applied: BTreeMap<NodeId, Vec<(Slot, Entry)>>,
     /// The value decided (or chosen by acceptors) for each slot, ever.
     chosen: BTreeMap<Slot, Entry>,
     proposed: HashSet<Vec<u8>>,
+    proposed_members: HashSet<Vec<Member>>,
+    /// Every membership change proposed, with its slot.
+    changes_proposed: Vec<(Slot, Vec<Member>)>,
     next_command: u64,
-    incarnation: u64,
+    boots: u64,
     /// Snapshots a replica took from a peer because it had fallen behind a compacted log.
     snapshots_from_peers: usize,
-    /// Every acceptance ever persisted, with the acceptors that made it: a value is
-    /// chosen once a majority accepted it in one ballot, even if some of them later
-    /// accepted something else or compacted it away (Paxos Made Simple, 2.1).
-    acceptances: HashMap<(Slot, kvorum_consensus::Ballot, Entry), BTreeSet<NodeId>>,
+    /// Membership changes decided, and replicas brought back after losing their disk.
+    changes_decided: usize,
+    /// Every acceptance ever persisted, with the lives of the acceptors that
+    /// made it: a value is chosen once a majority of the slot's members
+    /// accepted it in one ballot, even if some of them later accepted
+    /// something else or compacted it away (Paxos Made Simple, 2.1).
+    acceptances: HashMap<(Slot, Ballot, Entry), BTreeSet<(NodeId, u64)>>,
+    /// Acceptances whose slot's membership is not known yet (a slot below it
+    /// is not chosen yet): checked again as the chosen prefix grows.
+    unchecked: HashSet<(Slot, Ballot, Entry)>,
 }
 
 impl Simulation {
     fn new(seed: u64, size: u64) -> Self {
-        let members: Vec<NodeId> = (1..=size).collect();
+        let universe: Vec<NodeId> = (1..=size + 2).collect();
+        let founding: Vec<Member> = (1..=size)
+            .map(|id| Member {
+                id,
+                incarnation: id,
+                address: format!("replica-{id}"),
+            })
+            .collect();
         let mut simulation = Self {
             rng: StdRng::seed_from_u64(seed),
             seed,
-            members: members.clone(),
+            universe: universe.clone(),
+            founding,
+            lives: universe.iter().map(|id| (*id, *id)).collect(),
             replicas: BTreeMap::new(),
-            disks: members
+            disks: universe
                 .iter()
                 .map(|m| (*m, DurableState::default()))
                 .collect(),
@@ -70,28 +105,36 @@ impl Simulation {
             applied: BTreeMap::new(),
             chosen: BTreeMap::new(),
             proposed: HashSet::new(),
+            proposed_members: HashSet::new(),
+            changes_proposed: Vec::new(),
             next_command: 0,
-            incarnation: 0,
+            boots: 0,
             snapshots_from_peers: 0,
+            changes_decided: 0,
             acceptances: HashMap::new(),
+            unchecked: HashSet::new(),
         };
-        for member in members {
-            simulation.boot(member);
+        for id in universe {
+            simulation.boot(id);
         }
         simulation
     }
 
     fn boot(&mut self, id: NodeId) {
-        self.incarnation += 1;
+        self.boots += 1;
         let config = Config {
             id,
-            members: self.members.clone(),
+            incarnation: self.lives[&id],
+            // Spares and replicas that lost their disk start from the founding
+            // members too (metad learns them from its peers): not members, so
+            // they wait to be added.
+            members: self.founding.clone(),
             election_ticks: (10, 20),
             heartbeat_ticks: 3,
             // Small enough that batches of proposals and catch-up answers split.
             max_message_bytes: 100,
             pre_vote: true,
-            seed: self.seed ^ (id << 32) ^ self.incarnation,
+            seed: self.seed ^ (id << 32) ^ self.boots,
         };
         // Only what was persisted survives.
         let replica = Replica::new(config, self.disks[&id].clone());
@@ -100,10 +143,74 @@ impl Simulation {
         self.drain(id);
     }
 
-    fn connected(&self, a: NodeId, b: NodeId) -> bool {
-        self.side
-            .as_ref()
-            .is_none_or(|side| side.contains(&a) == side.contains(&b))
+    /// The replica comes back with an empty disk, in a new life.
+    fn lose_disk(&mut self, id: NodeId) {
+        let life = self.lives[&id] + 100;
+        self.lives.insert(id, life);
+        self.disks.insert(id, DurableState::default());
+        self.boot(id);
+    }
+
+    /// The members governing `slot`, if every slot below it is known chosen.
+    fn members_at(&self, slot: Slot) -> Option<Vec<Member>> {
+        let mut members = self.founding.clone();
+        for at in 0..slot {
+            match self.chosen.get(&at)? {
+                Entry::Members(changed) => members = changed.clone(),
+                Entry::Noop | Entry::Command(_) => {}
+            }
+        }
+        Some(members)
+    }
+
+    /// The latest membership the chosen prefix of the log holds.
+    fn latest_members(&self) -> Vec<Member> {
+        let mut members = self.founding.clone();
+        for (at, entry) in &self.chosen {
+            if !self.chosen.contains_key(&at.saturating_sub(1)) && *at > 0 {
+                break;
+            }
+            if let Entry::Members(changed) = entry {
+                members = changed.clone();
+            }
+        }
+        members
+    }
+
+    /// Checks the acceptances whose slot's membership became known.
+    fn check_acceptances(&mut self) {
+        let mut newly_chosen = Vec::new();
+        let mut done = Vec::new();
+        for key in &self.unchecked {
+            let (slot, _, entry) = key;
+            let (slot, entry) = (slot, entry);
+            let Some(members) = self.members_at(*slot) else {
+                continue;
+            };
+            done.push(key.clone());
+            let voters = &self.acceptances[key];
+            let votes = members
+                .iter()
+                .filter(|m| voters.contains(&(m.id, m.incarnation)))
+                .count();
+            if votes > members.len() / 2 {
+                newly_chosen.push((*slot, entry.clone()));
+            }
+        }
+        for key in done {
+            self.unchecked.remove(&key);
+        }
+        for (slot, entry) in newly_chosen {
+            self.record_chosen(slot, &entry, "was chosen by acceptors with");
+        }
+    }
+
+    fn connected(&self, from: NodeId, to: NodeId) -> bool {
+        match &self.side {
+            None => true,
+            Some((side, false)) => side.contains(&from) == side.contains(&to),
+            Some((side, true)) => !side.contains(&from) || side.contains(&to),
+        }
     }
 
     /// Persists, then sends, then applies what the replica produced, checking safety.
@@ -112,39 +219,31 @@ impl Simulation {
             return;
         };
         let ready = replica.take_ready();
-        let disk = self.disks.get_mut(&id).expect("every member has a disk");
+        let disk = self.disks.get_mut(&id).expect("every replica has a disk");
         // A snapshot past the disk's own compaction point came from a peer.
         let compacted_before = disk.compacted_upto();
         for change in &ready.persist {
             disk.apply(change);
         }
-        let majority = self.members.len() / 2 + 1;
-        let mut newly_chosen = Vec::new();
+        let life = self.lives[&id];
+        let mut learned = Vec::new();
         for change in &ready.persist {
             match change {
                 Persist::Accepted(slot, accepted) => {
-                    let voters = self
-                        .acceptances
-                        .entry((*slot, accepted.ballot, accepted.entry.clone()))
-                        .or_default();
-                    voters.insert(id);
-                    if voters.len() >= majority {
-                        newly_chosen.push((
-                            *slot,
-                            accepted.entry.clone(),
-                            "was chosen by acceptors with",
-                        ));
-                    }
+                    let key = (*slot, accepted.ballot, accepted.entry.clone());
+                    self.acceptances
+                        .entry(key.clone())
+                        .or_default()
+                        .insert((id, life));
+                    self.unchecked.insert(key);
                 }
                 // Whatever a replica learns as decided, applied or not, must agree.
-                Persist::Decided(slot, entry) => {
-                    newly_chosen.push((*slot, entry.clone(), "was learned as decided with"))
-                }
+                Persist::Decided(slot, entry) => learned.push((*slot, entry.clone())),
                 Persist::Promised(_) | Persist::Snapshot(_) => {}
             }
         }
-        for (slot, entry, how) in newly_chosen {
-            self.record_chosen(slot, &entry, how);
+        for (slot, entry) in learned {
+            self.record_chosen(slot, &entry, "was learned as decided with");
         }
         self.in_flight.extend(ready.messages);
         if let Some(snapshot) = ready.snapshot {
@@ -166,7 +265,7 @@ impl Simulation {
             self.applied.insert(id, entries);
         }
         for (slot, entry) in ready.decided {
-            let applied = self.applied.get_mut(&id).expect("every member has a log");
+            let applied = self.applied.get_mut(&id).expect("every replica has a log");
             assert_eq!(
                 applied.len() as u64,
                 slot,
@@ -176,15 +275,22 @@ impl Simulation {
             applied.push((slot, entry.clone()));
             self.record_chosen(slot, &entry, "decided");
         }
+        self.check_acceptances();
     }
 
     fn record_chosen(&mut self, slot: Slot, entry: &Entry, how: &str) {
-        if let Entry::Command(command) = entry {
-            assert!(
+        match entry {
+            Entry::Command(command) => assert!(
                 self.proposed.contains(command),
                 "seed {}: slot {slot} {how} a value nobody proposed",
                 self.seed
-            );
+            ),
+            Entry::Members(members) => assert!(
+                self.proposed_members.contains(members),
+                "seed {}: slot {slot} {how} a membership nobody proposed",
+                self.seed
+            ),
+            Entry::Noop => {}
         }
         match self.chosen.get(&slot) {
             Some(earlier) => assert_eq!(
@@ -193,6 +299,9 @@ impl Simulation {
                 self.seed
             ),
             None => {
+                if matches!(entry, Entry::Members(_)) {
+                    self.changes_decided += 1;
+                }
                 self.chosen.insert(slot, entry.clone());
             }
         }
@@ -248,14 +357,6 @@ impl Simulation {
             .collect()
     }
 
-    fn propose_again(&mut self, id: NodeId, command: Vec<u8>) {
-        if let Some(Some(replica)) = self.replicas.get_mut(&id)
-            && replica.propose(command).is_ok()
-        {
-            self.drain(id);
-        }
-    }
-
     /// The application snapshots everything it applied and the replica compacts its log behind it.
     fn compact(&mut self, id: NodeId) {
         let applied = &self.applied[&id];
@@ -271,40 +372,184 @@ impl Simulation {
         }
     }
 
-    fn random_member(&mut self) -> NodeId {
-        self.members[self.rng.random_range(0..self.members.len())]
+    /// The membership the leader, if any, proposes next: a member that lost
+    /// its disk replaced first, else a spare added or a member removed.
+    fn change_members(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let current = self.replicas[&leader]
+            .as_ref()
+            .expect("the leader runs")
+            .members()
+            .to_vec();
+        let mut next = current.clone();
+        if let Some(stale) = next.iter_mut().find(|m| self.lives[&m.id] != m.incarnation) {
+            stale.incarnation = self.lives[&stale.id];
+        } else {
+            let spares: Vec<NodeId> = self
+                .universe
+                .iter()
+                .copied()
+                .filter(|id| current.iter().all(|m| m.id != *id))
+                .collect();
+            let add = self.rng.random_bool(0.5);
+            if add && current.len() < MEMBERS.1 && !spares.is_empty() {
+                let id = spares[self.rng.random_range(0..spares.len())];
+                // A replica removed in this life comes back only with an empty store.
+                let life = self.lives[&id];
+                if (self
+                    .proposed_members
+                    .iter()
+                    .any(|members| members.iter().any(|m| m.same_life(id, life)))
+                    || self.founding.iter().any(|m| m.same_life(id, life)))
+                    && !self.lose_disk_safely(id)
+                {
+                    return;
+                }
+                next.push(Member {
+                    id,
+                    incarnation: self.lives[&id],
+                    address: format!("replica-{id}"),
+                });
+            } else if current.len() > MEMBERS.0 {
+                next.remove(self.rng.random_range(0..next.len()));
+            } else {
+                return;
+            }
+        }
+        self.proposed_members.insert(next.clone());
+        let replica = self.replicas.get_mut(&leader).and_then(Option::as_mut);
+        if let Some(Ok(slot)) = replica.map(|r| r.propose_members(next.clone())) {
+            self.changes_proposed.push((slot, next));
+            self.drain(leader);
+        }
+    }
+
+    /// A running replica that leads, if any.
+    fn leader(&self) -> Option<NodeId> {
+        self.replicas
+            .iter()
+            .find(|(_, r)| r.as_ref().is_some_and(Replica::is_leader))
+            .map(|(id, _)| *id)
+    }
+
+    /// A leader every member it names follows, with no membership change
+    /// under way: after healing, the group is settled.
+    fn settled_leader(&self) -> Option<NodeId> {
+        let leader = self.leader()?;
+        let replica = self.replicas[&leader].as_ref()?;
+        if replica.pending_change().is_some() {
+            return None;
+        }
+        replica
+            .members()
+            .iter()
+            .all(|m| {
+                self.lives[&m.id] == m.incarnation
+                    && self.replicas[&m.id]
+                        .as_ref()
+                        .is_some_and(|r| r.leader() == Some(leader))
+            })
+            .then_some(leader)
+    }
+
+    /// Loses a disk, unless a member of the latest membership already has,
+    /// or the latest change is not yet known to all its members: two losses
+    /// before the first is repaired could leave no majority of some
+    /// membership that still has work to do, which is data loss no protocol
+    /// survives (an operator replaces one replica at a time, likewise).
+    fn maybe_lose_disk(&mut self) {
+        let id = self.universe[self.rng.random_range(0..self.universe.len())];
+        self.lose_disk_safely(id);
+    }
+
+    /// Loses `id`'s disk if that is safe (see [`Self::maybe_lose_disk`]).
+    fn lose_disk_safely(&mut self, id: NodeId) -> bool {
+        let latest = self.latest_members();
+        // A change still in the air may yet govern, and must keep a majority too.
+        let undecided = self
+            .changes_proposed
+            .iter()
+            .filter(|(slot, _)| !self.chosen.contains_key(slot))
+            .map(|(_, members)| members);
+        let unrepaired = std::iter::once(&latest)
+            .chain(undecided)
+            .any(|members| members.iter().any(|m| self.lives[&m.id] != m.incarnation));
+        if latest.len() < MEMBERS.0 || unrepaired {
+            return false;
+        }
+        let last_change = self
+            .chosen
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Members(_)))
+            .map(|(slot, _)| *slot)
+            .max();
+        if let Some(change) = last_change {
+            let known = latest.iter().all(|m| {
+                self.replicas[&m.id]
+                    .as_ref()
+                    .is_some_and(|r| r.decided_upto() > change)
+            });
+            if !known {
+                return false;
+            }
+        }
+        self.lose_disk(id);
+        true
+    }
+
+    fn random_replica(&mut self) -> NodeId {
+        self.universe[self.rng.random_range(0..self.universe.len())]
     }
 
     /// One random event under `faults`.
     fn chaos_step(&mut self, faults: Faults) {
         let roll: f64 = self.rng.random();
-        if roll < faults.compaction {
-            let id = self.random_member();
+        let mut threshold = faults.compaction;
+        if roll < threshold {
+            let id = self.random_replica();
             self.compact(id);
-        } else if roll < faults.compaction + faults.crash {
-            let id = self.random_member();
+            return;
+        }
+        threshold += faults.crash;
+        if roll < threshold {
+            let id = self.random_replica();
             if self.replicas[&id].is_some() {
                 self.replicas.insert(id, None);
             } else {
                 self.boot(id);
             }
-        } else if roll < faults.compaction + faults.crash + faults.partition {
+            return;
+        }
+        threshold += faults.partition;
+        if roll < threshold {
             self.side = if self.side.is_some() || self.rng.random_bool(0.3) {
                 None
             } else {
-                Some(
-                    self.members
-                        .iter()
-                        .copied()
-                        .filter(|_| self.rng.random_bool(0.5))
-                        .collect(),
-                )
+                let side = self
+                    .universe
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.random_bool(0.5))
+                    .collect();
+                Some((side, self.rng.random_bool(0.3)))
             };
-        } else if roll < 0.35 {
-            let id = self.random_member();
+            return;
+        }
+        threshold += faults.disk_loss;
+        if roll < threshold {
+            self.maybe_lose_disk();
+            return;
+        }
+        threshold += faults.membership;
+        if roll < threshold {
+            self.change_members();
+            return;
+        }
+        if roll < 0.35 {
+            let id = self.random_replica();
             self.tick(id);
         } else if roll < 0.45 {
-            let id = self.random_member();
+            let id = self.random_replica();
             self.propose(id);
         } else if !self.in_flight.is_empty() {
             let index = self.rng.random_range(0..self.in_flight.len());
@@ -317,50 +562,52 @@ impl Simulation {
         }
     }
 
-    /// Heals every fault, proposes `commands` through whoever leads, and fails
-    /// unless all of them are applied everywhere within `bound` ticks.
+    /// Heals every fault, replaces members that lost their disk, waits for a
+    /// settled leader, proposes `commands` through it once each, and fails
+    /// unless all of them are applied by every member within `bound` ticks.
     fn check_liveness(&mut self, commands: usize, bound: usize) {
         self.side = None;
-        for id in self.members.clone() {
+        for id in self.universe.clone() {
             if self.replicas[&id].is_none() {
                 self.boot(id);
             }
         }
         let mut wanted: Vec<Vec<u8>> = Vec::new();
         for round in 0..bound {
-            // A client whose command was lost with a deposed leader retries it, as
-            // a real client retries on timeout (duplicates are the state machine's
-            // to drop, by request id).
-            let leader = self
-                .members
-                .iter()
-                .copied()
-                .find(|id| self.replicas[id].as_ref().is_some_and(Replica::is_leader));
-            if let Some(leader) = leader {
-                if wanted.len() < commands {
-                    let command = format!("command-{}", self.next_command).into_bytes();
-                    if self.propose(leader) {
-                        wanted.push(command);
-                    }
-                } else if round % 20 == 19 {
-                    let applied = self.commands_applied(leader);
-                    for command in wanted.clone() {
-                        if !applied.contains(&command) {
-                            self.propose_again(leader, command);
-                        }
-                    }
+            if let Some(leader) = self.leader() {
+                let stale = self.replicas[&leader].as_ref().is_some_and(|r| {
+                    r.members()
+                        .iter()
+                        .any(|m| self.lives[&m.id] != m.incarnation)
+                });
+                if stale && round % 10 == 0 {
+                    self.change_members();
                 }
             }
-            for id in self.members.clone() {
+            if wanted.is_empty()
+                && let Some(leader) = self.settled_leader()
+            {
+                for _ in 0..commands {
+                    let command = format!("command-{}", self.next_command).into_bytes();
+                    assert!(
+                        self.propose(leader),
+                        "seed {}: the settled leader refused a proposal",
+                        self.seed
+                    );
+                    wanted.push(command);
+                }
+            }
+            for id in self.universe.clone() {
                 self.tick(id);
             }
             // A healed network delivers everything, in order.
             while !self.in_flight.is_empty() {
                 self.deliver(0, false);
             }
-            let everywhere = wanted.len() == commands
-                && self.members.iter().all(|id| {
-                    let applied = self.commands_applied(*id);
+            let members = self.latest_members();
+            let everywhere = !wanted.is_empty()
+                && members.iter().all(|m| {
+                    let applied = self.commands_applied(m.id);
                     wanted.iter().all(|c| applied.contains(c))
                 });
             if everywhere {
@@ -370,11 +617,17 @@ impl Simulation {
                 for (id, replica) in &self.replicas {
                     if let Some(r) = replica {
                         eprintln!(
-                            "replica {id}: leader={} believes={:?} decided_upto={} applied={}",
+                            "replica {id} (life {}): leader={} member={} believes={:?} decided_upto={} applied={} members={:?}",
+                            self.lives[id],
                             r.is_leader(),
+                            r.is_member(),
                             r.leader(),
                             r.decided_upto(),
-                            self.applied[id].len()
+                            self.applied[id].len(),
+                            r.members()
+                                .iter()
+                                .map(|m| (m.id, m.incarnation))
+                                .collect::<Vec<_>>()
                         );
                         if std::env::var("KVORUM_SIMULATION_DEBUG").is_ok() {
                             eprintln!("{r:#?}");
@@ -392,8 +645,15 @@ impl Simulation {
     }
 }
 
-/// Runs one seed; returns how many snapshots replicas took from peers.
-fn run(seed: u64) -> usize {
+/// What one run exercised.
+#[derive(Debug, Default)]
+struct Exercised {
+    snapshots_from_peers: usize,
+    changes_decided: usize,
+}
+
+/// Runs one seed.
+fn run(seed: u64) -> Exercised {
     let mut rng = StdRng::seed_from_u64(seed);
     let size = if rng.random_bool(0.5) { 3 } else { 5 };
     let faults = Faults {
@@ -402,6 +662,8 @@ fn run(seed: u64) -> usize {
         crash: rng.random_range(0.0..0.01),
         partition: rng.random_range(0.0..0.005),
         compaction: rng.random_range(0.0..0.02),
+        disk_loss: rng.random_range(0.0..0.003),
+        membership: rng.random_range(0.0..0.01),
     };
     let mut simulation = Simulation::new(seed, size);
     for _ in 0..1_500 {
@@ -422,7 +684,10 @@ fn run(seed: u64) -> usize {
             "seed {seed}: replica {id} applied a different sequence"
         );
     }
-    simulation.snapshots_from_peers
+    Exercised {
+        snapshots_from_peers: simulation.snapshots_from_peers,
+        changes_decided: simulation.changes_decided,
+    }
 }
 
 #[test]
@@ -441,14 +706,18 @@ fn seeded_runs_stay_safe_and_recover_after_healing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000);
-    let mut snapshots = 0;
+    let (mut snapshots, mut changes) = (0, 0);
     for offset in 0..runs {
-        snapshots += run(base.wrapping_add(offset));
+        let exercised = run(base.wrapping_add(offset));
+        snapshots += exercised.snapshots_from_peers;
+        changes += exercised.changes_decided;
     }
-    eprintln!("{runs} runs; replicas behind a compacted log took {snapshots} snapshots from peers");
-    // Otherwise compaction's catch-up path would go untested.
+    eprintln!(
+        "{runs} runs; replicas behind a compacted log took {snapshots} snapshots from peers; {changes} membership changes decided"
+    );
+    // Otherwise compaction's catch-up path, or membership changes, would go untested.
     assert!(
-        runs < 100 || snapshots > 0,
-        "no run made a replica catch up from a snapshot"
+        runs < 100 || (snapshots > 0 && changes > 0),
+        "no run made a replica catch up from a snapshot, or decided a membership change"
     );
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use kvorum_consensus::{DurableState, Persist};
-use kvorum_protocol::paxos::{Accepted, Ballot, Entry, Snapshot};
+use kvorum_protocol::paxos::{Accepted, Ballot, Entry, ReplicaIdentity, Snapshot};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,6 +23,7 @@ const DECIDED: TableDefinition<u64, &[u8]> = TableDefinition::new("paxos_decided
 
 const PROMISED_KEY: &str = "promised";
 const SNAPSHOT_KEY: &str = "snapshot";
+const IDENTITY_KEY: &str = "identity";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,26 @@ impl PaxosStore {
             );
         }
         Ok(state)
+    }
+
+    /// Who this store belongs to, once [`Self::set_identity`] wrote it.
+    pub fn identity(&self) -> Result<Option<ReplicaIdentity>, PaxosStoreError> {
+        let txn = self.db.begin_read().map_err(storage_error)?;
+        let meta = txn.open_table(META).map_err(storage_error)?;
+        read_meta(&meta, IDENTITY_KEY, "identity")
+    }
+
+    /// Writes who this store belongs to, fsync'd before this returns.
+    pub fn set_identity(&self, identity: &ReplicaIdentity) -> Result<(), PaxosStoreError> {
+        let mut txn = self.db.begin_write().map_err(storage_error)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(storage_error)?;
+        txn.open_table(META)
+            .map_err(storage_error)?
+            .insert(IDENTITY_KEY, encode(identity).as_slice())
+            .map_err(storage_error)?;
+        txn.commit().map_err(storage_error)?;
+        Ok(())
     }
 
     /// Writes `changes` in one transaction, fsync'd before this returns.

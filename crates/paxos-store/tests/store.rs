@@ -28,6 +28,8 @@ fn random_change(rng: &mut StdRng) -> Persist {
         _ => Persist::Snapshot(Snapshot {
             upto: slot,
             data: vec![rng.random(); 4],
+            members: None,
+            retired: Vec::new(),
         }),
     }
 }
@@ -83,6 +85,8 @@ fn a_snapshot_drops_the_log_below_it() {
         .chain([Persist::Snapshot(Snapshot {
             upto: 6,
             data: b"state".to_vec(),
+            members: None,
+            retired: Vec::new(),
         })])
         .collect();
     store.persist(&changes).expect("persist");
@@ -96,4 +100,23 @@ fn a_snapshot_drops_the_log_below_it() {
         vec![6, 7, 8, 9]
     );
     assert_eq!(state.compacted_upto(), 6);
+}
+
+#[test]
+fn the_identity_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("paxos.redb");
+    let identity = kvorum_protocol::paxos::ReplicaIdentity {
+        id: 2,
+        incarnation: 77,
+        cluster: Some(9),
+        founding: None,
+    };
+    {
+        let store = PaxosStore::open(&path).expect("opens");
+        assert_eq!(store.identity().expect("reads"), None);
+        store.set_identity(&identity).expect("writes");
+    }
+    let store = PaxosStore::open(&path).expect("reopens");
+    assert_eq!(store.identity().expect("reads"), Some(identity));
 }

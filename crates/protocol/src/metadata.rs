@@ -243,4 +243,45 @@ pub struct MetadStatus {
     /// it, so an unchanged round across replicas means no election happened.
     #[serde(default)]
     pub ballot_round: u64,
+    /// This life of the replica's store: a replica that lost its disk comes
+    /// back in a new one.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Whether the membership names this replica in this life; a replica
+    /// that lost its disk is not a member until `metad replace` makes it one.
+    #[serde(default)]
+    pub member: bool,
+}
+
+/// The metadata group's members (`GET /v1/members`), as one replica knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersView {
+    /// Every member: id, life of its store, address.
+    pub members: Vec<crate::paxos::Member>,
+    /// The leader this replica knows.
+    pub leader: Option<u64>,
+    /// The slot of a membership change proposed and not yet decided.
+    pub pending_change: Option<u64>,
+}
+
+/// `POST /v1/members`: add the replica serving at `address` (started with an
+/// empty store and `--id id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// The new replica's id.
+    pub id: u64,
+    /// Where it serves (`host:port`).
+    pub address: String,
+}
+
+/// `POST /v1/members/{id}/replace`: the replica at `address` (by default the
+/// member's own) lost its store and is to take the member's place in its new life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceMember {
+    /// Where the replacement serves, if it moved.
+    #[serde(default)]
+    pub address: Option<String>,
 }

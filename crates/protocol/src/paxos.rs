@@ -27,6 +27,27 @@ pub struct Ballot {
     pub node: NodeId,
 }
 
+/// One member of the consensus group: which replica, which life of its disk, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The replica's id, stable across restarts and replacements.
+    pub id: NodeId,
+    /// Drawn at random when the replica's store was created: a replica that
+    /// lost its disk comes back with another, so nobody mistakes it for the
+    /// replica whose promises it forgot.
+    pub incarnation: u64,
+    /// Where peers reach it (`host:port`).
+    pub address: String,
+}
+
+impl Member {
+    /// The same replica in the same life.
+    pub fn same_life(&self, id: NodeId, incarnation: u64) -> bool {
+        self.id == id && self.incarnation == incarnation
+    }
+}
+
 /// The application's state as of a slot, standing in for the log before it.
 #[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,6 +57,14 @@ pub struct Snapshot {
     /// The application's encoding of its state after applying those slots.
     #[serde_as(as = "CompactBytes")]
     pub data: Vec<u8>,
+    /// The group's members as of `upto` (none in snapshots written before
+    /// membership could change: the founding members).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<Member>>,
+    /// Lives that membership changes before `upto` removed or replaced:
+    /// messages from them are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Member>,
 }
 
 /// A value of the log.
@@ -46,6 +75,8 @@ pub enum Entry {
     Noop,
     /// An application command, opaque to consensus.
     Command(#[serde_as(as = "CompactBytes")] Vec<u8>),
+    /// The group's members from the next slot on (a membership change).
+    Members(Vec<Member>),
 }
 
 impl Entry {
@@ -54,6 +85,7 @@ impl Entry {
         match self {
             Entry::Noop => 8,
             Entry::Command(bytes) => bytes.len() / 3 * 4 + 32,
+            Entry::Members(members) => members.iter().map(|m| m.address.len() + 64).sum(),
         }
     }
 }
@@ -161,10 +193,42 @@ pub enum Message {
 pub struct Envelope {
     /// Sender.
     pub from: NodeId,
+    /// The sender's life ([`Member::incarnation`]): a receiver that knows
+    /// another life of the sender drops the message.
+    pub from_incarnation: u64,
     /// Receiver.
     pub to: NodeId,
+    /// The receiver's life the sender meant: a replica that lost its disk
+    /// drops what was meant for its former life.
+    pub to_incarnation: u64,
     /// Content.
     pub message: Message,
+}
+
+/// Who a metad replica is (`GET /internal/v1/paxos/identity`), and what it
+/// keeps on disk about the group it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaIdentity {
+    /// The replica's id.
+    pub id: NodeId,
+    /// This life of its store.
+    pub incarnation: u64,
+    /// The group it belongs to, once known: messages of another group are refused.
+    pub cluster: Option<u64>,
+    /// The group's founding members, once known (they govern the log until
+    /// the first membership change).
+    pub founding: Option<Vec<Member>>,
+}
+
+/// A batch of envelopes between the replicas of one group (`POST /internal/v1/paxos`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerBatch {
+    /// The group the sender belongs to.
+    pub cluster: u64,
+    /// The messages.
+    pub envelopes: Vec<Envelope>,
 }
 
 /// A piece of a batch of envelopes too long for one peer message
@@ -213,6 +277,8 @@ mod tests {
         let snapshot = Snapshot {
             upto: 3,
             data: vec![0, 255, 7],
+            members: None,
+            retired: Vec::new(),
         };
         let json = serde_json::to_string(&snapshot).expect("encodes");
         assert_eq!(json, r#"{"upto":3,"data":"AP8H"}"#);

@@ -11,10 +11,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use kvorum_consensus::Envelope;
+use kvorum_consensus::Member;
+use kvorum_http_client::HttpClient;
 use kvorum_protocol::metadata::{
     MetadStatus, MetadataCommand, MetadataError, MetadataOutcome, MetadataState,
 };
+use kvorum_protocol::paxos::{PeerBatch, ReplicaIdentity};
 use kvorum_protocol::{ErrorCode, ErrorDetail};
 use kvorum_server::{JsonBody, QueryParams, error_response, with_standard_layers};
 use tokio::sync::oneshot;
@@ -26,8 +28,12 @@ use crate::node::{Input, ProposeError};
 pub struct AppState {
     /// This replica's id.
     pub id: u64,
-    /// Every replica's address.
+    /// The replicas of `--peers`, by id: who settles the group with this one.
     pub peers: BTreeMap<u64, String>,
+    /// Who this replica is; its group is unknown until settled.
+    pub identity: std::sync::RwLock<ReplicaIdentity>,
+    /// The members as the consensus loop last applied them.
+    pub members: tokio::sync::watch::Receiver<Vec<Member>>,
     /// The consensus loop's input.
     pub inputs: SyncSender<Input>,
     /// The applied state's version, as it changes.
@@ -40,6 +46,8 @@ pub struct AppState {
     pub last_peer_error: Arc<std::sync::Mutex<Option<String>>>,
     /// Chunked transfers under way, one per sending replica.
     pub chunks: std::sync::Mutex<std::collections::HashMap<u64, PartialBatch>>,
+    /// Calls to other replicas (the membership API asks a new replica who it is).
+    pub client: HttpClient,
 }
 
 /// A chunked batch being received: which one, how long, and the bytes so far.
@@ -83,6 +91,23 @@ pub enum ApiError {
     /// A chunk from a replica that is not a member, or one that cannot fit.
     #[error("{0}")]
     BadChunk(String),
+    /// Peer messages from another metadata group.
+    #[error("messages from metadata group {from:x}, but this replica belongs to group {mine:x}")]
+    OtherCluster {
+        /// The sender's group.
+        from: u64,
+        /// This replica's group.
+        mine: u64,
+    },
+    /// The group is not settled yet: this replica is waiting for its peers.
+    #[error("this replica is still waiting for every peer of --peers to settle the group")]
+    Unsettled,
+    /// A membership change that cannot be made as asked.
+    #[error("{0}")]
+    Membership(String),
+    /// A membership change that conflicts with the members as they are.
+    #[error("{0}")]
+    MembershipConflict(String),
     /// The consensus loop has stopped.
     #[error("the replica is shutting down")]
     Stopped,
@@ -96,7 +121,9 @@ impl IntoResponse for ApiError {
         let code = match &self {
             ApiError::Refused(MetadataError::Invalid { .. })
             | ApiError::Misaddressed { .. }
-            | ApiError::BadChunk(_) => ErrorCode::BadRequest,
+            | ApiError::BadChunk(_)
+            | ApiError::Membership(_) => ErrorCode::BadRequest,
+            ApiError::OtherCluster { .. } | ApiError::MembershipConflict(_) => ErrorCode::Conflict,
             ApiError::Refused(MetadataError::NotFound { .. }) => ErrorCode::NotFound,
             ApiError::Refused(MetadataError::Conflict { .. }) => ErrorCode::Conflict,
             ApiError::NotLeader(address, uri) => {
@@ -106,9 +133,11 @@ impl IntoResponse for ApiError {
                 );
                 return Redirect::temporary(&target).into_response();
             }
-            ApiError::NoLeader | ApiError::Undecided(_) | ApiError::Stopped | ApiError::Busy => {
-                ErrorCode::Unavailable
-            }
+            ApiError::NoLeader
+            | ApiError::Undecided(_)
+            | ApiError::Stopped
+            | ApiError::Busy
+            | ApiError::Unsettled => ErrorCode::Unavailable,
         };
         error_response(ErrorDetail::new(code, self.to_string()))
     }
@@ -131,6 +160,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/internal/v1/paxos/chunks",
             post(paxos_chunk).layer(axum::extract::DefaultBodyLimit::max(max_body)),
         )
+        .route("/internal/v1/paxos/identity", get(identity))
+        .route(
+            "/v1/members",
+            get(crate::members::list).post(crate::members::add),
+        )
+        .route(
+            "/v1/members/{id}",
+            axum::routing::delete(crate::members::remove),
+        )
+        .route("/v1/members/{id}/replace", post(crate::members::replace))
         .route("/v1/commands", post(command))
         .route("/v1/state", get(read_state))
         .route("/v1/status", get(status))
@@ -141,25 +180,58 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 impl AppState {
-    fn submit(&self, input: Input) -> Result<(), ApiError> {
+    /// This replica's group, once settled.
+    pub fn cluster(&self) -> Option<u64> {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster
+    }
+
+    /// Whether the group is settled and the consensus loop runs.
+    fn settled(&self) -> bool {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .founding
+            .is_some()
+    }
+
+    /// Where replica `id` is reached: its member address, else `--peers`.
+    fn address_of(&self, id: u64) -> Option<String> {
+        self.members
+            .borrow()
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.address.clone())
+            .or_else(|| self.peers.get(&id).cloned())
+    }
+
+    /// Hands `input` to the consensus loop.
+    pub(crate) fn submit(&self, input: Input) -> Result<(), ApiError> {
+        if !self.settled() {
+            return Err(ApiError::Unsettled);
+        }
         self.inputs.try_send(input).map_err(|error| match error {
             std::sync::mpsc::TrySendError::Full(_) => ApiError::Busy,
             std::sync::mpsc::TrySendError::Disconnected(_) => ApiError::Stopped,
         })
     }
 
-    fn redirect(&self, error: ProposeError, uri: Uri) -> ApiError {
+    /// Sends the client to the leader, if one is known.
+    pub(crate) fn redirect(&self, error: ProposeError, uri: Uri) -> ApiError {
         let ProposeError::NotLeader(leader) = error;
         match leader
             .filter(|l| *l != self.id)
-            .and_then(|l| self.peers.get(&l))
+            .and_then(|l| self.address_of(l))
         {
-            Some(address) => ApiError::NotLeader(address.clone(), uri),
+            Some(address) => ApiError::NotLeader(address, uri),
             None => ApiError::NoLeader,
         }
     }
 
-    async fn wait<T>(&self, reply: oneshot::Receiver<T>) -> Result<T, ApiError> {
+    /// The consensus loop's answer, within the request timeout.
+    pub(crate) async fn wait<T>(&self, reply: oneshot::Receiver<T>) -> Result<T, ApiError> {
         match tokio::time::timeout(self.request_timeout, reply).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err(ApiError::Stopped),
@@ -168,18 +240,41 @@ impl AppState {
     }
 }
 
+/// Who this replica is, for peers settling the group and for membership changes.
+async fn identity(State(state): State<Arc<AppState>>) -> Json<ReplicaIdentity> {
+    Json(
+        state
+            .identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    )
+}
+
 async fn paxos(
     State(state): State<Arc<AppState>>,
-    JsonBody(envelopes): JsonBody<Vec<Envelope>>,
+    JsonBody(batch): JsonBody<PeerBatch>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if let Some(wrong) = envelopes.iter().find(|e| e.to != state.id) {
+    deliver(&state, batch)?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// Hands a peer batch to the loop: only one of this group, addressed here.
+fn deliver(state: &AppState, batch: PeerBatch) -> Result<(), ApiError> {
+    let mine = state.cluster().ok_or(ApiError::Unsettled)?;
+    if batch.cluster != mine {
+        return Err(ApiError::OtherCluster {
+            from: batch.cluster,
+            mine,
+        });
+    }
+    if let Some(wrong) = batch.envelopes.iter().find(|e| e.to != state.id) {
         return Err(ApiError::Misaddressed {
             to: wrong.to,
             me: state.id,
         });
     }
-    state.submit(Input::Messages(envelopes))?;
-    Ok(Json(serde_json::json!({})))
+    state.submit(Input::Messages(batch.envelopes))
 }
 
 /// One piece of a batch too long for one message: appended when it starts where
@@ -188,7 +283,7 @@ async fn paxos_chunk(
     State(state): State<Arc<AppState>>,
     JsonBody(chunk): JsonBody<kvorum_protocol::paxos::MessageChunk>,
 ) -> Result<Json<kvorum_protocol::paxos::ChunkReceipt>, ApiError> {
-    if !state.peers.contains_key(&chunk.from) || chunk.from == state.id {
+    if chunk.from == state.id {
         return Err(ApiError::BadChunk(format!(
             "replica {} is not a peer of replica {}",
             chunk.from, state.id
@@ -231,15 +326,9 @@ async fn paxos_chunk(
             "the chunked batch does not match its digest; it is dropped".to_owned(),
         ));
     }
-    let envelopes: Vec<Envelope> = serde_json::from_slice(&whole)
+    let batch: PeerBatch = serde_json::from_slice(&whole)
         .map_err(|e| ApiError::BadChunk(format!("the chunked batch is not envelopes: {e}")))?;
-    if let Some(wrong) = envelopes.iter().find(|e| e.to != state.id) {
-        return Err(ApiError::Misaddressed {
-            to: wrong.to,
-            me: state.id,
-        });
-    }
-    state.submit(Input::Messages(envelopes))?;
+    deliver(&state, batch)?;
     Ok(Json(kvorum_protocol::paxos::ChunkReceipt {
         received: chunk.total,
     }))
@@ -303,7 +392,12 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<MetadStatus>,
     let (reply, answer) = oneshot::channel();
     state.submit(Input::Status(reply))?;
     let mut status = state.wait(answer).await?;
-    status.peers = state.peers.clone();
+    status.peers = state
+        .members
+        .borrow()
+        .iter()
+        .map(|m| (m.id, m.address.clone()))
+        .collect();
     status.last_peer_error = state
         .last_peer_error
         .lock()
@@ -330,8 +424,12 @@ async fn probe(state: &AppState) -> Result<MetadStatus, String> {
     }
 }
 
-/// Live while the consensus loop answers: a replica whose loop died is restarted.
+/// Live while the consensus loop answers (or the group is still being
+/// settled, before the loop starts): a replica whose loop died is restarted.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if !state.settled() {
+        return kvorum_server::healthz().await.into_response();
+    }
     match probe(&state).await {
         Ok(_) => kvorum_server::healthz().await.into_response(),
         Err(reason) => error_response(ErrorDetail::new(ErrorCode::Unavailable, reason)),
@@ -342,6 +440,13 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 /// leader: only then can a command sent here be decided.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match probe(&state).await {
+        Ok(status) if !status.member => error_response(ErrorDetail::new(
+            ErrorCode::Unavailable,
+            format!(
+                "not ready: this replica (life {}) is not a member; if it lost its store, run `kvorumctl metad replace {}`",
+                status.incarnation, status.id
+            ),
+        )),
         Ok(status) if status.hears_leader => kvorum_server::ready().await.into_response(),
         Ok(_) => error_response(ErrorDetail::new(
             ErrorCode::Unavailable,

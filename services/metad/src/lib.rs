@@ -1,17 +1,21 @@
 //! `kvorum-metad`: one replica of the metadata service.
 //!
 //! - [`config`]: flags and environment.
+//! - [`identity`]: this replica's life and group, settled before the loop starts.
 //! - [`node`]: the consensus loop (core, redb store, state machine) on its own thread.
 //! - [`api`]: the HTTP API: peer messages, commands, linearizable reads, status.
+//! - [`members`]: the membership API (`/v1/members`).
 
 pub mod api;
 pub mod config;
+pub mod identity;
+pub mod members;
 pub mod node;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kvorum_consensus::Envelope;
+use kvorum_consensus::{Envelope, Member};
 use kvorum_http_client::{ClientConfig, HttpClient, Idempotency};
 use kvorum_paxos_store::PaxosStore;
 use kvorum_protocol::ClusterSettings;
@@ -61,17 +65,12 @@ pub async fn run(
             source,
         }
     })?;
-    let peers: BTreeMap<u64, String> = config.peers.0.clone();
-    let core = kvorum_consensus::Config {
-        id: config.id,
-        members: peers.keys().copied().collect(),
-        election_ticks: (10, 20),
-        heartbeat_ticks: 3,
-        // Headroom for the envelope and the JSON around the entries.
-        max_message_bytes: usize::try_from(config.max_message_bytes / 2).unwrap_or(usize::MAX),
-        pre_vote: true,
-        seed: rand::random(),
+    let store_error = |source| MetadError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
     };
+    let peers: BTreeMap<u64, String> = config.peers.0.clone();
+    let identity = identity::load_or_create(&store, config.id, &peers).map_err(store_error)?;
 
     let (outbound, messages) = mpsc::unbounded_channel();
     let mut client_config = ClientConfig::new("metad").speaking_from(config.listen);
@@ -80,17 +79,65 @@ pub async fn run(
     let client = HttpClient::new(client_config).map_err(|e| MetadError::Config(e.to_string()))?;
     let max_message_bytes = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
     let last_peer_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let sender = tokio::spawn(send_messages(
-        client,
-        peers.clone(),
-        messages,
-        config.id,
-        max_message_bytes,
-        last_peer_error.clone(),
-    ));
-
     let (inputs, queue) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
     let (version_sender, versions) = tokio::sync::watch::channel(0);
+    let (members_sender, members) = tokio::sync::watch::channel(Vec::<Member>::new());
+    let state = Arc::new(AppState {
+        id: config.id,
+        peers: peers.clone(),
+        identity: std::sync::RwLock::new(identity.clone()),
+        members: members.clone(),
+        inputs: inputs.clone(),
+        versions,
+        request_timeout: config.request_timeout(),
+        max_message_bytes,
+        last_peer_error: last_peer_error.clone(),
+        chunks: Default::default(),
+        client: client.clone(),
+    });
+    let app = api::router(state.clone());
+    tracing::info!(id = config.id, address = %listener.local_addr()?, "metadata replica serving");
+    // Served from the start: peers settling the group ask this replica too.
+    let server = tokio::spawn(kvorum_server::serve(listener, app, shutdown.clone()));
+
+    let settled = identity::settle(
+        &store,
+        identity,
+        &peers,
+        &client,
+        config.tick() * 5,
+        &shutdown,
+        &state.identity,
+    )
+    .await
+    .map_err(store_error)?;
+    let Some(identity) = settled else {
+        drop(state);
+        server.await.map_err(std::io::Error::other)??;
+        return Ok(());
+    };
+    let core = kvorum_consensus::Config {
+        id: config.id,
+        incarnation: identity.incarnation,
+        members: identity.founding.clone().unwrap_or_default(),
+        election_ticks: (10, 20),
+        heartbeat_ticks: 3,
+        // Headroom for the envelope and the JSON around the entries.
+        max_message_bytes: usize::try_from(config.max_message_bytes / 2).unwrap_or(usize::MAX),
+        pre_vote: true,
+        seed: rand::random(),
+    };
+    let sender = tokio::spawn(send_messages(
+        client,
+        Addresses {
+            members,
+            peers: peers.clone(),
+        },
+        messages,
+        (config.id, identity.cluster.unwrap_or_default()),
+        max_message_bytes,
+        last_peer_error,
+    ));
     let (tick, compact_every) = (config.tick(), config.compact_every);
     let consensus = std::thread::Builder::new()
         .name("consensus".into())
@@ -99,31 +146,23 @@ pub async fn run(
                 core,
                 store,
                 queue,
-                outbound,
-                version_sender,
+                node::Outputs {
+                    messages: outbound,
+                    versions: version_sender,
+                    members: members_sender,
+                },
                 tick,
                 compact_every,
             )
         })?;
 
     let initialiser = tokio::spawn(initialise_cluster(
-        inputs.clone(),
+        inputs,
         config.cluster_settings(),
         config.tick() * 5,
     ));
-    let state = Arc::new(AppState {
-        id: config.id,
-        peers,
-        inputs,
-        versions,
-        request_timeout: config.request_timeout(),
-        max_message_bytes,
-        last_peer_error,
-        chunks: Default::default(),
-    });
-    let app = api::router(state);
-    tracing::info!(id = config.id, address = %listener.local_addr()?, "metadata replica serving");
-    kvorum_server::serve(listener, app, shutdown).await?;
+    drop(state);
+    server.await.map_err(std::io::Error::other)??;
     initialiser.abort();
     let _ = initialiser.await;
     // The router held the last input sender: the consensus loop now ends.
@@ -136,6 +175,24 @@ pub async fn run(
     sender.abort();
     tracing::info!(id = config.id, "metadata replica stopped");
     Ok(())
+}
+
+/// Where each replica is reached: the members' addresses as the log has
+/// them, else `--peers` (a replica not, or not yet, a member).
+struct Addresses {
+    members: tokio::sync::watch::Receiver<Vec<Member>>,
+    peers: BTreeMap<u64, String>,
+}
+
+impl Addresses {
+    fn of(&self, id: u64) -> Option<String> {
+        self.members
+            .borrow()
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.address.clone())
+            .or_else(|| self.peers.get(&id).cloned())
+    }
 }
 
 /// Initialises the cluster's shape from this replica's flags unless it already is.
@@ -213,9 +270,9 @@ async fn initialise_cluster(
 /// logged: at warn, with its cause, at most every ten seconds per peer.
 async fn send_messages(
     client: HttpClient,
-    peers: BTreeMap<u64, String>,
+    addresses: Addresses,
     mut batches: mpsc::UnboundedReceiver<Vec<Envelope>>,
-    me: u64,
+    (me, cluster): (u64, u64),
     max_message_bytes: usize,
     last_error: Arc<std::sync::Mutex<Option<String>>>,
 ) {
@@ -230,17 +287,18 @@ async fn send_messages(
             by_peer.entry(envelope.to).or_default().push(envelope);
         }
         for (peer, envelopes) in by_peer {
-            let Some(address) = peers.get(&peer).cloned() else {
+            let Some(address) = addresses.of(peer) else {
                 continue;
             };
             let (client, failures, chunking) = (client.clone(), failures.clone(), chunking.clone());
             let last_error = last_error.clone();
             tokio::spawn(async move {
+                let batch = kvorum_protocol::paxos::PeerBatch { cluster, envelopes };
                 let sent = send_batch(
                     &client,
                     &address,
                     me,
-                    &envelopes,
+                    &batch,
                     max_message_bytes,
                     || {
                         chunking
@@ -290,12 +348,12 @@ async fn send_batch(
     client: &HttpClient,
     address: &str,
     me: u64,
-    envelopes: &[Envelope],
+    batch: &kvorum_protocol::paxos::PeerBatch,
     max_message_bytes: usize,
     begin: impl FnOnce() -> bool,
     end: impl FnOnce(),
 ) -> Result<(), String> {
-    let body = serde_json::to_vec(envelopes).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
     // A chunk's raw bytes, base64 in JSON, stay well within the limit.
     let piece = (max_message_bytes / 2).max(1024);
     if body.len() <= piece {
@@ -303,7 +361,7 @@ async fn send_batch(
             .post_json::<_, serde_json::Value>(
                 address,
                 "/internal/v1/paxos",
-                envelopes,
+                batch,
                 Idempotency::NotIdempotent,
             )
             .await

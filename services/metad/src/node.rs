@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use kvorum_consensus::{Config, Entry, Envelope, Replica};
+use kvorum_consensus::{Config, Entry, Envelope, Member, MembershipRefused, Replica, Slot};
 use kvorum_metadata::StateMachine;
 use kvorum_paxos_store::PaxosStore;
 use kvorum_protocol::metadata::{
-    LogCommand, MetadStatus, MetadataCommand, MetadataError, MetadataOutcome, MetadataState,
-    RequestId,
+    LogCommand, MembersView, MetadStatus, MetadataCommand, MetadataError, MetadataOutcome,
+    MetadataState, RequestId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -31,6 +31,20 @@ pub enum ProposeError {
 
 /// The answer to a command: its outcome once decided and applied.
 pub type CommandReply = Result<Result<MetadataOutcome, MetadataError>, ProposeError>;
+
+/// The answer to a membership change: the members once it is decided.
+pub type ChangeReply = Result<Result<Vec<Member>, ChangeRefused>, ProposeError>;
+
+/// Why a membership change did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeRefused {
+    /// The consensus core refused it (one at a time, one replica, no retired life).
+    #[error(transparent)]
+    Refused(MembershipRefused),
+    /// Another value took its slot (a leader change lost it); the members stand as they were.
+    #[error("the change was lost with a change of leader; look at the members and retry")]
+    Lost,
+}
 
 /// A client waiting for its command to be applied, and the span of its Paxos round.
 #[derive(Debug)]
@@ -70,6 +84,21 @@ pub enum Input {
     Status(oneshot::Sender<MetadStatus>),
     /// This replica's state as it stands, without a barrier (for watchers).
     LocalState(oneshot::Sender<MetadataState>),
+    /// The members as this replica knows them.
+    Members(oneshot::Sender<MembersView>),
+    /// A membership change to propose (this replica must lead).
+    ChangeMembers(Vec<Member>, oneshot::Sender<ChangeReply>),
+}
+
+/// Where the loop's results go.
+#[derive(Debug)]
+pub struct Outputs {
+    /// Messages to peers, for the sender task.
+    pub messages: mpsc::UnboundedSender<Vec<Envelope>>,
+    /// The applied state's version, for watchers.
+    pub versions: watch::Sender<u64>,
+    /// The members, for the sender (addresses) and the HTTP shell.
+    pub members: watch::Sender<Vec<Member>>,
 }
 
 /// Runs the loop until every input sender is gone.
@@ -77,11 +106,15 @@ pub fn run(
     config: Config,
     store: PaxosStore,
     inputs: Receiver<Input>,
-    outbound: mpsc::UnboundedSender<Vec<Envelope>>,
-    versions: watch::Sender<u64>,
+    outputs: Outputs,
     tick: Duration,
     compact_every: u64,
 ) {
+    let Outputs {
+        messages: outbound,
+        versions,
+        members,
+    } = outputs;
     let durable = match store.load() {
         Ok(durable) => durable,
         Err(error) => {
@@ -91,6 +124,7 @@ pub fn run(
     };
     let mut node = Node {
         id: config.id,
+        incarnation: config.incarnation,
         replica: Replica::new(config, durable),
         store,
         machine: StateMachine::default(),
@@ -100,6 +134,8 @@ pub fn run(
         next_barrier: rand::random(),
         outbound,
         versions,
+        members,
+        changes: Vec::new(),
         was_leader: false,
         compact_every,
     };
@@ -133,6 +169,7 @@ pub fn run(
 
 struct Node {
     id: u64,
+    incarnation: u64,
     replica: Replica,
     store: PaxosStore,
     machine: StateMachine,
@@ -143,6 +180,10 @@ struct Node {
     outbound: mpsc::UnboundedSender<Vec<Envelope>>,
     /// The applied state's version, for watchers.
     versions: watch::Sender<u64>,
+    /// The members, for the sender (addresses) and the HTTP shell.
+    members: watch::Sender<Vec<Member>>,
+    /// Membership changes proposed here and not yet decided: slot, members, client.
+    changes: Vec<(Slot, Vec<Member>, oneshot::Sender<ChangeReply>)>,
     /// Whether this replica led at the last drain, to count leadership changes.
     was_leader: bool,
     /// Entries applied between two log compactions.
@@ -197,6 +238,27 @@ impl Node {
             Input::LocalState(reply) => {
                 let _ = reply.send(self.machine.state().clone());
             }
+            Input::Members(reply) => {
+                let _ = reply.send(MembersView {
+                    members: self.replica.members().to_vec(),
+                    leader: self.replica.leader(),
+                    pending_change: self.replica.pending_change(),
+                });
+            }
+            Input::ChangeMembers(members, reply) => {
+                match self.replica.propose_members(members.clone()) {
+                    Ok(slot) => {
+                        tracing::info!(slot, ?members, "membership change proposed");
+                        self.changes.push((slot, members, reply));
+                    }
+                    Err(MembershipRefused::NotLeader(not)) => {
+                        let _ = reply.send(Err(ProposeError::NotLeader(not.leader)));
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Ok(Err(ChangeRefused::Refused(refused))));
+                    }
+                }
+            }
             Input::Status(reply) => {
                 let state = self.machine.state();
                 let digest =
@@ -211,6 +273,8 @@ impl Node {
                     snapshot_bytes: self.replica.snapshot_bytes() as u64,
                     hears_leader: self.replica.hears_leader(),
                     ballot_round: self.replica.highest_ballot().round,
+                    incarnation: self.incarnation,
+                    member: self.replica.is_member(),
                     // The HTTP shell knows the peer failures; it fills them in.
                     last_peer_error: None,
                     // The HTTP shell knows the addresses; it fills them in.
@@ -271,9 +335,26 @@ impl Node {
                 .increment(ready.decided.len() as u64);
         }
         for (slot, entry) in ready.decided {
-            self.apply(entry);
+            self.apply(slot, entry);
             self.applied_upto = slot + 1;
         }
+        // A change whose slot a snapshot covered: it may or may not be in;
+        // the members say (a retry of the same change is refused or a no-op).
+        let applied_upto = self.applied_upto;
+        for (_, _, reply) in self
+            .changes
+            .extract_if(.., |(slot, _, _)| *slot < applied_upto)
+        {
+            let _ = reply.send(Ok(Err(ChangeRefused::Lost)));
+        }
+        self.members.send_if_modified(|members| {
+            let current = self.replica.members();
+            let changed = members.as_slice() != current;
+            if changed {
+                *members = current.to_vec();
+            }
+            changed
+        });
         let leading = self.replica.is_leader();
         if leading != self.was_leader {
             self.was_leader = leading;
@@ -297,8 +378,29 @@ impl Node {
         true
     }
 
-    fn apply(&mut self, entry: Entry) {
-        let Entry::Command(bytes) = entry else { return };
+    fn apply(&mut self, slot: Slot, entry: Entry) {
+        let bytes = match entry {
+            Entry::Command(bytes) => bytes,
+            Entry::Noop => return,
+            Entry::Members(members) => {
+                tracing::info!(slot, ?members, "membership changed");
+                metrics::counter!("kvorum_paxos_membership_changes_total").increment(1);
+                if let Some(at) = self.changes.iter().position(|(s, _, _)| *s == slot) {
+                    let (_, proposed, reply) = self.changes.swap_remove(at);
+                    let outcome = if proposed == members {
+                        Ok(members)
+                    } else {
+                        Err(ChangeRefused::Lost)
+                    };
+                    let _ = reply.send(Ok(outcome));
+                }
+                return;
+            }
+        };
+        if let Some(at) = self.changes.iter().position(|(s, _, _)| *s == slot) {
+            let (_, _, reply) = self.changes.swap_remove(at);
+            let _ = reply.send(Ok(Err(ChangeRefused::Lost)));
+        }
         match serde_json::from_slice::<LogCommand>(&bytes) {
             Ok(LogCommand::Apply(command)) => self.apply_command(&command, None),
             Ok(LogCommand::Stamped { command, at_ms }) => {
@@ -327,10 +429,13 @@ impl Node {
     /// After losing leadership, tells waiting clients to go to the new leader (a
     /// retry with the same request id is applied at most once, wherever it lands).
     fn release_waiters(&mut self) {
+        let leader = self.replica.leader();
+        for (_, _, reply) in self.changes.drain(..) {
+            let _ = reply.send(Err(ProposeError::NotLeader(leader)));
+        }
         if self.commands.is_empty() && self.reads.is_empty() {
             return;
         }
-        let leader = self.replica.leader();
         for (_, waiters) in self.commands.drain() {
             for waiter in waiters {
                 let _ = waiter.send(Err(ProposeError::NotLeader(leader)));
@@ -348,5 +453,6 @@ impl Node {
             !waiters.is_empty()
         });
         self.reads.retain(|_, waiter| !waiter.is_closed());
+        self.changes.retain(|(_, _, reply)| !reply.is_closed());
     }
 }
