@@ -1004,10 +1004,22 @@ impl Replica {
         if chosen.is_empty() {
             return;
         }
+        // Told to the members that voted, a replica a decided change removes
+        // included: it learns it is out, rather than waiting for a leader.
+        let voters = self.member_ids();
         for (slot, entry) in &chosen {
             self.learn(*slot, entry.clone());
         }
-        self.broadcast_others(Message::Decided { entries: chosen });
+        for member in voters {
+            if member != self.config.id {
+                self.send(
+                    member,
+                    Message::Decided {
+                        entries: chosen.clone(),
+                    },
+                );
+            }
+        }
     }
 
     fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, leader_decided_upto: Slot) {

@@ -110,6 +110,36 @@ impl MetadGroup {
         Ok(())
     }
 
+    /// Kills one replica and deletes its data directory: the disk is lost.
+    /// Started again, it comes back empty, in a new life, and is not a member
+    /// until `POST /v1/members/{id}/replace` makes it one.
+    pub async fn wipe(&mut self, id: u64) -> Result<(), LaunchError> {
+        self.kill(id).await?;
+        let dir = self.dir.join(format!("metad-{id}"));
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io(format!("deleting {}", dir.display()))(error)),
+        }
+    }
+
+    /// Starts a new replica `id` on a free port of `ip`, with an empty store
+    /// and the group's replicas as its --peers, and waits until it is healthy;
+    /// it is a member once `POST /v1/members` adds it.
+    pub async fn start_new(
+        &mut self,
+        id: u64,
+        ip: std::net::IpAddr,
+    ) -> Result<SocketAddr, LaunchError> {
+        if self.addresses.contains_key(&id) {
+            return Err(LaunchError::Invalid(format!("metad replica {id} exists")));
+        }
+        let address = SocketAddr::new(ip, crate::free_port_on(ip)?);
+        self.addresses.insert(id, address);
+        self.restart(id).await?;
+        Ok(address)
+    }
+
     /// Starts one replica (again), on its data directory and address, and waits until it is healthy.
     pub async fn restart(&mut self, id: u64) -> Result<(), LaunchError> {
         self.kill(id).await?;

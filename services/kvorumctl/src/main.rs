@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod metad;
 mod table;
 
 use std::io::{Read, Write};
@@ -81,6 +82,8 @@ enum Command {
     /// Adding and decommissioning storage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The metadata group's members: list, add, remove, replace.
+    Metad(metad::MetadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,14 +225,36 @@ impl Client {
         context: Option<&str>,
     ) -> anyhow::Result<Answer> {
         let url = format!("{}{path}", self.router.trim_end_matches('/'));
-        let mut request = self.http.request(method, &url).body(body);
+        self.send(&url, method, body, context).await
+    }
+
+    /// A call to another service than the router (at `base`, a URL).
+    async fn call_at(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        self.send(&format!("{base}{path}"), method, body, None)
+            .await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        method: Method,
+        body: Vec<u8>,
+        context: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self.http.request(method, url).body(body);
         if let Some(context) = context {
             request = request.header(kvorum_protocol::headers::CONTEXT, context);
         }
         let response = request
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the router at {}: {e}", self.router))?;
+            .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
         let answer = Answer {
             status: response.status(),
             headers: response.headers().clone(),
@@ -492,6 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Metad(args) => metad::run(&client, args).await?,
         Command::Cluster(ClusterCommand::Status) => {
             let answer = client.call(Method::GET, "/v1/cluster", Vec::new()).await?;
             anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.error());

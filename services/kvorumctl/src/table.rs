@@ -212,3 +212,29 @@ mod tests {
         assert_eq!(table, "A          LONGER\nwide cell  x\ny          z\n");
     }
 }
+
+/// The metadata group's members, the leader marked.
+pub fn metad_members(view: &kvorum_protocol::metadata::MembersView) -> String {
+    let rows: Vec<Vec<String>> = view
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                format!("{:016x}", m.incarnation),
+                m.address.clone(),
+                if view.leader == Some(m.id) {
+                    "leader"
+                } else {
+                    ""
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = render(&["ID", "LIFE", "ADDRESS", "ROLE"], &rows);
+    if let Some(slot) = view.pending_change {
+        let _ = writeln!(out, "a membership change at slot {slot} is not decided yet");
+    }
+    out
+}

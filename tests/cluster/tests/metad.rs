@@ -457,3 +457,247 @@ async fn a_command_from_a_lease_holder_that_lost_its_lease_is_refused() -> anyho
     assert_eq!(status, StatusCode::OK, "{body}");
     Ok(())
 }
+
+impl Client {
+    /// Calls the membership API at `address`, following redirects to the leader.
+    async fn members(
+        &self,
+        address: SocketAddr,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+        let mut request = self.http.request(method, format!("http://{address}{path}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        Ok((
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// Polls until `check` holds for the status of the replica at `address`.
+    async fn status_until(
+        &self,
+        address: SocketAddr,
+        what: &str,
+        check: impl Fn(&MetadStatus) -> bool,
+    ) -> anyhow::Result<MetadStatus> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status(address).await;
+            if let Some(status) = status.as_ref().filter(|s| check(s)) {
+                return Ok(status.clone());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{address}: not {what} within 30 s: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_disk_is_refused_a_vote_until_metad_replace_brings_it_back()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut group = MetadGroup::start(dir.path(), 3, &default_bin_dir()).await?;
+    let client = Client::new()?;
+    let leader = client.leader(&group, &[1, 2, 3]).await?;
+    client.converged(&group, &[1, 2, 3], 1).await?;
+    let [wiped, bystander] = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect::<Vec<u64>>()[..]
+    else {
+        anyhow::bail!("three replicas")
+    };
+    let addresses = group.addresses().clone();
+    let address = |id: u64| addresses[&id];
+    let before = client
+        .status(address(wiped))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no status"))?;
+    assert!(before.member, "{before:?}");
+
+    group.wipe(wiped).await?;
+    group.restart(wiped).await?;
+    let fresh = client
+        .status_until(address(wiped), "back, empty", |s| {
+            s.incarnation != before.incarnation
+        })
+        .await?;
+    assert!(!fresh.member, "the new life is not a member: {fresh:?}");
+    assert_eq!(fresh.decided_upto, 0, "it learned nothing: {fresh:?}");
+    let ready = client
+        .http
+        .get(format!("http://{}/readyz", address(wiped)))
+        .send()
+        .await?;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let reason = ready.text().await?;
+    assert!(reason.contains("metad replace"), "{reason}");
+
+    // The leader and the wiped replica are no majority: its votes do not count.
+    group.kill(bystander).await?;
+    let (status, body) = client
+        .submit(address(leader), &register("while-wiped", 1))
+        .await?;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "decided with a replica that forgot its promises: {body}"
+    );
+    group.restart(bystander).await?;
+    let leader = client.leader(&group, &[leader, bystander]).await?;
+    client
+        .submit_until_applied(
+            &[address(leader)],
+            &register("while-wiped", 1),
+            Duration::from_secs(30),
+        )
+        .await?;
+
+    // `metad replace` (through a follower, redirected to the leader).
+    let (status, body) = client
+        .members(
+            address(bystander),
+            reqwest::Method::POST,
+            &format!("/v1/members/{wiped}/replace"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let replaced = body["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == wiped))
+        .cloned();
+    assert_eq!(
+        replaced.map(|m| m["incarnation"].clone()),
+        Some(serde_json::json!(fresh.incarnation)),
+        "{body}"
+    );
+    client
+        .status_until(address(wiped), "a member again", |s| {
+            s.member && s.hears_leader
+        })
+        .await?;
+    client.converged(&group, &[1, 2, 3], 2).await?;
+
+    // In its new life it votes: with the third replica down, a command is decided.
+    let third = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != wiped && *id != leader)
+        .unwrap_or(bystander);
+    group.kill(third).await?;
+    let alive: Vec<SocketAddr> = [leader, wiped].into_iter().map(address).collect();
+    client
+        .submit_until_applied(
+            &alive,
+            &register("after-replace", 2),
+            Duration::from_secs(30),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_added_and_another_removed_through_the_log() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut group = MetadGroup::start(dir.path(), 3, &default_bin_dir()).await?;
+    let client = Client::new()?;
+    let leader = client.leader(&group, &[1, 2, 3]).await?;
+    client.converged(&group, &[1, 2, 3], 1).await?;
+    let address = group
+        .start_new(4, std::net::IpAddr::from([127, 0, 0, 1]))
+        .await?;
+    let newcomer = client
+        .status_until(address, "settled", |s| s.incarnation != 0)
+        .await?;
+    assert!(!newcomer.member, "not a member before it is added");
+
+    let (status, body) = client
+        .members(
+            group.addresses()[&leader],
+            reqwest::Method::POST,
+            "/v1/members",
+            Some(serde_json::json!({"id": 4, "address": address.to_string()})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    client
+        .status_until(address, "a member", |s| s.member && s.hears_leader)
+        .await?;
+    client.converged(&group, &[1, 2, 3, 4], 1).await?;
+
+    // A second add of the same replica changes nothing; a bad one changes nothing either.
+    let (status, _) = client
+        .members(
+            group.addresses()[&leader],
+            reqwest::Method::POST,
+            "/v1/members",
+            Some(serde_json::json!({"id": 4, "address": address.to_string()})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = client
+        .members(
+            group.addresses()[&leader],
+            reqwest::Method::POST,
+            "/v1/members",
+            Some(serde_json::json!({"id": 9, "address": "not an address"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let removed = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap_or(1);
+    let (status, body) = client
+        .members(
+            group.addresses()[&leader],
+            reqwest::Method::DELETE,
+            &format!("/v1/members/{removed}"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let members: Vec<u64> = body["members"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(members.len(), 3, "{body}");
+    assert!(!members.contains(&removed), "{body}");
+    client
+        .status_until(group.addresses()[&removed], "out of the group", |s| {
+            !s.member
+        })
+        .await?;
+    let (status, _) = client
+        .members(
+            group.addresses()[&leader],
+            reqwest::Method::DELETE,
+            &format!("/v1/members/{removed}"),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a second removal names no member"
+    );
+
+    // The three members left decide without the removed replica.
+    group.kill(removed).await?;
+    let remaining: Vec<SocketAddr> = members.iter().map(|id| group.addresses()[id]).collect();
+    client
+        .submit_until_applied(
+            &remaining,
+            &register("after-remove", 3),
+            Duration::from_secs(30),
+        )
+        .await?;
+    Ok(())
+}
