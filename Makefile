@@ -17,7 +17,7 @@ REPLACEMENT_DELAY_MS ?= 15000
 DATA_DIR     ?= data
 CHAOS_DURATION_S ?= 150
 CHAOS_OUT    ?= target/chaos/latest
-CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery
+CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery,wipe-metad
 
 CARGO ?= cargo
 # A toolchain that ensure-tools.sh installed with rustup lives here.

@@ -196,23 +196,6 @@ pub fn cluster(view: &ClusterView) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn columns_line_up() {
-        let table = render(
-            &["A", "LONGER"],
-            &[
-                vec!["wide cell".into(), "x".into()],
-                vec!["y".into(), "z".into()],
-            ],
-        );
-        assert_eq!(table, "A          LONGER\nwide cell  x\ny          z\n");
-    }
-}
-
 /// The metadata group's members, the leader marked.
 pub fn metad_members(view: &kvorum_protocol::metadata::MembersView) -> String {
     let rows: Vec<Vec<String>> = view
@@ -237,4 +220,21 @@ pub fn metad_members(view: &kvorum_protocol::metadata::MembersView) -> String {
         let _ = writeln!(out, "a membership change at slot {slot} is not decided yet");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let table = render(
+            &["A", "LONGER"],
+            &[
+                vec!["wide cell".into(), "x".into()],
+                vec!["y".into(), "z".into()],
+            ],
+        );
+        assert_eq!(table, "A          LONGER\nwide cell  x\ny          z\n");
+    }
 }

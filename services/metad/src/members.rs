@@ -80,12 +80,11 @@ pub fn plan(current: &[Member], change: &Change) -> Result<Plan, PlanError> {
             let Some(held) = current.iter().find(|m| m.id == new.id) else {
                 return Err(PlanError::NotFound(new.id));
             };
-            if held == new {
-                return Ok(Plan::Unchanged);
-            }
+            // A retry after a replacement that went through lands here too: the
+            // message says it is done.
             if held.incarnation == new.incarnation {
                 return Err(PlanError::Conflict(format!(
-                    "replica {} still has its store (life {}); only a replica that lost it is replaced",
+                    "replica {} still has its store (life {:x}) and is a member in it: nothing to replace; only a replica that lost its store is replaced",
                     new.id, new.incarnation
                 )));
             }
@@ -291,10 +290,10 @@ mod tests {
                 member(3, 30)
             ]))
         );
-        assert_eq!(
+        assert!(matches!(
             plan(&current, &Change::Replace(member(2, 20))),
-            Ok(Plan::Unchanged)
-        );
+            Err(PlanError::Conflict(_))
+        ));
         let moved = Member {
             address: "elsewhere:9001".to_owned(),
             ..member(2, 20)

@@ -193,6 +193,26 @@ async fn kvorumctl_reads_writes_and_describes_the_cluster() -> anyhow::Result<()
         .sum();
     assert_eq!(replicas, 16 * 3, "{status}");
 
+    // The metadata group's members, found through the router's cluster view.
+    let members = kvorumctl(&cluster, &["metad", "members"], None).await?;
+    assert!(members.status.success(), "{}", text(&members.stderr));
+    let listed = text(&members.stdout);
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert_eq!(
+        rows.iter().filter(|r| r.ends_with("leader")).count(),
+        1,
+        "{listed}"
+    );
+    // A change that cannot be made is refused with the reason, and changes nothing.
+    let refused = kvorumctl(&cluster, &["metad", "replace", "2"], None).await?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("still has its store"),
+        "{}",
+        text(&refused.stderr)
+    );
+
     // Decommission a node and wait for it to drain.
     let drained = kvorumctl(&cluster, &["node", "decommission", "5", "--wait"], None).await?;
     assert!(drained.status.success(), "{}", text(&drained.stderr));

@@ -65,11 +65,15 @@ pub enum FaultKind {
     /// Add a storage node and decommission another, so that partitions move
     /// while the faults after it go on; the cluster keeps its new shape.
     ChurnStorage,
+    /// SIGKILL a metadata replica and delete its store, then start it again
+    /// empty: a new life, refused a vote; when healed, `metad replace` makes
+    /// it a member again and it catches up. Local processes only.
+    WipeMetad,
 }
 
 impl FaultKind {
     /// Every kind, in the order a periodic schedule cycles through them.
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::KillStorage,
         FaultKind::KillMetadLeader,
         FaultKind::PauseStorage,
@@ -89,6 +93,7 @@ impl FaultKind {
         FaultKind::KillStorageAndMetadLeader,
         FaultKind::PauseRouter,
         FaultKind::ChurnStorage,
+        FaultKind::WipeMetad,
     ];
 
     /// Its name, as on the command line.
@@ -113,6 +118,7 @@ impl FaultKind {
             FaultKind::KillStorageAndMetadLeader => "kill-storage-and-metad-leader",
             FaultKind::PauseRouter => "pause-router",
             FaultKind::ChurnStorage => "churn-storage",
+            FaultKind::WipeMetad => "wipe-metad",
         }
     }
 
@@ -129,6 +135,7 @@ impl FaultKind {
                 | FaultKind::WipeStorageAll
                 | FaultKind::KillTwoStorage
                 | FaultKind::KillStorageAndMetadLeader
+                | FaultKind::WipeMetad
         )
     }
 
@@ -176,6 +183,9 @@ pub enum Heal {
     Resume(NodeId),
     /// Start a metadata replica again.
     RestartMetad(u64),
+    /// Make the metadata replica that lost its store a member again
+    /// (`POST /v1/members/{id}/replace`) and wait until it hears its leader.
+    ReplaceMetad(u64),
     /// Start a recovery controller again.
     RestartRecovery(usize),
     /// SIGCONT a router (by its index).

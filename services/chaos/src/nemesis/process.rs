@@ -54,6 +54,23 @@ impl ProcessNemesis {
                     Heal::RestartMetad(leader),
                 ))
             }
+            FaultKind::WipeMetad => {
+                let ids: Vec<u64> = self
+                    .cluster
+                    .metad_mut()
+                    .addresses()
+                    .keys()
+                    .copied()
+                    .collect();
+                let id = ids[rng.random_range(0..ids.len())];
+                let metad = self.cluster.metad_mut();
+                metad.wipe(id).await?;
+                metad.restart(id).await?;
+                Ok((
+                    format!("metad {id} (store wiped, restarted empty)"),
+                    Heal::ReplaceMetad(id),
+                ))
+            }
             FaultKind::WipeStorage => {
                 self.cluster.wipe_storage(node).await?;
                 Ok((
@@ -289,6 +306,16 @@ impl ProcessNemesis {
             Heal::RestartStorage(node) => self.cluster.restart_storage(node).await?,
             Heal::Resume(node) => self.cluster.resume_storage(node)?,
             Heal::RestartMetad(id) => self.cluster.metad_mut().restart(id).await?,
+            Heal::ReplaceMetad(id) => {
+                let addresses: std::collections::BTreeMap<u64, String> = self
+                    .cluster
+                    .metad_mut()
+                    .addresses()
+                    .iter()
+                    .map(|(id, a)| (*id, a.to_string()))
+                    .collect();
+                replace_metad(&addresses, id).await?;
+            }
             Heal::RestartRecovery(index) => self.cluster.restart_recovery(index).await?,
             Heal::ResumeRouter(index) => self.cluster.resume_router(index)?,
             Heal::Nothing => {}
@@ -349,5 +376,57 @@ impl ProcessNemesis {
             .recovery_addresses()
             .iter()
             .position(|address| address.to_string() == holder)
+    }
+}
+
+/// Asks the metadata group to take back replica `id` in its new life, and
+/// waits until it is a member that hears its leader.
+async fn replace_metad(
+    addresses: &std::collections::BTreeMap<u64, String>,
+    id: u64,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let own = addresses
+        .get(&id)
+        .ok_or_else(|| anyhow::anyhow!("no metad replica {id}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut replaced = false;
+    loop {
+        if !replaced {
+            for address in addresses.values() {
+                let url = format!("http://{address}/v1/members/{id}/replace");
+                match http.post(&url).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        replaced = true;
+                        break;
+                    }
+                    Ok(response) => {
+                        tracing::debug!(status = %response.status(), %url, "replace not taken yet");
+                    }
+                    Err(error) => tracing::debug!(%error, %url, "replace not taken yet"),
+                }
+            }
+        } else {
+            let status = http
+                .get(format!("http://{own}/v1/status"))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.json::<kvorum_protocol::metadata::MetadStatus>());
+            if let Some(status) = status
+                && let Ok(status) = status.await
+                && status.member
+                && status.hears_leader
+            {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "metad {id} was not a member again within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
