@@ -976,7 +976,6 @@ impl Replica {
     }
 
     fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
-        let majority = self.majority();
         if !self.counts(from, self.sender_life) {
             return;
         }
@@ -991,24 +990,17 @@ impl Replica {
         if *own != ballot {
             return;
         }
-        let mut chosen = Vec::new();
         for slot in slots {
-            if let Some((entry, voters)) = in_flight.get_mut(&slot) {
+            if let Some((_, voters)) = in_flight.get_mut(&slot) {
                 voters.insert(from);
-                if voters.len() >= majority {
-                    chosen.push((slot, entry.clone()));
-                    in_flight.remove(&slot);
-                }
             }
-        }
-        if chosen.is_empty() {
-            return;
         }
         // Told to the members that voted, a replica a decided change removes
         // included: it learns it is out, rather than waiting for a leader.
         let voters = self.member_ids();
-        for (slot, entry) in &chosen {
-            self.learn(*slot, entry.clone());
+        let chosen = self.decide_in_order(ballot);
+        if chosen.is_empty() {
+            return;
         }
         for member in voters {
             if member != self.config.id {
@@ -1020,6 +1012,42 @@ impl Replica {
                 );
             }
         }
+    }
+
+    /// Declares decided, in slot order from the first undecided slot, the
+    /// slots a majority accepted in `ballot`. Only in order: the membership
+    /// that governs a slot is known only once every slot before it is
+    /// decided, and a leader that has not learnt of a change below a slot
+    /// would count that slot's votes in the wrong membership (a replacement's
+    /// old and new majorities need not meet).
+    fn decide_in_order(&mut self, ballot: Ballot) -> Vec<(Slot, Entry)> {
+        let mut chosen = Vec::new();
+        loop {
+            let slot = self.decided_upto;
+            let majority = self.majority();
+            let Role::Leader {
+                ballot: own,
+                in_flight,
+                ..
+            } = &mut self.role
+            else {
+                break;
+            };
+            // A decided change starts a new election: the rest waits for it.
+            if *own != ballot {
+                break;
+            }
+            match in_flight.get(&slot) {
+                Some((_, voters)) if voters.len() >= majority => {}
+                _ => break,
+            }
+            let Some((entry, _)) = in_flight.remove(&slot) else {
+                break;
+            };
+            chosen.push((slot, entry.clone()));
+            self.learn(slot, entry);
+        }
+        chosen
     }
 
     fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, leader_decided_upto: Slot) {

@@ -211,3 +211,58 @@ fn a_leader_that_removes_itself_stands_down_and_the_others_carry_on() {
         "the removed replica hears no more of the log"
     );
 }
+
+#[test]
+fn a_leader_declares_slots_decided_only_in_slot_order() {
+    use kvorum_consensus::{Message, Persist};
+    let (mut group, leader) = settled_group();
+    let follower = others(&group, leader)[0];
+    let first = group.replicas[&leader].decided_upto();
+    // Two proposals in two batches; only the second reaches the follower.
+    let replica = group.replicas.get_mut(&leader).expect("leader");
+    replica.propose(b"first".to_vec()).expect("leads");
+    let _lost = replica.take_ready();
+    replica.propose(b"second".to_vec()).expect("leads");
+    let second_batch: Vec<_> = replica
+        .take_ready()
+        .messages
+        .into_iter()
+        .filter(|e| e.to == follower)
+        .collect();
+    let follower_replica = group.replicas.get_mut(&follower).expect("follower");
+    for envelope in second_batch {
+        follower_replica.step(envelope);
+    }
+    let answers: Vec<_> = follower_replica
+        .take_ready()
+        .messages
+        .into_iter()
+        .filter(|e| e.to == leader && matches!(e.message, Message::Accepted { .. }))
+        .collect();
+    assert!(!answers.is_empty(), "the follower accepted the second slot");
+    let replica = group.replicas.get_mut(&leader).expect("leader");
+    for envelope in answers {
+        replica.step(envelope);
+    }
+    // A majority accepted the second slot, but the first is undecided: the
+    // membership that governs the second is not known yet.
+    let ready = replica.take_ready();
+    assert!(
+        !ready
+            .persist
+            .iter()
+            .any(|p| matches!(p, Persist::Decided(..))),
+        "a slot was declared decided past an undecided one: {:?}",
+        ready.persist
+    );
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|e| matches!(e.message, Message::Decided { .. })),
+        "a decision past an undecided slot was sent"
+    );
+    // Once the first slot is decided, both are, in order.
+    group.tick_all(10);
+    assert!(group.replicas[&leader].decided_upto() >= first + 2);
+}

@@ -111,6 +111,7 @@ fn the_identity_survives_reopening() {
         incarnation: 77,
         cluster: Some(9),
         founding: None,
+        candidate: None,
     };
     {
         let store = PaxosStore::open(&path).expect("opens");

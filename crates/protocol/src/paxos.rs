@@ -219,6 +219,11 @@ pub struct ReplicaIdentity {
     /// The group's founding members, once known (they govern the log until
     /// the first membership change).
     pub founding: Option<Vec<Member>>,
+    /// While no group is known: the id of the group this replica would found
+    /// from the lives its peers gave. A group is founded only once every
+    /// founder names the same one (never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<u64>,
 }
 
 /// A batch of envelopes between the replicas of one group (`POST /internal/v1/paxos`).

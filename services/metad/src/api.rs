@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use axum::Json;
@@ -35,7 +34,7 @@ pub struct AppState {
     /// The members as the consensus loop last applied them.
     pub members: tokio::sync::watch::Receiver<Vec<Member>>,
     /// The consensus loop's input.
-    pub inputs: SyncSender<Input>,
+    pub inputs: crate::queue::Inputs,
     /// The applied state's version, as it changes.
     pub versions: tokio::sync::watch::Receiver<u64>,
     /// How long a client waits for a decision.
@@ -212,9 +211,9 @@ impl AppState {
         if !self.settled() {
             return Err(ApiError::Unsettled);
         }
-        self.inputs.try_send(input).map_err(|error| match error {
-            std::sync::mpsc::TrySendError::Full(_) => ApiError::Busy,
-            std::sync::mpsc::TrySendError::Disconnected(_) => ApiError::Stopped,
+        self.inputs.send(input).map_err(|refused| match refused {
+            crate::queue::Refused::Full => ApiError::Busy,
+            crate::queue::Refused::Stopped => ApiError::Stopped,
         })
     }
 

@@ -9,9 +9,13 @@
 //!   members): the replica takes it, as a founder if the founding members
 //!   name it in this life, and otherwise as a newcomer that waits to be added
 //!   or replaced through the log (a replica that lost its disk is one);
-//! - once every peer has answered that it knows no group either, the group is
-//!   founded: the founding members are the peers in the lives they named, and
-//!   every founder computes the same group id from them.
+//! - once every peer has answered that it knows no group either, the replica
+//!   proposes the group the lives it heard make (its `candidate`: the peers in
+//!   those lives, and the id every founder computes from them), and founds
+//!   it once every peer names that same candidate. The second round is what
+//!   keeps a replica that lost its disk mid-founding from splitting the
+//!   founders: its new life changes the candidate of whoever hears it, and
+//!   nobody founds until they agree again.
 //!
 //! A replica that lost its disk therefore never votes in its new life before
 //! the log says so: its peers know the group and the founding members name
@@ -66,6 +70,7 @@ pub fn load_or_create(
             incarnation: rand::random::<u64>().max(1),
             cluster: None,
             founding: None,
+            candidate: None,
         }
     } else {
         let founding = legacy_founding(peers);
@@ -74,32 +79,52 @@ pub fn load_or_create(
             incarnation: 0,
             cluster: Some(cluster_id(&founding)),
             founding: Some(founding),
+            candidate: None,
         }
     };
     store.set_identity(&identity)?;
     Ok(identity)
 }
 
-/// What one round of asking the peers settled, if anything.
+/// What one round of asking the peers came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Round {
+    /// A peer knows the group: this is it.
+    Known(ReplicaIdentity),
+    /// Nobody knows one; every peer answered, and these lives make this group.
+    Candidate(ReplicaIdentity),
+    /// Not every peer answered.
+    Incomplete,
+}
+
+/// Whether to found `candidate`: every peer names it as its own candidate.
+pub fn agreed(candidate: &ReplicaIdentity, answers: &BTreeMap<u64, ReplicaIdentity>) -> bool {
+    candidate.cluster.is_some() && answers.values().all(|a| a.candidate == candidate.cluster)
+}
+
+/// What one round of asking the peers came to.
 pub fn settle_from_answers(
     mine: &ReplicaIdentity,
     peers: &BTreeMap<u64, String>,
     answers: &BTreeMap<u64, ReplicaIdentity>,
-) -> Option<ReplicaIdentity> {
+) -> Round {
     if let Some(known) = answers
         .values()
         .find(|a| a.cluster.is_some() && a.founding.is_some())
     {
-        return Some(ReplicaIdentity {
+        return Round::Known(ReplicaIdentity {
             cluster: known.cluster,
             founding: known.founding.clone(),
+            candidate: None,
             ..mine.clone()
         });
     }
     let others = peers.keys().filter(|id| **id != mine.id);
     let mut founding = Vec::new();
     for id in others {
-        let answer = answers.get(id)?;
+        let Some(answer) = answers.get(id) else {
+            return Round::Incomplete;
+        };
         founding.push(Member {
             id: *id,
             incarnation: answer.incarnation,
@@ -112,9 +137,10 @@ pub fn settle_from_answers(
         address: peers[&mine.id].clone(),
     });
     founding.sort();
-    Some(ReplicaIdentity {
+    Round::Candidate(ReplicaIdentity {
         cluster: Some(cluster_id(&founding)),
         founding: Some(founding),
+        candidate: None,
         ..mine.clone()
     })
 }
@@ -156,7 +182,21 @@ pub async fn settle(
                 Err(error) => tracing::debug!(peer = id, %error, "peer not reachable yet"),
             }
         }
-        if let Some(settled) = settle_from_answers(&mine, peers, &answers) {
+        let settled = match settle_from_answers(&mine, peers, &answers) {
+            Round::Known(known) => Some(known),
+            Round::Candidate(candidate) if agreed(&candidate, &answers) => Some(candidate),
+            Round::Candidate(candidate) => {
+                // Named to the peers; founded once they all name it too.
+                mine.candidate = candidate.cluster;
+                published
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .candidate = candidate.cluster;
+                None
+            }
+            Round::Incomplete => None,
+        };
+        if let Some(settled) = settled {
             store.set_identity(&settled)?;
             let founder = settled
                 .founding
@@ -175,6 +215,8 @@ pub async fn settle(
                 }
             );
             mine = settled;
+            // Answered from now on, so the other founders find the group.
+            *published.write().unwrap_or_else(|p| p.into_inner()) = mine.clone();
             break;
         }
         asked += 1;
@@ -208,6 +250,14 @@ mod tests {
             incarnation,
             cluster: None,
             founding: None,
+            candidate: None,
+        }
+    }
+
+    fn candidate(round: Round) -> ReplicaIdentity {
+        match round {
+            Round::Candidate(candidate) => candidate,
+            other => panic!("not a candidate: {other:?}"),
         }
     }
 
@@ -225,21 +275,73 @@ mod tests {
         let settled: Vec<ReplicaIdentity> = lives
             .iter()
             .map(|(id, life)| {
-                settle_from_answers(&unsettled(*id, *life), &peers, &answers(*id))
-                    .expect("everyone answered")
+                candidate(settle_from_answers(
+                    &unsettled(*id, *life),
+                    &peers,
+                    &answers(*id),
+                ))
             })
             .collect();
         for identity in &settled {
             assert_eq!(identity.cluster, settled[0].cluster);
             assert_eq!(identity.founding, settled[0].founding);
+            assert!(
+                !agreed(identity, &answers(identity.id)),
+                "founded before the peers named the candidate"
+            );
         }
+        // The second round: every peer names the same candidate.
+        let named: BTreeMap<u64, ReplicaIdentity> = answers(1)
+            .into_iter()
+            .map(|(id, mut a)| {
+                a.candidate = settled[0].cluster;
+                (id, a)
+            })
+            .collect();
+        assert!(agreed(&settled[0], &named));
         let mut partial = answers(1);
         partial.remove(&3);
         assert_eq!(
             settle_from_answers(&unsettled(1, 11), &peers, &partial),
-            None,
-            "founded without hearing every peer"
+            Round::Incomplete,
+            "a candidate without hearing every peer"
         );
+    }
+
+    #[test]
+    fn a_replica_that_loses_its_disk_while_founding_keeps_the_founders_apart_until_they_agree() {
+        let peers = peers();
+        // Replica 1 heard 3 in life 33 and names that group; replica 2 heard
+        // 3 after its disk was lost, in life 34.
+        let one = candidate(settle_from_answers(
+            &unsettled(1, 11),
+            &peers,
+            &BTreeMap::from([(2, unsettled(2, 22)), (3, unsettled(3, 33))]),
+        ));
+        let two = candidate(settle_from_answers(
+            &unsettled(2, 22),
+            &peers,
+            &BTreeMap::from([(1, unsettled(1, 11)), (3, unsettled(3, 34))]),
+        ));
+        assert_ne!(one.cluster, two.cluster);
+        let naming = |id: u64, life: u64, group: Option<u64>| ReplicaIdentity {
+            candidate: group,
+            ..unsettled(id, life)
+        };
+        assert!(
+            !agreed(
+                &one,
+                &BTreeMap::from([(2, naming(2, 22, two.cluster)), (3, naming(3, 34, None))])
+            ),
+            "replica 1 founded a group replica 2 does not name"
+        );
+        assert!(!agreed(
+            &two,
+            &BTreeMap::from([
+                (1, naming(1, 11, one.cluster)),
+                (3, naming(3, 34, two.cluster))
+            ])
+        ));
     }
 
     #[test]
@@ -258,9 +360,12 @@ mod tests {
             incarnation: 22,
             cluster: Some(cluster_id(&founding)),
             founding: Some(founding.clone()),
+            candidate: None,
         };
         let answers = BTreeMap::from([(2, known)]);
-        let wiped = settle_from_answers(&unsettled(3, 99), &peers, &answers).expect("settled");
+        let Round::Known(wiped) = settle_from_answers(&unsettled(3, 99), &peers, &answers) else {
+            panic!("the known group is taken")
+        };
         assert_eq!(wiped.cluster, Some(cluster_id(&founding)));
         assert!(
             !wiped.founding.iter().flatten().any(|m| m.same_life(3, 99)),

@@ -5,18 +5,22 @@
 //! - [`node`]: the consensus loop (core, redb store, state machine) on its own thread.
 //! - [`api`]: the HTTP API: peer messages, commands, linearizable reads, status.
 //! - [`members`]: the membership API (`/v1/members`).
+//! - [`queue`]: the loop's input queue, with room kept for peer messages.
+//! - [`sender`]: delivery to the peers, one bounded queue per peer.
 
 pub mod api;
 pub mod config;
 pub mod identity;
 pub mod members;
 pub mod node;
+pub mod queue;
+pub mod sender;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kvorum_consensus::{Envelope, Member};
-use kvorum_http_client::{ClientConfig, HttpClient, Idempotency};
+use kvorum_consensus::Member;
+use kvorum_http_client::{ClientConfig, HttpClient};
 use kvorum_paxos_store::PaxosStore;
 use kvorum_protocol::ClusterSettings;
 use kvorum_protocol::metadata::{MetadataCommand, MetadataOp, RequestId};
@@ -31,6 +35,9 @@ use crate::node::Input;
 
 /// How many inputs may wait for the consensus loop before callers are refused.
 const INPUT_QUEUE: usize = 4_096;
+
+/// How many of them may be client requests: the rest is kept for peer messages.
+const CLIENT_SHARE: usize = INPUT_QUEUE / 2;
 
 /// Why the replica stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +86,7 @@ pub async fn run(
     let client = HttpClient::new(client_config).map_err(|e| MetadError::Config(e.to_string()))?;
     let max_message_bytes = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
     let last_peer_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let (inputs, queue) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
+    let (inputs, queue) = queue::queue(INPUT_QUEUE, CLIENT_SHARE);
     let (version_sender, versions) = tokio::sync::watch::channel(0);
     let (members_sender, members) = tokio::sync::watch::channel(Vec::<Member>::new());
     let state = Arc::new(AppState {
@@ -127,16 +134,19 @@ pub async fn run(
         pre_vote: true,
         seed: rand::random(),
     };
-    let sender = tokio::spawn(send_messages(
-        client,
-        Addresses {
-            members,
-            peers: peers.clone(),
+    let sender = tokio::spawn(sender::send_messages(
+        sender::Sending {
+            client,
+            addresses: sender::Addresses {
+                members,
+                peers: peers.clone(),
+            },
+            me: config.id,
+            cluster: identity.cluster.unwrap_or_default(),
+            max_message_bytes,
+            last_error: last_peer_error,
         },
         messages,
-        (config.id, identity.cluster.unwrap_or_default()),
-        max_message_bytes,
-        last_peer_error,
     ));
     let (tick, compact_every) = (config.tick(), config.compact_every);
     let consensus = std::thread::Builder::new()
@@ -177,37 +187,19 @@ pub async fn run(
     Ok(())
 }
 
-/// Where each replica is reached: the members' addresses as the log has
-/// them, else `--peers` (a replica not, or not yet, a member).
-struct Addresses {
-    members: tokio::sync::watch::Receiver<Vec<Member>>,
-    peers: BTreeMap<u64, String>,
-}
-
-impl Addresses {
-    fn of(&self, id: u64) -> Option<String> {
-        self.members
-            .borrow()
-            .iter()
-            .find(|m| m.id == id)
-            .map(|m| m.address.clone())
-            .or_else(|| self.peers.get(&id).cloned())
-    }
-}
-
 /// Initialises the cluster's shape from this replica's flags unless it already is.
 ///
 /// Every replica runs this; only the leader's proposal gets into the log, and
 /// the fixed request id makes concurrent proposals apply once. A replica whose
 /// flags differ from the settings the cluster holds says so and changes nothing.
 async fn initialise_cluster(
-    inputs: std::sync::mpsc::SyncSender<Input>,
+    inputs: queue::Inputs,
     settings: ClusterSettings,
     retry: std::time::Duration,
 ) {
     loop {
         let (reply, answer) = oneshot::channel();
-        if inputs.try_send(Input::LocalState(reply)).is_err() {
+        if inputs.send(Input::LocalState(reply)).is_err() {
             tokio::time::sleep(retry).await;
             continue;
         }
@@ -241,10 +233,7 @@ async fn initialise_cluster(
         };
         let (reply, answer) = oneshot::channel();
         let span = tracing::info_span!("init_cluster");
-        if inputs
-            .try_send(Input::Command(command, reply, span))
-            .is_ok()
-        {
+        if inputs.send(Input::Command(command, reply, span)).is_ok() {
             match answer.await {
                 Ok(Ok(Ok(_))) => {
                     tracing::info!(?settings, "cluster initialised");
@@ -259,171 +248,5 @@ async fn initialise_cluster(
             }
         }
         tokio::time::sleep(retry).await;
-    }
-}
-
-/// Delivers each batch of messages to its peers, one HTTP call per peer; a
-/// batch longer than `max_message_bytes` goes in chunks (resumed where the
-/// receiver's copy ends).
-///
-/// Paxos tolerates lost and duplicated messages, so a failed call is only
-/// logged: at warn, with its cause, at most every ten seconds per peer.
-async fn send_messages(
-    client: HttpClient,
-    addresses: Addresses,
-    mut batches: mpsc::UnboundedReceiver<Vec<Envelope>>,
-    (me, cluster): (u64, u64),
-    max_message_bytes: usize,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
-) {
-    let failures: Arc<std::sync::Mutex<BTreeMap<u64, (std::time::Instant, u64)>>> = Arc::default();
-    // One chunked transfer per peer at a time: two would keep replacing each
-    // other's partial copy on the receiver. A batch that finds one under way is
-    // dropped (Paxos asks again for what it still needs).
-    let chunking: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>> = Arc::default();
-    while let Some(batch) = batches.recv().await {
-        let mut by_peer: BTreeMap<u64, Vec<Envelope>> = BTreeMap::new();
-        for envelope in batch {
-            by_peer.entry(envelope.to).or_default().push(envelope);
-        }
-        for (peer, envelopes) in by_peer {
-            let Some(address) = addresses.of(peer) else {
-                continue;
-            };
-            let (client, failures, chunking) = (client.clone(), failures.clone(), chunking.clone());
-            let last_error = last_error.clone();
-            tokio::spawn(async move {
-                let batch = kvorum_protocol::paxos::PeerBatch { cluster, envelopes };
-                let sent = send_batch(
-                    &client,
-                    &address,
-                    me,
-                    &batch,
-                    max_message_bytes,
-                    || {
-                        chunking
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(peer)
-                    },
-                    || {
-                        chunking
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&peer);
-                    },
-                )
-                .await;
-                metrics::counter!(
-                    "kvorum_paxos_peer_sends_total",
-                    "outcome" => if sent.is_ok() { "ok" } else { "failed" }
-                )
-                .increment(1);
-                if let Err(error) = sent {
-                    *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(format!("replica {peer}: {error}"));
-                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-                    let (last, suppressed) = failures
-                        .entry(peer)
-                        .or_insert((std::time::Instant::now() - LOG_FAILURES_EVERY, 0));
-                    if last.elapsed() >= LOG_FAILURES_EVERY {
-                        tracing::warn!(peer, %error, suppressed = *suppressed, "paxos messages not delivered to a peer");
-                        *last = std::time::Instant::now();
-                        *suppressed = 0;
-                    } else {
-                        *suppressed += 1;
-                    }
-                }
-            });
-        }
-    }
-}
-
-/// The least time between two warnings about one peer's failed deliveries.
-const LOG_FAILURES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Sends one peer's envelopes, in one message or in chunks; a chunked send
-/// happens only if `begin` says no other is under way, and calls `end` after.
-async fn send_batch(
-    client: &HttpClient,
-    address: &str,
-    me: u64,
-    batch: &kvorum_protocol::paxos::PeerBatch,
-    max_message_bytes: usize,
-    begin: impl FnOnce() -> bool,
-    end: impl FnOnce(),
-) -> Result<(), String> {
-    let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
-    // A chunk's raw bytes, base64 in JSON, stay well within the limit.
-    let piece = (max_message_bytes / 2).max(1024);
-    if body.len() <= piece {
-        return client
-            .post_json::<_, serde_json::Value>(
-                address,
-                "/internal/v1/paxos",
-                batch,
-                Idempotency::NotIdempotent,
-            )
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string());
-    }
-    if !begin() {
-        tracing::debug!("a chunked transfer to this peer is under way; batch dropped");
-        return Ok(());
-    }
-    let sent = send_chunks(client, address, me, &body, piece).await;
-    end();
-    sent
-}
-
-/// Sends `body` in pieces of `piece` bytes, from where the receiver's copy ends.
-async fn send_chunks(
-    client: &HttpClient,
-    address: &str,
-    me: u64,
-    body: &[u8],
-    piece: usize,
-) -> Result<(), String> {
-    let digest = xxhash_rust::xxh3::xxh3_64(body);
-    let total = body.len() as u64;
-    // Every piece, plus the first question and a few retries, and no more.
-    let mut calls_left = body.len() / piece + 4;
-    // Ask first how much the receiver already holds: a transfer cut short resumes.
-    let mut offset = 0u64;
-    let mut data = Vec::new();
-    loop {
-        if calls_left == 0 {
-            return Err(format!(
-                "the receiver made no progress past {offset} of {total}"
-            ));
-        }
-        calls_left -= 1;
-        let chunk = kvorum_protocol::paxos::MessageChunk {
-            from: me,
-            digest,
-            total,
-            offset,
-            data: std::mem::take(&mut data),
-        };
-        let receipt: kvorum_protocol::paxos::ChunkReceipt = client
-            .post_json(
-                address,
-                "/internal/v1/paxos/chunks",
-                &chunk,
-                Idempotency::NotIdempotent,
-            )
-            .await
-            .map_err(|e| format!("chunk at {offset} of {total}: {e}"))?;
-        if receipt.received >= total {
-            metrics::counter!("kvorum_paxos_chunked_batches_total").increment(1);
-            return Ok(());
-        }
-        offset = receipt.received;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(body.len());
-        let end = (start + piece).min(body.len());
-        data = body[start..end].to_vec();
     }
 }

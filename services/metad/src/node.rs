@@ -7,7 +7,7 @@
 //! the requests waiting for them.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use kvorum_consensus::{Config, Entry, Envelope, Member, MembershipRefused, Replica, Slot};
@@ -105,7 +105,7 @@ pub struct Outputs {
 pub fn run(
     config: Config,
     store: PaxosStore,
-    inputs: Receiver<Input>,
+    inputs: crate::queue::Queue,
     outputs: Outputs,
     tick: Duration,
     compact_every: u64,
@@ -145,7 +145,10 @@ pub fn run(
             Ok(input) => {
                 node.handle(input);
                 // Take whatever else is waiting, so one fsync serves the whole batch.
-                for input in inputs.try_iter().take(MAX_INPUTS_PER_BATCH) {
+                for _ in 0..MAX_INPUTS_PER_BATCH {
+                    let Some(input) = inputs.try_recv() else {
+                        break;
+                    };
                     node.handle(input);
                 }
             }
