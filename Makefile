@@ -17,7 +17,8 @@ REPLACEMENT_DELAY_MS ?= 15000
 DATA_DIR     ?= data
 CHAOS_DURATION_S ?= 150
 CHAOS_OUT    ?= target/chaos/latest
-CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery,wipe-metad
+SOAK_METAD_S ?= 1800
+CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery,wipe-metad,kill-metad
 
 CARGO ?= cargo
 # A toolchain that ensure-tools.sh installed with rustup lives here.
@@ -29,7 +30,7 @@ KIND_CLUSTER ?= kvorum
 IMAGES := $(shell sed -n 's/^SERVICES=(\(.*\))$$/\1/p' scripts/build-images.sh)
 
 .PHONY: all tools build release run test lint fmt clean clean-data images test-docker \
-	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-tools chaos-long chaos-docker chaos-k8s \
+	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-tools chaos-long soak-metad chaos-docker chaos-k8s \
 	bench profile
 
 all: build
@@ -76,6 +77,10 @@ chaos: release chaos-tools ## a bounded chaos run on local processes (at most 4 
 
 chaos-long: release chaos-tools ## a 30-minute soak with every fault kind (not in CI); report in target/chaos/long
 	./target/release/kvorum-chaos --duration-s 1800 --faults $(CHAOS_ALL_FAULTS) --out target/chaos/long
+
+soak-metad: release chaos-tools ## 30 minutes of metad kills and disk losses, one every two minutes, in the Kubernetes layout (not in CI); report in target/chaos/soak-metad
+	./target/release/kvorum-chaos --duration-s $(SOAK_METAD_S) --detectors 2 --faults kill-metad,wipe-metad \
+		--quiet-start-s 20 --fault-interval-s 120 --fault-hold-s 10 --out target/chaos/soak-metad
 
 chaos-docker: tools ## a chaos run with network partitions against the Compose cluster; report in target/chaos/docker
 	scripts/chaos-docker.sh

@@ -130,7 +130,7 @@ pub struct ChaosConfig {
         long,
         env = "KVORUM_CHAOS_FAULTS",
         value_delimiter = ',',
-        default_value = "partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery,wipe-metad"
+        default_value = "partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery,wipe-metad,kill-metad"
     )]
     pub faults: Vec<FaultKind>,
 
@@ -183,6 +183,11 @@ pub struct ChaosConfig {
     /// network split puts one on each side when there are two).
     #[arg(long, env = "KVORUM_CHAOS_ROUTERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub routers: u64,
+
+    /// Process backend: failure detectors to start (one holds the lease; 2 is
+    /// the Kubernetes layout).
+    #[arg(long, env = "KVORUM_CHAOS_DETECTORS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub detectors: u64,
 
     /// Process backend: the libfaketime library clock faults run processes with.
     #[arg(long, env = "KVORUM_CHAOS_LIBFAKETIME", default_value = kvorum_launcher::DEFAULT_LIBFAKETIME)]

@@ -67,6 +67,37 @@ pub struct Report {
     pub fault_kinds: usize,
     /// Per fault kind, how the operations in flight during its faults ended.
     pub impact: Vec<FaultImpact>,
+    /// The metadata group at the end (local processes only): every replica a
+    /// member, following one leader, with one state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metad: Option<MetadEnd>,
+}
+
+/// The metadata group as a run left it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetadEnd {
+    /// Whether every replica answered as a member, with the same decided
+    /// slot and state digest, within the bound.
+    pub converged: bool,
+    /// Replicas that answered.
+    pub replicas: usize,
+    /// Of which members.
+    pub members: usize,
+    /// The leader's first undecided slot: entries decided over the run.
+    pub decided_upto: u64,
+    /// Entries decided per second of the run.
+    pub entries_per_second: f64,
+    /// The highest ballot round any replica saw: about the number of elections.
+    pub ballot_round: u64,
+    /// The largest snapshot, in bytes.
+    pub snapshot_bytes: u64,
+    /// What the replicas said when they did not converge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disagreement: Option<String>,
+    /// For each metad replica restarted or replaced, milliseconds from its
+    /// start until it had decided what its peers had decided when it started.
+    #[serde(default)]
+    pub catch_up_ms: Vec<f64>,
 }
 
 impl Report {
@@ -102,6 +133,26 @@ impl Report {
         );
         if let Some(reason) = &self.invalid_reason {
             let _ = writeln!(text, "  invalid: {reason}");
+        }
+        if let Some(metad) = &self.metad {
+            let _ = writeln!(
+                text,
+                "  metad: {} of {} replicas members, converged {}, {} entries ({:.1}/s), ballot round {}, snapshot {} bytes, slowest catch-up {:.0} ms of {}{}",
+                metad.members,
+                metad.replicas,
+                metad.converged,
+                metad.decided_upto,
+                metad.entries_per_second,
+                metad.ballot_round,
+                metad.snapshot_bytes,
+                metad.catch_up_ms.iter().copied().fold(0.0, f64::max),
+                metad.catch_up_ms.len(),
+                metad
+                    .disagreement
+                    .as_ref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default(),
+            );
         }
         for impact in &self.impact {
             let _ = writeln!(

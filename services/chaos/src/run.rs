@@ -32,6 +32,9 @@ const FINAL_READS: Duration = Duration::from_secs(60);
 /// How long the eventual keys get to converge once the faults healed.
 const CONVERGENCE: Duration = Duration::from_secs(60);
 
+/// How long the metadata replicas get to agree at the end.
+const METAD_CONVERGENCE: Duration = Duration::from_secs(60);
+
 /// Runs the whole scenario and writes the report; returns it.
 pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     let seed = config.seed.unwrap_or_else(rand::random);
@@ -144,6 +147,21 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         .collect();
     let (eventual_finals, unconverged) = converge(&http, &router, config, CONVERGENCE).await?;
 
+    let metad = match &nemesis {
+        Nemesis::Process(local) => {
+            let addresses: Vec<String> = local
+                .cluster
+                .metad()
+                .addresses()
+                .values()
+                .map(ToString::to_string)
+                .collect();
+            let mut end = metad_end(&http, &addresses, duration_seconds, METAD_CONVERGENCE).await;
+            end.catch_up_ms.clone_from(&local.metad_catch_ups_ms);
+            Some(end)
+        }
+        Nemesis::Docker(_) | Nemesis::K8s(_) => None,
+    };
     let (anomalies, undecided) = check::linearizability(&ops, &[STRONG.to_owned()]);
     let mut lost = check::lost_strong_writes(&ops, &strong_finals);
     lost.extend(check::lost_eventual_writes(&ops, &eventual_finals));
@@ -188,6 +206,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         lost: lost.into_iter().take(100).collect(),
         unconverged: unconverged.into_iter().take(100).collect(),
         unread,
+        metad,
     };
     report.passed = report.valid
         && report.lost_writes == 0
@@ -196,6 +215,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         && report.unconverged_keys == 0
         && report.unread_keys == 0
         && report.rf_restored
+        && report.metad.as_ref().is_none_or(|m| m.converged)
         && report.fault_log.iter().all(|f| f.end_ms.is_some());
     write_outputs(&config.out, &report, &ops, &config.trace_url)?;
     if let Nemesis::Process(local) = nemesis {
@@ -212,6 +232,7 @@ async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> 
     }
     let mut spec = ClusterSpec::for_tests(&data);
     spec.recovery = 2;
+    spec.detectors = usize::try_from(config.detectors)?;
     spec.routers = usize::try_from(config.routers)?;
     // Addresses of their own, so that firewall rules can tell processes apart.
     spec.own_addresses = true;
@@ -263,6 +284,7 @@ async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> 
             metad,
             storage,
             firewall,
+            metad_catch_ups_ms: Vec::new(),
         })),
     ))
 }
@@ -550,3 +572,68 @@ pub fn describe_faults(kinds: &[FaultKind]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Polls the metadata replicas until, in one round of status calls, every
+/// one is a member at the same decided slot with the same state digest, or
+/// `bound` passes; with the group's figures either way.
+pub(crate) async fn metad_end(
+    http: &reqwest::Client,
+    addresses: &[String],
+    duration_seconds: f64,
+    bound: Duration,
+) -> report::MetadEnd {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let calls = addresses.iter().map(|address| async move {
+            let answer = http
+                .get(format!("http://{address}/v1/status"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?;
+            answer
+                .json::<kvorum_protocol::metadata::MetadStatus>()
+                .await
+                .ok()
+        });
+        let statuses: Vec<_> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let states: std::collections::BTreeSet<(u64, u64)> = statuses
+            .iter()
+            .map(|s| (s.decided_upto, s.state_digest))
+            .collect();
+        let members = statuses.iter().filter(|s| s.member).count();
+        let converged =
+            statuses.len() == addresses.len() && members == statuses.len() && states.len() == 1;
+        let timed_out = tokio::time::Instant::now() >= deadline;
+        if converged || timed_out {
+            let decided_upto = statuses.iter().map(|s| s.decided_upto).max().unwrap_or(0);
+            return report::MetadEnd {
+                catch_up_ms: Vec::new(),
+                converged,
+                replicas: statuses.len(),
+                members,
+                decided_upto,
+                entries_per_second: decided_upto as f64 / duration_seconds.max(1.0),
+                ballot_round: statuses.iter().map(|s| s.ballot_round).max().unwrap_or(0),
+                snapshot_bytes: statuses.iter().map(|s| s.snapshot_bytes).max().unwrap_or(0),
+                disagreement: (!converged).then(|| {
+                    statuses
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "metad {}: member {}, decided {}, digest {:x}",
+                                s.id, s.member, s.decided_upto, s.state_digest
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -22,6 +22,8 @@ pub enum FaultKind {
     PauseStorage,
     /// SIGKILL the metadata service's leader, restart it when healed.
     KillMetadLeader,
+    /// SIGKILL a metadata replica chosen at random, restart it when healed.
+    KillMetad,
     /// SIGKILL the active recovery controller, restart it when healed.
     KillRecovery,
     /// Cut a storage node off from every other process (a container off the
@@ -73,7 +75,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in the order a periodic schedule cycles through them.
-    pub const ALL: [FaultKind; 20] = [
+    pub const ALL: [FaultKind; 21] = [
         FaultKind::KillStorage,
         FaultKind::KillMetadLeader,
         FaultKind::PauseStorage,
@@ -94,6 +96,7 @@ impl FaultKind {
         FaultKind::PauseRouter,
         FaultKind::ChurnStorage,
         FaultKind::WipeMetad,
+        FaultKind::KillMetad,
     ];
 
     /// Its name, as on the command line.
@@ -119,6 +122,7 @@ impl FaultKind {
             FaultKind::PauseRouter => "pause-router",
             FaultKind::ChurnStorage => "churn-storage",
             FaultKind::WipeMetad => "wipe-metad",
+            FaultKind::KillMetad => "kill-metad",
         }
     }
 
@@ -136,6 +140,7 @@ impl FaultKind {
                 | FaultKind::KillTwoStorage
                 | FaultKind::KillStorageAndMetadLeader
                 | FaultKind::WipeMetad
+                | FaultKind::KillMetad
         )
     }
 

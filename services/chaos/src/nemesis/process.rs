@@ -23,9 +23,58 @@ pub struct ProcessNemesis {
     pub storage: Vec<NodeId>,
     /// Cuts links between processes (when the run has network faults).
     pub firewall: Option<Firewall>,
+    /// How long each metadata replica restarted or replaced took to catch up, in ms.
+    pub metad_catch_ups_ms: Vec<f64>,
 }
 
 impl ProcessNemesis {
+    /// The most any other metadata replica has decided.
+    async fn peers_decided(&self, id: u64) -> u64 {
+        let mut most = 0;
+        for (other, address) in self.cluster.metad().addresses() {
+            if *other != id
+                && let Some(status) = metad_status(&address.to_string()).await
+            {
+                most = most.max(status.decided_upto);
+            }
+        }
+        most
+    }
+
+    /// Waits until metadata replica `id` is a member that decided `target`;
+    /// records how long that took from `started`.
+    async fn wait_caught_up(
+        &mut self,
+        id: u64,
+        target: u64,
+        started: std::time::Instant,
+    ) -> anyhow::Result<()> {
+        let address = self
+            .cluster
+            .metad()
+            .addresses()
+            .get(&id)
+            .map(ToString::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no metad replica {id}"))?;
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            if let Some(status) = metad_status(&address).await
+                && status.member
+                && status.decided_upto >= target
+            {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(metad = id, catch_up_ms = ms, "metad replica caught up");
+                self.metad_catch_ups_ms.push(ms);
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "metad {id} did not catch up to slot {target} within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Injects one fault; returns what it hit and how to heal it.
     pub async fn inject(
         &mut self,
@@ -53,6 +102,12 @@ impl ProcessNemesis {
                     format!("metad {leader} (leader)"),
                     Heal::RestartMetad(leader),
                 ))
+            }
+            FaultKind::KillMetad => {
+                let ids: Vec<u64> = self.cluster.metad().addresses().keys().copied().collect();
+                let id = ids[rng.random_range(0..ids.len())];
+                self.cluster.metad_mut().kill(id).await?;
+                Ok((format!("metad {id}"), Heal::RestartMetad(id)))
             }
             FaultKind::WipeMetad => {
                 let ids: Vec<u64> = self
@@ -305,7 +360,12 @@ impl ProcessNemesis {
         match heal {
             Heal::RestartStorage(node) => self.cluster.restart_storage(node).await?,
             Heal::Resume(node) => self.cluster.resume_storage(node)?,
-            Heal::RestartMetad(id) => self.cluster.metad_mut().restart(id).await?,
+            Heal::RestartMetad(id) => {
+                let started = std::time::Instant::now();
+                let target = self.peers_decided(id).await;
+                self.cluster.metad_mut().restart(id).await?;
+                self.wait_caught_up(id, target, started).await?;
+            }
             Heal::ReplaceMetad(id) => {
                 let addresses: std::collections::BTreeMap<u64, String> = self
                     .cluster
@@ -314,7 +374,10 @@ impl ProcessNemesis {
                     .iter()
                     .map(|(id, a)| (*id, a.to_string()))
                     .collect();
+                let started = std::time::Instant::now();
+                let target = self.peers_decided(id).await;
                 replace_metad(&addresses, id).await?;
+                self.wait_caught_up(id, target, started).await?;
             }
             Heal::RestartRecovery(index) => self.cluster.restart_recovery(index).await?,
             Heal::ResumeRouter(index) => self.cluster.resume_router(index)?,
@@ -429,4 +492,15 @@ async fn replace_metad(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A metadata replica's own status, if it answers.
+async fn metad_status(address: &str) -> Option<kvorum_protocol::metadata::MetadStatus> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{address}/v1/status"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
 }

@@ -179,3 +179,62 @@ async fn convergence_needs_every_replica_to_answer_the_same() {
     assert!(finals.is_empty());
     assert_eq!(unconverged.len(), 4, "{unconverged:?}");
 }
+
+/// A metad replica whose `GET /v1/status` answers these fields.
+async fn fake_metad(id: u64, member: bool, decided_upto: u64, digest: u64) -> String {
+    let status = serde_json::json!({
+        "id": id, "leader": 1, "is_leader": id == 1, "decided_upto": decided_upto,
+        "version": 3, "state_digest": digest, "snapshot_bytes": 100 * id,
+        "hears_leader": true, "peers": {}, "ballot_round": 2 + id,
+        "incarnation": id, "member": member,
+    });
+    let app = axum::Router::new().route(
+        "/v1/status",
+        get(move || {
+            let body = status.clone();
+            async move { Json(body) }
+        }),
+    );
+    serve(app).await
+}
+
+#[tokio::test]
+async fn the_metad_check_passes_only_when_every_replica_is_a_member_with_one_state() {
+    let agreeing = vec![
+        fake_metad(1, true, 40, 7).await,
+        fake_metad(2, true, 40, 7).await,
+        fake_metad(3, true, 40, 7).await,
+    ];
+    let end = metad_end(&http(), &agreeing, 20.0, Duration::from_secs(5)).await;
+    assert!(end.converged, "{end:?}");
+    assert_eq!(
+        (
+            end.replicas,
+            end.members,
+            end.decided_upto,
+            end.ballot_round,
+            end.snapshot_bytes
+        ),
+        (3, 3, 40, 5, 300)
+    );
+    assert!((end.entries_per_second - 2.0).abs() < 1e-9);
+
+    let short = Duration::from_millis(500);
+    let diverged = vec![
+        fake_metad(1, true, 40, 7).await,
+        fake_metad(2, true, 40, 8).await,
+    ];
+    let end = metad_end(&http(), &diverged, 20.0, short).await;
+    assert!(!end.converged && end.disagreement.is_some(), "{end:?}");
+    let outsider = vec![
+        fake_metad(1, true, 40, 7).await,
+        fake_metad(2, false, 40, 7).await,
+    ];
+    assert!(!metad_end(&http(), &outsider, 20.0, short).await.converged);
+    let unreachable = vec![fake_metad(1, true, 40, 7).await, "127.0.0.1:1".to_owned()];
+    assert!(
+        !metad_end(&http(), &unreachable, 20.0, short)
+            .await
+            .converged
+    );
+}
