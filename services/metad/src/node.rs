@@ -110,34 +110,8 @@ pub fn run(
     tick: Duration,
     compact_every: u64,
 ) {
-    let Outputs {
-        messages: outbound,
-        versions,
-        members,
-    } = outputs;
-    let durable = match store.load() {
-        Ok(durable) => durable,
-        Err(error) => {
-            tracing::error!(%error, "cannot load the paxos store");
-            return;
-        }
-    };
-    let mut node = Node {
-        id: config.id,
-        incarnation: config.incarnation,
-        replica: Replica::new(config, durable),
-        store,
-        machine: StateMachine::default(),
-        applied_upto: 0,
-        commands: HashMap::new(),
-        reads: HashMap::new(),
-        next_barrier: rand::random(),
-        outbound,
-        versions,
-        members,
-        changes: Vec::new(),
-        was_leader: false,
-        compact_every,
+    let Some(mut node) = Node::new(config, store, outputs, compact_every) else {
+        return;
     };
     let mut next_tick = Instant::now() + tick;
     loop {
@@ -194,6 +168,44 @@ struct Node {
 }
 
 impl Node {
+    /// The loop's state, from what `store` holds; `None` if it cannot be read.
+    fn new(
+        config: Config,
+        store: PaxosStore,
+        outputs: Outputs,
+        compact_every: u64,
+    ) -> Option<Self> {
+        let Outputs {
+            messages: outbound,
+            versions,
+            members,
+        } = outputs;
+        let durable = match store.load() {
+            Ok(durable) => durable,
+            Err(error) => {
+                tracing::error!(%error, "cannot load the paxos store");
+                return None;
+            }
+        };
+        Some(Node {
+            id: config.id,
+            incarnation: config.incarnation,
+            replica: Replica::new(config, durable),
+            store,
+            machine: StateMachine::default(),
+            applied_upto: 0,
+            commands: HashMap::new(),
+            reads: HashMap::new(),
+            next_barrier: rand::random(),
+            outbound,
+            versions,
+            members,
+            changes: Vec::new(),
+            was_leader: false,
+            compact_every,
+        })
+    }
+
     fn handle(&mut self, input: Input) {
         match input {
             Input::Messages(envelopes) => {
@@ -457,5 +469,145 @@ impl Node {
         });
         self.reads.retain(|_, waiter| !waiter.is_closed());
         self.changes.retain(|(_, _, reply)| !reply.is_closed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvorum_consensus::{Ballot, Message};
+    use kvorum_protocol::metadata::MetadataOp;
+    use kvorum_protocol::{NodeId, NodeInfo};
+
+    use super::*;
+
+    /// A lone replica that leads, on a store in `dir`.
+    fn leader(dir: &std::path::Path) -> (Node, mpsc::UnboundedReceiver<Vec<Envelope>>) {
+        let me = Member {
+            id: 1,
+            incarnation: 5,
+            address: "127.0.0.1:1".to_owned(),
+        };
+        let config = Config {
+            id: 1,
+            incarnation: 5,
+            members: vec![me],
+            election_ticks: (2, 3),
+            heartbeat_ticks: 1,
+            max_message_bytes: 1 << 20,
+            pre_vote: true,
+            seed: 7,
+        };
+        let store = PaxosStore::open(&dir.join("paxos.redb")).expect("store");
+        let (messages, sent) = mpsc::unbounded_channel();
+        let outputs = Outputs {
+            messages,
+            versions: watch::channel(0).0,
+            members: watch::channel(Vec::new()).0,
+        };
+        let mut node = Node::new(config, store, outputs, 1_000).expect("node");
+        for _ in 0..10 {
+            node.replica.tick();
+            assert!(node.drain());
+        }
+        assert!(node.replica.is_leader(), "a lone replica elects itself");
+        (node, sent)
+    }
+
+    fn register(request: &str) -> MetadataCommand {
+        MetadataCommand {
+            request_id: RequestId(request.to_owned()),
+            expected_version: None,
+            fence: None,
+            op: MetadataOp::RegisterNode {
+                node: NodeInfo::registering(
+                    NodeId(9),
+                    "127.0.0.1:7009".to_owned(),
+                    Default::default(),
+                    false,
+                ),
+            },
+        }
+    }
+
+    #[test]
+    fn a_command_and_a_read_are_answered_only_once_applied_and_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut node, _sent) = leader(dir.path());
+        let (reply, mut command) = oneshot::channel();
+        node.handle(Input::Command(register("r1"), reply, tracing::Span::none()));
+        let (reply, mut read) = oneshot::channel();
+        node.handle(Input::Read(reply));
+        assert!(
+            command.try_recv().is_err(),
+            "answered before it was decided"
+        );
+        assert!(read.try_recv().is_err(), "read answered before its barrier");
+        assert!(node.drain());
+        let outcome = command.try_recv().expect("decided and applied");
+        assert!(matches!(outcome, Ok(Ok(_))), "{outcome:?}");
+        let state = read.try_recv().expect("barrier applied").expect("a state");
+        assert!(
+            state.nodes.contains_key(&NodeId(9)),
+            "the read, after the command, sees it"
+        );
+        // A retry with the same request id is answered from the remembered outcome.
+        let (reply, mut retry) = oneshot::channel();
+        node.handle(Input::Command(register("r1"), reply, tracing::Span::none()));
+        assert!(node.drain());
+        assert_eq!(
+            retry.try_recv().expect("answered"),
+            outcome,
+            "a retry applies nothing twice"
+        );
+    }
+
+    #[test]
+    fn waiting_clients_are_sent_elsewhere_when_leadership_is_lost() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut node, _sent) = leader(dir.path());
+        // A proposal that cannot be decided yet: a higher ballot arrives first.
+        let (reply, mut command) = oneshot::channel();
+        node.handle(Input::Command(register("r2"), reply, tracing::Span::none()));
+        let (reply, mut read) = oneshot::channel();
+        node.handle(Input::Read(reply));
+        node.handle(Input::Messages(vec![Envelope {
+            from: 2,
+            from_incarnation: 1,
+            to: 1,
+            to_incarnation: 5,
+            message: Message::Prepare {
+                ballot: Ballot { round: 99, node: 2 },
+                first_slot: 0,
+            },
+        }]));
+        assert!(node.drain());
+        assert!(!node.replica.is_leader());
+        assert!(matches!(
+            command.try_recv(),
+            Ok(Err(ProposeError::NotLeader(_)))
+        ));
+        assert!(matches!(
+            read.try_recv(),
+            Ok(Err(ProposeError::NotLeader(_)))
+        ));
+    }
+
+    #[test]
+    fn a_membership_change_is_answered_with_the_members_once_decided() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut node, _sent) = leader(dir.path());
+        let mut members = node.replica.members().to_vec();
+        members.push(Member {
+            id: 2,
+            incarnation: 8,
+            address: "127.0.0.1:2".to_owned(),
+        });
+        let (reply, mut answer) = oneshot::channel();
+        node.handle(Input::ChangeMembers(members.clone(), reply));
+        assert!(node.drain());
+        assert_eq!(answer.try_recv().expect("decided"), Ok(Ok(members.clone())));
+        let (reply, mut view) = oneshot::channel();
+        node.handle(Input::Members(reply));
+        assert_eq!(view.try_recv().expect("answered").members, members);
     }
 }
