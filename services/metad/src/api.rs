@@ -1,6 +1,5 @@
 //! The metadata service's HTTP API: `router(state)` and its handlers.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use kvorum_consensus::Member;
 use kvorum_http_client::HttpClient;
 use kvorum_protocol::metadata::{
     MetadStatus, MetadataCommand, MetadataError, MetadataOutcome, MetadataState,
@@ -27,12 +25,11 @@ use crate::node::{Input, ProposeError};
 pub struct AppState {
     /// This replica's id.
     pub id: u64,
-    /// The replicas of `--peers`, by id: who settles the group with this one.
-    pub peers: BTreeMap<u64, String>,
+
     /// Who this replica is; its group is unknown until settled.
     pub identity: std::sync::RwLock<ReplicaIdentity>,
-    /// The members as the consensus loop last applied them.
-    pub members: tokio::sync::watch::Receiver<Vec<Member>>,
+    /// Where the members (as the loop last applied them) and `--peers` are.
+    pub addresses: crate::sender::Addresses,
     /// The consensus loop's input.
     pub inputs: crate::queue::Inputs,
     /// The applied state's version, as it changes.
@@ -198,12 +195,7 @@ impl AppState {
 
     /// Where replica `id` is reached: its member address, else `--peers`.
     fn address_of(&self, id: u64) -> Option<String> {
-        self.members
-            .borrow()
-            .iter()
-            .find(|m| m.id == id)
-            .map(|m| m.address.clone())
-            .or_else(|| self.peers.get(&id).cloned())
+        self.addresses.of(id)
     }
 
     /// Hands `input` to the consensus loop.
@@ -392,6 +384,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Result<Json<MetadStatus>,
     state.submit(Input::Status(reply))?;
     let mut status = state.wait(answer).await?;
     status.peers = state
+        .addresses
         .members
         .borrow()
         .iter()

@@ -91,9 +91,11 @@ pub async fn run(
     let (members_sender, members) = tokio::sync::watch::channel(Vec::<Member>::new());
     let state = Arc::new(AppState {
         id: config.id,
-        peers: peers.clone(),
         identity: std::sync::RwLock::new(identity.clone()),
-        members: members.clone(),
+        addresses: sender::Addresses {
+            members: members.clone(),
+            peers: peers.clone(),
+        },
         inputs: inputs.clone(),
         versions,
         request_timeout: config.request_timeout(),

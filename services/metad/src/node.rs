@@ -168,6 +168,20 @@ struct Node {
 }
 
 impl Node {
+    #[cfg(test)]
+    fn replica_config(&self) -> Config {
+        Config {
+            id: self.id,
+            incarnation: self.incarnation,
+            members: self.replica.members().to_vec(),
+            election_ticks: (2, 3),
+            heartbeat_ticks: 1,
+            max_message_bytes: 1 << 20,
+            pre_vote: true,
+            seed: 7,
+        }
+    }
+
     /// The loop's state, from what `store` holds; `None` if it cannot be read.
     fn new(
         config: Config,
@@ -482,6 +496,7 @@ mod tests {
 
     /// A lone replica that leads, on a store in `dir`.
     fn leader(dir: &std::path::Path) -> (Node, mpsc::UnboundedReceiver<Vec<Envelope>>) {
+        std::fs::create_dir_all(dir).expect("dir");
         let me = Member {
             id: 1,
             incarnation: 5,
@@ -609,5 +624,62 @@ mod tests {
         let (reply, mut view) = oneshot::channel();
         node.handle(Input::Members(reply));
         assert_eq!(view.try_recv().expect("answered").members, members);
+    }
+
+    #[test]
+    fn a_snapshot_from_a_peer_replaces_the_state_and_the_log_resumes_after_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut leader, _sent) = leader(&dir.path().join("1"));
+        leader.compact_every = 10;
+        for n in 0..25 {
+            let (reply, _answer) = oneshot::channel();
+            leader.handle(Input::Command(
+                register(&format!("c{n}")),
+                reply,
+                tracing::Span::none(),
+            ));
+            assert!(leader.drain());
+        }
+        assert!(leader.drain());
+        let snapshot = leader
+            .store
+            .load()
+            .expect("loads")
+            .snapshot
+            .expect("compacted");
+        assert!(snapshot.upto >= 10);
+
+        // A replica that knows nothing gets the snapshot from the leader.
+        std::fs::create_dir_all(dir.path().join("2")).expect("dir");
+        let config = Config {
+            id: 2,
+            incarnation: 8,
+            ..leader.replica_config()
+        };
+        let store = PaxosStore::open(&dir.path().join("2").join("paxos.redb")).expect("store");
+        let (versions, mut version) = watch::channel(0);
+        let outputs = Outputs {
+            messages: mpsc::unbounded_channel().0,
+            versions,
+            members: watch::channel(Vec::new()).0,
+        };
+        let mut follower = Node::new(config, store, outputs, 1_000).expect("node");
+        follower.handle(Input::Messages(vec![Envelope {
+            from: 1,
+            from_incarnation: 5,
+            to: 2,
+            to_incarnation: 8,
+            message: Message::InstallSnapshot {
+                snapshot: snapshot.clone(),
+            },
+        }]));
+        assert!(follower.drain());
+        assert_eq!(follower.applied_upto, snapshot.upto);
+        let restored = StateMachine::restore(&snapshot.data).expect("restores");
+        assert_eq!(follower.machine.state(), restored.state());
+        assert_eq!(*version.borrow_and_update(), restored.state().version);
+        // Durably: a restart comes back to the same state.
+        let reloaded = follower.store.load().expect("loads");
+        assert_eq!(reloaded.snapshot.map(|s| s.upto), Some(snapshot.upto));
     }
 }

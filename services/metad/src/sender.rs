@@ -34,7 +34,8 @@ pub struct Addresses {
 }
 
 impl Addresses {
-    fn of(&self, id: u64) -> Option<String> {
+    /// Where replica `id` is reached.
+    pub fn of(&self, id: u64) -> Option<String> {
         self.members
             .borrow()
             .iter()

@@ -67,17 +67,13 @@ impl Client {
         address: SocketAddr,
         command: &MetadataCommand,
     ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-        let response = self
-            .http
-            .post(format!("http://{address}/v1/commands"))
-            .json(command)
-            .send()
-            .await?;
-        let status = response.status();
-        Ok((
-            status,
-            response.json().await.unwrap_or(serde_json::Value::Null),
-        ))
+        self.members(
+            address,
+            reqwest::Method::POST,
+            "/v1/commands",
+            Some(serde_json::to_value(command)?),
+        )
+        .await
     }
 
     /// Submits through any live replica until one answers 200, or fails at the deadline.
@@ -459,7 +455,8 @@ async fn a_command_from_a_lease_holder_that_lost_its_lease_is_refused() -> anyho
 }
 
 impl Client {
-    /// Calls the membership API at `address`, following redirects to the leader.
+    /// Calls `path` at `address` with a JSON body, following redirects to
+    /// the leader; the status and the JSON answer.
     async fn members(
         &self,
         address: SocketAddr,
