@@ -152,9 +152,8 @@ pub struct Replica {
     heard_incarnation: BTreeMap<NodeId, u64>,
     /// Lives that decided changes removed or replaced: never heard again.
     retired: Vec<Member>,
-    /// The life the message being handled was sent from.
-    sender_life: u64,
-    /// The peer (and its life) whose message is being handled: answers go there.
+    /// The peer (and its life) whose message is being handled: answers go
+    /// there, and its vote counts only if the membership names that life.
     answering: Option<(NodeId, u64)>,
 }
 
@@ -231,7 +230,6 @@ impl Replica {
             members: Vec::new(),
             heard_incarnation: BTreeMap::new(),
             retired: Vec::new(),
-            sender_life: 0,
             answering: None,
         };
         (replica.members, replica.retired) = replica.members_at(replica.durable.compacted_upto());
@@ -319,10 +317,12 @@ impl Replica {
         (members, retired)
     }
 
-    /// Whether a vote from `from`, speaking from life `life`, counts: only
-    /// the lives the membership names vote.
-    fn counts(&self, from: NodeId, life: u64) -> bool {
-        self.members.iter().any(|m| m.same_life(from, life))
+    /// Whether a vote from `from`, in the message being handled, counts:
+    /// only the lives the membership names vote.
+    fn counts(&self, from: NodeId) -> bool {
+        self.answering.is_some_and(|(sender, life)| {
+            sender == from && self.members.iter().any(|m| m.same_life(from, life))
+        })
     }
 
     fn change_members(&mut self, members: Vec<Member>) {
@@ -421,7 +421,6 @@ impl Replica {
         }
         self.heard_incarnation
             .insert(envelope.from, envelope.from_incarnation);
-        self.sender_life = envelope.from_incarnation;
         self.answering = Some((envelope.from, envelope.from_incarnation));
         self.handle(envelope);
         self.answering = None;
@@ -571,8 +570,9 @@ impl Replica {
 
     fn drain_loopback(&mut self) {
         while let Some(envelope) = self.loopback.pop_front() {
-            self.sender_life = self.config.incarnation;
+            self.answering = Some((self.config.id, self.config.incarnation));
             self.handle(envelope);
+            self.answering = None;
         }
     }
 
@@ -685,21 +685,15 @@ impl Replica {
     }
 
     fn on_pre_vote_reply(&mut self, from: NodeId, round: u64, granted: bool) {
+        let (counts, majority) = (self.counts(from), self.majority());
         let Some((asked, grants)) = self.pre_vote.as_mut() else {
             return;
         };
-        if !granted || *asked != round {
-            return;
-        }
-        if !self
-            .members
-            .iter()
-            .any(|m| m.same_life(from, self.sender_life))
-        {
+        if !granted || *asked != round || !counts {
             return;
         }
         grants.insert(from);
-        if grants.len() >= self.majority() {
+        if grants.len() >= majority {
             self.pre_vote = None;
             self.start_election();
         }
@@ -845,7 +839,7 @@ impl Replica {
             self.learn(slot, entry);
         }
         let majority = self.majority();
-        let counts = self.counts(from, self.sender_life);
+        let counts = self.counts(from);
         let Role::Candidate {
             ballot: own,
             promises,
@@ -976,7 +970,7 @@ impl Replica {
     }
 
     fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
-        if !self.counts(from, self.sender_life) {
+        if !self.counts(from) {
             return;
         }
         let Role::Leader {
@@ -1037,9 +1031,11 @@ impl Replica {
             if *own != ballot {
                 break;
             }
-            match in_flight.get(&slot) {
-                Some((_, voters)) if voters.len() >= majority => {}
-                _ => break,
+            if in_flight
+                .get(&slot)
+                .is_none_or(|(_, voters)| voters.len() < majority)
+            {
+                break;
             }
             let Some((entry, _)) = in_flight.remove(&slot) else {
                 break;

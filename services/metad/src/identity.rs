@@ -215,8 +215,6 @@ pub async fn settle(
                 }
             );
             mine = settled;
-            // Answered from now on, so the other founders find the group.
-            *published.write().unwrap_or_else(|p| p.into_inner()) = mine.clone();
             break;
         }
         asked += 1;
@@ -232,6 +230,7 @@ pub async fn settle(
             () = shutdown.cancelled() => return Ok(None),
         }
     }
+    // Answered from now on, so the other founders find the group.
     *published.write().unwrap_or_else(|p| p.into_inner()) = mine.clone();
     Ok(Some(mine))
 }

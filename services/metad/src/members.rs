@@ -156,11 +156,7 @@ pub async fn replace(
     };
     let view = members(&state).await?;
     let Some(held) = view.members.iter().find(|m| m.id == id) else {
-        return Err(ApiError::Refused(
-            kvorum_protocol::metadata::MetadataError::NotFound {
-                message: format!("replica {id} is not a metad member"),
-            },
-        ));
+        return Err(not_a_member(id));
     };
     let address = request.address.unwrap_or_else(|| held.address.clone());
     if !kvorum_protocol::cluster::is_host_port(&address) {
@@ -175,6 +171,12 @@ pub async fn replace(
         address,
     };
     change(&state, uri, Change::Replace(new)).await
+}
+
+fn not_a_member(id: u64) -> ApiError {
+    ApiError::Refused(kvorum_protocol::metadata::MetadataError::NotFound {
+        message: format!("replica {id} is not a metad member"),
+    })
 }
 
 async fn members(state: &AppState) -> Result<MembersView, ApiError> {
@@ -210,11 +212,7 @@ async fn change(state: &AppState, uri: Uri, change: Change) -> Result<Json<Membe
         Ok(Plan::Unchanged) => return Ok(Json(view)),
         Ok(Plan::Propose(members)) => members,
         Err(PlanError::NotFound(id)) => {
-            return Err(ApiError::Refused(
-                kvorum_protocol::metadata::MetadataError::NotFound {
-                    message: format!("replica {id} is not a metad member"),
-                },
-            ));
+            return Err(not_a_member(id));
         }
         Err(PlanError::Conflict(reason)) => return Err(ApiError::MembershipConflict(reason)),
         Err(PlanError::Invalid(reason)) => return Err(ApiError::Membership(reason)),

@@ -476,6 +476,31 @@ impl Client {
         ))
     }
 
+    /// `POST /v1/members` at `address`.
+    async fn add_member(
+        &self,
+        address: SocketAddr,
+        body: serde_json::Value,
+    ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+        self.members(address, reqwest::Method::POST, "/v1/members", Some(body))
+            .await
+    }
+
+    /// `DELETE /v1/members/{id}` at `address`.
+    async fn remove_member(
+        &self,
+        address: SocketAddr,
+        id: u64,
+    ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+        self.members(
+            address,
+            reqwest::Method::DELETE,
+            &format!("/v1/members/{id}"),
+            None,
+        )
+        .await
+    }
+
     /// Polls until `check` holds for the status of the replica at `address`.
     async fn status_until(
         &self,
@@ -618,11 +643,9 @@ async fn a_replica_is_added_and_another_removed_through_the_log() -> anyhow::Res
     assert!(!newcomer.member, "not a member before it is added");
 
     let (status, body) = client
-        .members(
+        .add_member(
             group.addresses()[&leader],
-            reqwest::Method::POST,
-            "/v1/members",
-            Some(serde_json::json!({"id": 4, "address": address.to_string()})),
+            serde_json::json!({"id": 4, "address": address.to_string()}),
         )
         .await?;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -633,32 +656,23 @@ async fn a_replica_is_added_and_another_removed_through_the_log() -> anyhow::Res
 
     // A second add of the same replica changes nothing; a bad one changes nothing either.
     let (status, _) = client
-        .members(
+        .add_member(
             group.addresses()[&leader],
-            reqwest::Method::POST,
-            "/v1/members",
-            Some(serde_json::json!({"id": 4, "address": address.to_string()})),
+            serde_json::json!({"id": 4, "address": address.to_string()}),
         )
         .await?;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = client
-        .members(
+        .add_member(
             group.addresses()[&leader],
-            reqwest::Method::POST,
-            "/v1/members",
-            Some(serde_json::json!({"id": 9, "address": "not an address"})),
+            serde_json::json!({"id": 9, "address": "not an address"}),
         )
         .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     let removed = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap_or(1);
     let (status, body) = client
-        .members(
-            group.addresses()[&leader],
-            reqwest::Method::DELETE,
-            &format!("/v1/members/{removed}"),
-            None,
-        )
+        .remove_member(group.addresses()[&leader], removed)
         .await?;
     assert_eq!(status, StatusCode::OK, "{body}");
     let members: Vec<u64> = body["members"]
@@ -673,12 +687,7 @@ async fn a_replica_is_added_and_another_removed_through_the_log() -> anyhow::Res
         })
         .await?;
     let (status, _) = client
-        .members(
-            group.addresses()[&leader],
-            reqwest::Method::DELETE,
-            &format!("/v1/members/{removed}"),
-            None,
-        )
+        .remove_member(group.addresses()[&leader], removed)
         .await?;
     assert_eq!(
         status,

@@ -442,8 +442,9 @@ impl ProcessNemesis {
     }
 }
 
-/// Asks the metadata group to take back replica `id` in its new life, and
-/// waits until it is a member that hears its leader.
+/// Asks the metadata group to take back replica `id` in its new life
+/// (through any replica; a follower sends it on to the leader), until one
+/// takes it; [`ProcessNemesis::wait_caught_up`] then waits for the replica.
 async fn replace_metad(
     addresses: &std::collections::BTreeMap<u64, String>,
     id: u64,
@@ -451,44 +452,21 @@ async fn replace_metad(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let own = addresses
-        .get(&id)
-        .ok_or_else(|| anyhow::anyhow!("no metad replica {id}"))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut replaced = false;
     loop {
-        if !replaced {
-            for address in addresses.values() {
-                let url = format!("http://{address}/v1/members/{id}/replace");
-                match http.post(&url).send().await {
-                    Ok(response) if response.status().is_success() => {
-                        replaced = true;
-                        break;
-                    }
-                    Ok(response) => {
-                        tracing::debug!(status = %response.status(), %url, "replace not taken yet");
-                    }
-                    Err(error) => tracing::debug!(%error, %url, "replace not taken yet"),
+        for address in addresses.values() {
+            let url = format!("http://{address}/v1/members/{id}/replace");
+            match http.post(&url).send().await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => {
+                    tracing::debug!(status = %response.status(), %url, "replace not taken yet");
                 }
-            }
-        } else {
-            let status = http
-                .get(format!("http://{own}/v1/status"))
-                .send()
-                .await
-                .ok()
-                .map(|r| r.json::<kvorum_protocol::metadata::MetadStatus>());
-            if let Some(status) = status
-                && let Ok(status) = status.await
-                && status.member
-                && status.hears_leader
-            {
-                return Ok(());
+                Err(error) => tracing::debug!(%error, %url, "replace not taken yet"),
             }
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "metad {id} was not a member again within 60 s"
+            "no metad replica took the replacement of {id} within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
