@@ -1,7 +1,7 @@
 //! The checkers, free of I/O: linearizability of strong keys, acknowledged writes
 //! that disappeared, and whether the run had enough traffic to mean anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kvorum_linearizability::check_per_key;
 use kvorum_linearizability::history::{Operation, Outcome};
@@ -243,19 +243,33 @@ pub fn lost_strong_writes(
 
 /// Acknowledged eventual writes missing from the final siblings of their key.
 ///
-/// The eventual workload writes unique values blindly into a `siblings`
-/// keyspace, so no write supersedes another: every acknowledged value must
-/// still be there once the replicas have converged.
+/// The eventual workload writes unique values into a `siblings` keyspace,
+/// blindly or with the context of a read just before (resolving the siblings
+/// that read saw, as a real client would). A value may leave the final
+/// siblings only because a write that may have landed (acknowledged, or of
+/// unknown outcome) superseded it; every other acknowledged value must still
+/// be there once the replicas have converged.
 pub fn lost_eventual_writes(
     ops: &[Op],
     finals: &BTreeMap<(String, String), Vec<String>>,
 ) -> Vec<LostWrite> {
+    let superseded: BTreeSet<(&str, &str, &str)> = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Write && op.status != Status::Fail)
+        .flat_map(|op| {
+            op.supersedes
+                .iter()
+                .map(|v| (op.keyspace.as_str(), op.key.as_str(), v.as_str()))
+        })
+        .collect();
     ops.iter()
         .filter(|op| op.kind == OpKind::Write && op.status == Status::Ok)
         .filter_map(|op| {
             let present = finals.get(&(op.keyspace.clone(), op.key.clone()))?;
             let value = op.value.clone()?;
-            (!present.contains(&value)).then(|| LostWrite {
+            let accounted = present.contains(&value)
+                || superseded.contains(&(op.keyspace.as_str(), op.key.as_str(), value.as_str()));
+            (!accounted).then(|| LostWrite {
                 keyspace: op.keyspace.clone(),
                 key: op.key.clone(),
                 value: Some(value),
@@ -348,6 +362,7 @@ mod tests {
             status,
             error: None,
             trace_id: Some(format!("t{client}")),
+            supersedes: Vec::new(),
         }
     }
 
@@ -418,6 +433,37 @@ mod tests {
         }
         let finals = BTreeMap::from([(("e".to_owned(), "k".to_owned()), vec!["a".to_owned()])]);
         let lost = lost_eventual_writes(&ops, &finals);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].value.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn an_eventual_write_may_leave_only_when_a_write_that_may_have_landed_superseded_it() {
+        let resolving = |value: &str, status: Status| {
+            let mut o = op(2, OpKind::Write, Some(value), (2.0, 3.0), status);
+            o.supersedes = vec!["a".to_owned()];
+            o
+        };
+        let blind = op(1, OpKind::Write, Some("a"), (0.0, 1.0), Status::Ok);
+        let finals = |values: &[&str]| {
+            BTreeMap::from([(
+                ("s".to_owned(), "k".to_owned()),
+                values.iter().map(|v| (*v).to_owned()).collect(),
+            )])
+        };
+        // Resolved by an acknowledged write, or one that may have landed: not lost.
+        let ops = vec![blind.clone(), resolving("b", Status::Ok)];
+        assert!(lost_eventual_writes(&ops, &finals(&["b"])).is_empty());
+        let ops = vec![blind.clone(), resolving("b", Status::Unknown)];
+        assert!(lost_eventual_writes(&ops, &finals(&[])).is_empty());
+        // The resolving write failed for certain: "a" had to stay.
+        let ops = vec![blind.clone(), resolving("b", Status::Fail)];
+        let lost = lost_eventual_writes(&ops, &finals(&[]));
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].value.as_deref(), Some("a"));
+        // The acknowledged resolving write must itself be there.
+        let ops = vec![blind, resolving("b", Status::Ok)];
+        let lost = lost_eventual_writes(&ops, &finals(&["a"]));
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].value.as_deref(), Some("b"));
     }

@@ -58,6 +58,10 @@ pub struct Op {
     /// The trace the router recorded it under (`x-kvorum-trace-id`), when spans are exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// For an eventual write sent with the context of the client's read just
+    /// before it: the values that read saw, which this write supersedes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<String>,
 }
 
 impl Op {

@@ -312,6 +312,7 @@ mod tests {
             status,
             error: None,
             trace_id: Some(format!("t{client}")),
+            supersedes: Vec::new(),
         }
     }
 

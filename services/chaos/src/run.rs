@@ -446,6 +446,7 @@ pub(crate) async fn final_strong_reads(
                 status: Status::Ok,
                 error: None,
                 trace_id: None,
+                supersedes: Vec::new(),
             });
             break;
         }

@@ -124,34 +124,67 @@ impl Workload {
                 _ => OpKind::Read,
             };
             let value = (kind == OpKind::Write).then(|| format!("c{client}-{n}"));
-            // Large values go to the strong keyspace only: blind writes pile
-            // up as siblings of the eventual keys, and megabytes of them would
-            // measure sibling bookkeeping rather than the faults.
+            // Large values go to the strong keyspace only: megabytes of
+            // eventual siblings would measure sibling bookkeeping rather than
+            // the faults.
             let size = if !eventual && rng.random_bool(self.large_share.clamp(0.0, 1.0)) {
                 rng.random_range(1024..=self.max_value_bytes.max(1024))
             } else {
                 0
             };
-            ops.push(
-                self.call(&http, clock, client, keyspace, key, kind, value, size)
-                    .await,
-            );
+            // Half of the eventual writes resolve the key's siblings as a real
+            // client does: read, then write with the read's context. Blind
+            // writes alone pile up siblings until the key reaches its cap and
+            // refuses every write, which a long run would spend its time on.
+            let mut resolves = None;
+            if eventual && kind == OpKind::Write && roll < 35 {
+                let call = Call {
+                    keyspace,
+                    key: key.clone(),
+                    kind: OpKind::Read,
+                    value: None,
+                    size: 0,
+                    context: None,
+                };
+                let (read, context) = self.call(&http, clock, client, call).await;
+                resolves = (read.status == Status::Ok)
+                    .then_some(context)
+                    .flatten()
+                    .map(|context| (context, read.observed.clone().unwrap_or_default()));
+                ops.push(read);
+            }
+            let (context, supersedes) = resolves.unzip();
+            let call = Call {
+                keyspace,
+                key,
+                kind,
+                value,
+                size,
+                context,
+            };
+            let (mut op, _) = self.call(&http, clock, client, call).await;
+            op.supersedes = supersedes.unwrap_or_default();
+            ops.push(op);
         }
         ops
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Makes one call and records it; a read also returns the causal context it was given.
     async fn call(
         &self,
         http: &reqwest::Client,
         clock: Instant,
         client: u64,
-        keyspace: &str,
-        key: String,
-        kind: OpKind,
-        value: Option<String>,
-        size: usize,
-    ) -> Op {
+        call: Call<'_>,
+    ) -> (Op, Option<String>) {
+        let Call {
+            keyspace,
+            key,
+            kind,
+            value,
+            size,
+            context,
+        } = call;
         let router =
             &self.routers[usize::try_from(client).unwrap_or(0) % self.routers.len().max(1)];
         let url = format!("{router}/v1/kv/{key}?keyspace={keyspace}");
@@ -167,6 +200,10 @@ impl Workload {
             OpKind::Delete => http.delete(&url),
         }
         .header("traceparent", traceparent);
+        let request = match &context {
+            Some(context) => request.header(kvorum_protocol::headers::CONTEXT, context),
+            None => request,
+        };
         let invoke_ms = millis(clock);
         let mut op = Op {
             client,
@@ -181,6 +218,7 @@ impl Workload {
             status: Status::Unknown,
             error: None,
             trace_id: Some(trace_id),
+            supersedes: Vec::new(),
         };
         let response = request.send().await;
         op.complete_ms = millis(clock);
@@ -194,7 +232,7 @@ impl Workload {
                     Status::Unknown
                 };
                 op.error = Some(error.to_string());
-                return op;
+                return (op, None);
             }
         };
         let status = response.status();
@@ -205,6 +243,11 @@ impl Workload {
         {
             op.trace_id = Some(recorded.to_owned());
         }
+        let mut context = response
+            .headers()
+            .get(kvorum_protocol::headers::CONTEXT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response.bytes().await.unwrap_or_default();
         op.complete_ms = millis(clock);
         match (kind, status) {
@@ -218,6 +261,9 @@ impl Workload {
                 op.found = true;
                 let siblings: Option<kvorum_protocol::conflict::SiblingsResponse> =
                     serde_json::from_slice(&body).ok();
+                if let Some(siblings) = &siblings {
+                    context.get_or_insert_with(|| siblings.context.clone());
+                }
                 op.observed = siblings.map(|s| {
                     s.siblings
                         .iter()
@@ -241,8 +287,19 @@ impl Workload {
                 op.error = Some(format!("{status}: {}", error["error"]["message"]));
             }
         }
-        op
+        (op, context.filter(|_| kind == OpKind::Read))
     }
+}
+
+/// One request a client makes.
+struct Call<'a> {
+    keyspace: &'a str,
+    key: String,
+    kind: OpKind,
+    value: Option<String>,
+    size: usize,
+    /// The causal context sent with an eventual write that resolves what a read saw.
+    context: Option<String>,
 }
 
 #[cfg(test)]
