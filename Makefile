@@ -18,6 +18,7 @@ DATA_DIR     ?= data
 CHAOS_DURATION_S ?= 150
 CHAOS_OUT    ?= target/chaos/latest
 SOAK_METAD_S ?= 1800
+# Every fault kind local processes can have (slow-links needs Docker: loopback must not be shaped).
 CHAOS_ALL_FAULTS := partition-halves,kill-storage,clock-forward,wipe-storage,kill-two-storage,partition-one-way,kill-metad-leader,pause-router,clock-back,wipe-storage-all,partition-bridge,pause-storage,kill-storage-and-metad-leader,lossy-links,clock-drift,term-storage,partition-storage,churn-storage,kill-recovery,wipe-metad,kill-metad
 
 CARGO ?= cargo

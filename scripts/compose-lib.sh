@@ -2,7 +2,8 @@
 # chaos-docker.sh); source it after setting `name` (the log prefix).
 # Provides log, fail, free_port, and compose_start, which starts a project
 # with the router on a free port, tears it down (volumes too) on exit even on
-# failure, and waits until the router is ready.
+# failure (and the directories in the array compose_dirs), and waits until the
+# router is ready.
 
 log() { printf '%s: %s\n' "$name" "$*" >&2; }
 fail() { log "FAILED: $*"; exit 1; }
@@ -39,5 +40,7 @@ compose_cleanup() {
     fi
     "${compose[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
     [[ -z ${compose_extra:-} ]] || rm -f "$compose_extra"
+    # Directories the caller made for the project (set before compose_start).
+    [[ -z ${compose_dirs:-} ]] || rm -rf "${compose_dirs[@]}"
     exit $status
 }

@@ -58,9 +58,11 @@ pub struct ChaosConfig {
     #[arg(long, env = "KVORUM_CHAOS_BACKEND", value_enum, default_value_t = Backend::Process)]
     pub backend: Backend,
 
-    /// The router's URL (docker and k8s backends), such as `http://127.0.0.1:8080`.
-    #[arg(long, env = "KVORUM_CHAOS_ROUTER")]
-    pub router: Option<String>,
+    /// The routers' URLs (docker and k8s backends), comma-separated, such as
+    /// `http://127.0.0.1:8080`; the clients are spread over them. On Docker
+    /// they are the Compose services `router`, `router-2`, ... in that order.
+    #[arg(long, env = "KVORUM_CHAOS_ROUTER", value_delimiter = ',')]
+    pub router: Vec<String>,
 
     /// Docker backend: the Compose project name.
     #[arg(long, env = "KVORUM_CHAOS_COMPOSE_PROJECT")]
@@ -189,7 +191,14 @@ pub struct ChaosConfig {
     #[arg(long, env = "KVORUM_CHAOS_DETECTORS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
     pub detectors: u64,
 
-    /// Process backend: the libfaketime library clock faults run processes with.
+    /// Docker backend: the host directory the Compose files mount at `/clocks`
+    /// in every service but the storage nodes, which run under libfaketime
+    /// reading their offsets from `/clocks/<service>`; clock faults need it.
+    #[arg(long, env = "KVORUM_CHAOS_CLOCK_DIR")]
+    pub clock_dir: Option<PathBuf>,
+
+    /// The libfaketime library clock faults run processes with (on Docker,
+    /// the host's copy the Compose files mount).
     #[arg(long, env = "KVORUM_CHAOS_LIBFAKETIME", default_value = kvorum_launcher::DEFAULT_LIBFAKETIME)]
     pub libfaketime: PathBuf,
 
@@ -230,25 +239,19 @@ impl ChaosConfig {
         if self.faults.is_empty() {
             return Err("--faults needs at least one fault".to_owned());
         }
-        if self.backend != Backend::Process && self.router.is_none() {
+        if self.backend != Backend::Process && self.router.is_empty() {
             return Err(format!("--backend {} needs --router", self.backend.name()));
         }
         if self.backend == Backend::Docker && self.compose_project.is_none() {
             return Err("--backend docker needs --compose-project".to_owned());
         }
         let available = |fault: FaultKind| match self.backend {
-            Backend::Process => true,
-            Backend::Docker => matches!(
-                fault,
-                FaultKind::KillStorage
-                    | FaultKind::TermStorage
-                    | FaultKind::PauseStorage
-                    | FaultKind::KillMetadLeader
-                    | FaultKind::KillRecovery
-                    | FaultKind::PartitionStorage
-                    | FaultKind::KillTwoStorage
-                    | FaultKind::KillStorageAndMetadLeader
-            ),
+            // Loopback is shared by the whole host: it must not be shaped.
+            Backend::Process => fault != FaultKind::SlowLinks,
+            // A node added by the tool would need a service the Compose files lack.
+            Backend::Docker => {
+                fault != FaultKind::ChurnStorage && (!fault.is_clock() || self.clock_dir.is_some())
+            }
             Backend::K8s => matches!(
                 fault,
                 FaultKind::KillStorage
@@ -258,8 +261,13 @@ impl ChaosConfig {
             ),
         };
         if let Some(fault) = self.faults.iter().find(|f| !available(**f)) {
+            let hint = if self.backend == Backend::Docker && fault.is_clock() {
+                " without --clock-dir"
+            } else {
+                ""
+            };
             return Err(format!(
-                "fault {} is not available with --backend {}",
+                "fault {} is not available with --backend {}{hint}",
                 fault.name(),
                 self.backend.name()
             ));
@@ -312,11 +320,36 @@ mod tests {
     #[test]
     fn backends_refuse_what_they_cannot_do() {
         assert!(parse(&[]).is_ok());
-        let every: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        let every: Vec<&str> = FaultKind::ALL
+            .iter()
+            .filter(|k| **k != FaultKind::SlowLinks)
+            .map(|k| k.name())
+            .collect();
         assert!(
             parse(&["--faults", &every.join(",")]).is_ok(),
-            "local processes take every fault"
+            "local processes take every fault but slow links"
         );
+        let docker = [
+            "--backend",
+            "docker",
+            "--router",
+            "http://x,http://y",
+            "--compose-project",
+            "p",
+        ];
+        let on_docker: Vec<&str> = FaultKind::ALL
+            .iter()
+            .filter(|k| **k != FaultKind::ChurnStorage)
+            .map(|k| k.name())
+            .collect();
+        let with = |extra: &[&str]| {
+            let mut args = docker.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let joined = on_docker.join(",");
+        let parsed = with(&["--clock-dir", "/tmp/c", "--faults", &joined]).expect("docker");
+        assert_eq!(parsed.router, ["http://x", "http://y"]);
         for (args, reason) in [
             (
                 &[
@@ -329,7 +362,24 @@ mod tests {
                     "--faults",
                     "clock-forward",
                 ][..],
+                "not available with --backend docker without --clock-dir",
+            ),
+            (
+                &[
+                    "--backend",
+                    "docker",
+                    "--router",
+                    "http://x",
+                    "--compose-project",
+                    "p",
+                    "--faults",
+                    "churn-storage",
+                ][..],
                 "not available with --backend docker",
+            ),
+            (
+                &["--faults", "slow-links"][..],
+                "not available with --backend process",
             ),
             (&["--backend", "docker"][..], "needs --router"),
             (

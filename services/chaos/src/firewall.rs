@@ -155,7 +155,21 @@ async fn nft_output(args: &[&str]) -> anyhow::Result<String> {
 }
 
 async fn nft_script(script: &str) -> anyhow::Result<()> {
-    let mut child = tokio::process::Command::new("nft")
+    nft_script_in(None, script).await
+}
+
+/// Runs an nft script in this process's network namespace, or in that of
+/// process `pid` (a container's, through `nsenter`).
+pub(crate) async fn nft_script_in(pid: Option<u32>, script: &str) -> anyhow::Result<()> {
+    let mut command = match pid {
+        None => tokio::process::Command::new("nft"),
+        Some(pid) => {
+            let mut command = tokio::process::Command::new("nsenter");
+            command.args(["--target", &pid.to_string(), "--net", "nft"]);
+            command
+        }
+    };
+    let mut child = command
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -8,6 +8,8 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::nemesis::FaultKind;
+
 /// Directed links `(from, to)` between processes (indices into the process
 /// list) whose packets are dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,6 +100,66 @@ pub fn bridge(processes: &[ProcessInfo], rng: &mut StdRng) -> ([Vec<usize>; 2], 
     let [a, b] = halves(processes, rng);
     let keep = |side: Vec<usize>| side.into_iter().filter(|i| !bridge.contains(i)).collect();
     ([keep(a), keep(b)], bridge)
+}
+
+/// What network fault `kind` cuts among `processes`: its grudge, the share of
+/// packets dropped (all when `None`), and a description. `storage` is the
+/// storage node a one-node fault strikes; `muted` the process a one-way cut
+/// silences (the storage node when `None`).
+pub fn plan(
+    kind: FaultKind,
+    processes: &[ProcessInfo],
+    storage: usize,
+    muted: Option<usize>,
+    rng: &mut StdRng,
+) -> anyhow::Result<(Grudge, Option<u8>, String)> {
+    let names = |side: &[usize]| {
+        side.iter()
+            .map(|i| processes[*i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let count = processes.len();
+    let victim = &processes[storage].name;
+    Ok(match kind {
+        FaultKind::PartitionStorage => (
+            Grudge::isolate(count, storage),
+            None,
+            format!("{victim} isolated"),
+        ),
+        FaultKind::PartitionHalves => {
+            let [a, b] = halves(processes, rng);
+            let target = format!("[{}] | [{}]", names(&a), names(&b));
+            (Grudge::sides(&[a, b]), None, target)
+        }
+        FaultKind::PartitionBridge => {
+            let ([a, b], bridge) = bridge(processes, rng);
+            let target = format!(
+                "[{}] | [{}] bridged by [{}]",
+                names(&a),
+                names(&b),
+                names(&bridge)
+            );
+            (Grudge::sides(&[a, b]), None, target)
+        }
+        FaultKind::PartitionOneWay => {
+            let muted = muted.unwrap_or(storage);
+            (
+                Grudge::mute(count, muted),
+                None,
+                format!(
+                    "{} unheard (it still hears the others)",
+                    processes[muted].name
+                ),
+            )
+        }
+        FaultKind::LossyLinks => (
+            Grudge::isolate(count, storage),
+            Some(30),
+            format!("{victim} loses 30% of its packets"),
+        ),
+        other => anyhow::bail!("{} does not cut links", other.name()),
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvorum_launcher::{ClusterSpec, LocalCluster};
+use kvorum_launcher::{ClusterSpec, LocalCluster, ProcessKind};
 use kvorum_metad_client::{MetadAddresses, MetadClient};
 use kvorum_protocol::cluster::NodeState;
 use kvorum_protocol::storage::{CausalReadResponse, ReplicaKey};
@@ -63,19 +63,39 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
                 compose.push("--file".to_owned());
                 compose.push(file.display().to_string());
             }
+            let clocks = match &config.clock_dir {
+                Some(dir) => Some(kvorum_launcher::FakeClocks::new(&config.libfaketime, dir)?),
+                None => None,
+            };
             (
-                config.router.clone().unwrap_or_default(),
+                first_router(config),
                 Nemesis::Docker(DockerNemesis {
                     compose,
                     network: format!("{project}_default"),
                     storage: (1..=config.storage_nodes)
                         .map(|i| format!("storage-{i}"))
                         .collect(),
+                    metad: (1..=DOCKER_METAD_REPLICAS)
+                        .map(|i| (i, format!("metad-{i}")))
+                        .collect(),
+                    routers: (1..=config.router.len())
+                        .map(|i| match i {
+                            1 => "router".to_owned(),
+                            i => format!("router-{i}"),
+                        })
+                        .collect(),
+                    others: vec![
+                        (ProcessKind::Detector, "detector".to_owned()),
+                        (ProcessKind::Recovery, "recovery".to_owned()),
+                    ],
+                    clocks,
+                    metad_catch_ups_ms: Vec::new(),
+                    cuts: 0,
                 }),
             )
         }
         Backend::K8s => (
-            config.router.clone().unwrap_or_default(),
+            first_router(config),
             Nemesis::K8s(K8sNemesis {
                 namespace: config.namespace.clone(),
                 force: config.force_delete,
@@ -85,6 +105,9 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
             }),
         ),
     };
+    if let Nemesis::Docker(docker) = &nemesis {
+        docker.check_clocks().await?;
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -99,7 +122,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
 
     let routers = match &nemesis {
         Nemesis::Process(local) => local.cluster.router_urls(),
-        _ => vec![router.clone()],
+        _ => config.router.clone(),
     };
     let workload = Workload {
         routers,
@@ -160,7 +183,13 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
             end.catch_up_ms.clone_from(&local.metad_catch_ups_ms);
             Some(end)
         }
-        Nemesis::Docker(_) | Nemesis::K8s(_) => None,
+        Nemesis::Docker(docker) => {
+            let addresses: Vec<String> = docker.metad_addresses().await.into_values().collect();
+            let mut end = metad_end(&http, &addresses, duration_seconds, METAD_CONVERGENCE).await;
+            end.catch_up_ms.clone_from(&docker.metad_catch_ups_ms);
+            Some(end)
+        }
+        Nemesis::K8s(_) => None,
     };
     let (anomalies, undecided) = check::linearizability(&ops, &[STRONG.to_owned()]);
     let mut lost = check::lost_strong_writes(&ops, &strong_finals);
@@ -222,6 +251,14 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         local.cluster.stop().await?;
     }
     Ok(report)
+}
+
+/// The metadata replicas of `deploy/docker-compose.yml`, `metad-1` to `metad-3`.
+const DOCKER_METAD_REPLICAS: u64 = 3;
+
+/// The first of the routers the docker and k8s backends were given (validated to be one at least).
+fn first_router(config: &ChaosConfig) -> String {
+    config.router.first().cloned().unwrap_or_default()
 }
 
 /// Starts the local cluster of the process backend; returns its router and the nemesis over it.

@@ -48,6 +48,11 @@ pub enum FaultKind {
     PartitionOneWay,
     /// Drop 30% of the packets on every link of a storage node.
     LossyLinks,
+    /// Slow what a storage node sends: `tc netem` delay (150 ± 50 ms) on its
+    /// container's link, or, on a kernel without netem, a `tbf` rate limit of
+    /// 1 Mbit/s. Docker only: local processes share loopback, which must not
+    /// be shaped.
+    SlowLinks,
     /// Step the wall clock of a router, metadata replica, detector or recovery
     /// controller forward by 10 to 90 seconds; step it back when healed.
     ClockForward,
@@ -75,7 +80,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in the order a periodic schedule cycles through them.
-    pub const ALL: [FaultKind; 21] = [
+    pub const ALL: [FaultKind; 22] = [
         FaultKind::KillStorage,
         FaultKind::KillMetadLeader,
         FaultKind::PauseStorage,
@@ -97,6 +102,7 @@ impl FaultKind {
         FaultKind::ChurnStorage,
         FaultKind::WipeMetad,
         FaultKind::KillMetad,
+        FaultKind::SlowLinks,
     ];
 
     /// Its name, as on the command line.
@@ -114,6 +120,7 @@ impl FaultKind {
             FaultKind::PartitionBridge => "partition-bridge",
             FaultKind::PartitionOneWay => "partition-one-way",
             FaultKind::LossyLinks => "lossy-links",
+            FaultKind::SlowLinks => "slow-links",
             FaultKind::ClockForward => "clock-forward",
             FaultKind::ClockBack => "clock-back",
             FaultKind::ClockDrift => "clock-drift",
@@ -153,6 +160,7 @@ impl FaultKind {
                 | FaultKind::PartitionBridge
                 | FaultKind::PartitionOneWay
                 | FaultKind::LossyLinks
+                | FaultKind::SlowLinks
         )
     }
 
@@ -223,6 +231,11 @@ pub enum Heal {
     },
     /// Wait until a pod Kubernetes recreates is ready again.
     PodReady(String),
+    /// Delete the nftables table of one fault from each container's network
+    /// namespace (those whose process has not changed since).
+    Unfilter(Vec<container::Filtered>),
+    /// Take the traffic shaping off a container's link.
+    Unshape(container::Filtered),
 }
 
 /// Where faults go.
@@ -291,8 +304,11 @@ async fn command(program: &str, args: &[String]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+mod clock;
+mod container;
 mod docker;
 mod k8s;
+mod metad;
 mod process;
 
 pub use docker::DockerNemesis;

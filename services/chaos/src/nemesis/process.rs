@@ -1,5 +1,6 @@
 //! Faults on a local cluster's processes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kvorum_launcher::{LocalCluster, ProcessKind};
@@ -8,9 +9,9 @@ use kvorum_protocol::NodeId;
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::{FaultKind, Heal};
+use super::{FaultKind, Heal, clock, metad};
 use crate::firewall::{Firewall, Link};
-use crate::partition::{self, Grudge};
+use crate::partition;
 
 /// Faults on a local cluster's processes.
 #[derive(Debug)]
@@ -28,17 +29,14 @@ pub struct ProcessNemesis {
 }
 
 impl ProcessNemesis {
-    /// The most any other metadata replica has decided.
-    async fn peers_decided(&self, id: u64) -> u64 {
-        let mut most = 0;
-        for (other, address) in self.cluster.metad().addresses() {
-            if *other != id
-                && let Some(status) = metad_status(&address.to_string()).await
-            {
-                most = most.max(status.decided_upto);
-            }
-        }
-        most
+    /// Every metadata replica's address, by id.
+    fn metad_addresses(&self) -> BTreeMap<u64, String> {
+        self.cluster
+            .metad()
+            .addresses()
+            .iter()
+            .map(|(id, a)| (*id, a.to_string()))
+            .collect()
     }
 
     /// Waits until metadata replica `id` is a member that decided `target`;
@@ -50,29 +48,12 @@ impl ProcessNemesis {
         started: std::time::Instant,
     ) -> anyhow::Result<()> {
         let address = self
-            .cluster
-            .metad()
-            .addresses()
-            .get(&id)
-            .map(ToString::to_string)
+            .metad_addresses()
+            .remove(&id)
             .ok_or_else(|| anyhow::anyhow!("no metad replica {id}"))?;
-        let deadline = started + Duration::from_secs(60);
-        loop {
-            if let Some(status) = metad_status(&address).await
-                && status.member
-                && status.decided_upto >= target
-            {
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                tracing::info!(metad = id, catch_up_ms = ms, "metad replica caught up");
-                self.metad_catch_ups_ms.push(ms);
-                return Ok(());
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "metad {id} did not catch up to slot {target} within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ms = metad::wait_caught_up(&address, id, target, started).await?;
+        self.metad_catch_ups_ms.push(ms);
+        Ok(())
     }
 
     /// Injects one fault; returns what it hit and how to heal it.
@@ -220,6 +201,8 @@ impl ProcessNemesis {
             FaultKind::ClockForward | FaultKind::ClockBack | FaultKind::ClockDrift => {
                 self.move_clock(kind, rng)
             }
+            // Which faults a backend offers is said once, in ChaosConfig::validate.
+            FaultKind::SlowLinks => anyhow::bail!("slow-links needs the docker backend"),
         }
     }
 
@@ -234,56 +217,13 @@ impl ProcessNemesis {
         let index_of = |name: &str| processes.iter().position(|p| p.name == name);
         let storage = index_of(&format!("storage-{}", node.0))
             .ok_or_else(|| anyhow::anyhow!("storage {node} is not in the cluster"))?;
-        let names = |side: &[usize]| {
-            side.iter()
-                .map(|i| processes[*i].name.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
+        let muted = if kind == FaultKind::PartitionOneWay && rng.random_bool(0.5) {
+            let leader = self.metad_leader().await;
+            index_of(&format!("metad-{leader}"))
+        } else {
+            None
         };
-        let (grudge, loss, target) = match kind {
-            FaultKind::PartitionStorage => (
-                Grudge::isolate(processes.len(), storage),
-                None,
-                format!("storage {node} isolated"),
-            ),
-            FaultKind::PartitionHalves => {
-                let [a, b] = partition::halves(&processes, rng);
-                let target = format!("[{}] | [{}]", names(&a), names(&b));
-                (Grudge::sides(&[a, b]), None, target)
-            }
-            FaultKind::PartitionBridge => {
-                let ([a, b], bridge) = partition::bridge(&processes, rng);
-                let target = format!(
-                    "[{}] | [{}] bridged by [{}]",
-                    names(&a),
-                    names(&b),
-                    names(&bridge)
-                );
-                (Grudge::sides(&[a, b]), None, target)
-            }
-            FaultKind::PartitionOneWay => {
-                let muted = if rng.random_bool(0.5) {
-                    let leader = self.metad_leader().await;
-                    index_of(&format!("metad-{leader}")).unwrap_or(storage)
-                } else {
-                    storage
-                };
-                (
-                    Grudge::mute(processes.len(), muted),
-                    None,
-                    format!(
-                        "{} unheard (it still hears the others)",
-                        processes[muted].name
-                    ),
-                )
-            }
-            FaultKind::LossyLinks => (
-                Grudge::isolate(processes.len(), storage),
-                Some(30),
-                format!("storage {node} loses 30% of its packets"),
-            ),
-            other => anyhow::bail!("{} is not a network fault", other.name()),
-        };
+        let (grudge, loss, target) = partition::plan(kind, &processes, storage, muted, rng)?;
         let links: Vec<Link> = grudge
             .0
             .iter()
@@ -305,8 +245,7 @@ impl ProcessNemesis {
         let clocks = self
             .cluster
             .clocks()
-            .ok_or_else(|| anyhow::anyhow!("{} needs the run's fake clocks", kind.name()))?
-            .clone();
+            .ok_or_else(|| anyhow::anyhow!("{} needs the run's fake clocks", kind.name()))?;
         let faked: Vec<String> = self
             .cluster
             .processes()
@@ -314,45 +253,7 @@ impl ProcessNemesis {
             .filter(|p| p.kind != ProcessKind::Storage)
             .map(|p| p.name)
             .collect();
-        let name = faked[rng.random_range(0..faked.len())].clone();
-        match kind {
-            FaultKind::ClockForward | FaultKind::ClockBack => {
-                let step = rng.random_range(10.0..90.0_f64);
-                let offset = if kind == FaultKind::ClockBack {
-                    -step
-                } else {
-                    step
-                };
-                clocks.set_offset(&name, offset)?;
-                Ok((
-                    format!("{name} clock {offset:+.0} s"),
-                    Heal::TrueClock { name, drift: None },
-                ))
-            }
-            _ => {
-                let rate =
-                    rng.random_range(0.5..1.0_f64) * if rng.random_bool(0.5) { 1.0 } else { -1.0 };
-                let started = std::time::Instant::now();
-                let drifting = name.clone();
-                let drift = tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_millis(500));
-                    loop {
-                        tick.tick().await;
-                        let offset = started.elapsed().as_secs_f64() * rate;
-                        if let Err(error) = clocks.set_offset(&drifting, offset) {
-                            tracing::warn!(%error, "cannot move a drifting clock");
-                        }
-                    }
-                });
-                Ok((
-                    format!("{name} clock drifts {rate:+.2} s/s"),
-                    Heal::TrueClock {
-                        name,
-                        drift: Some(drift),
-                    },
-                ))
-            }
-        }
+        clock::move_clock(kind, clocks, &faked, rng)
     }
 
     /// Undoes a fault.
@@ -362,21 +263,15 @@ impl ProcessNemesis {
             Heal::Resume(node) => self.cluster.resume_storage(node)?,
             Heal::RestartMetad(id) => {
                 let started = std::time::Instant::now();
-                let target = self.peers_decided(id).await;
+                let target = metad::peers_decided(&self.metad_addresses(), id).await;
                 self.cluster.metad_mut().restart(id).await?;
                 self.wait_caught_up(id, target, started).await?;
             }
             Heal::ReplaceMetad(id) => {
-                let addresses: std::collections::BTreeMap<u64, String> = self
-                    .cluster
-                    .metad_mut()
-                    .addresses()
-                    .iter()
-                    .map(|(id, a)| (*id, a.to_string()))
-                    .collect();
+                let addresses = self.metad_addresses();
                 let started = std::time::Instant::now();
-                let target = self.peers_decided(id).await;
-                replace_metad(&addresses, id).await?;
+                let target = metad::peers_decided(&addresses, id).await;
+                metad::replace(&addresses, id).await?;
                 self.wait_caught_up(id, target, started).await?;
             }
             Heal::RestartRecovery(index) => self.cluster.restart_recovery(index).await?,
@@ -390,15 +285,7 @@ impl ProcessNemesis {
                     .await?;
             }
             Heal::TrueClock { name, drift } => {
-                if let Some(drift) = drift {
-                    drift.abort();
-                    let _ = drift.await;
-                }
-                let clocks = self
-                    .cluster
-                    .clocks()
-                    .ok_or_else(|| anyhow::anyhow!("no fake clocks to put back"))?;
-                clocks.set_offset(&name, 0.0)?;
+                clock::true_clock(self.cluster.clocks(), &name, drift).await?;
             }
             Heal::All(heals) => {
                 // Each is tried, so that one failure does not leave the rest broken.
@@ -440,45 +327,4 @@ impl ProcessNemesis {
             .iter()
             .position(|address| address.to_string() == holder)
     }
-}
-
-/// Asks the metadata group to take back replica `id` in its new life
-/// (through any replica; a follower sends it on to the leader), until one
-/// takes it; [`ProcessNemesis::wait_caught_up`] then waits for the replica.
-async fn replace_metad(
-    addresses: &std::collections::BTreeMap<u64, String>,
-    id: u64,
-) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        for address in addresses.values() {
-            let url = format!("http://{address}/v1/members/{id}/replace");
-            match http.post(&url).send().await {
-                Ok(response) if response.status().is_success() => return Ok(()),
-                Ok(response) => {
-                    tracing::debug!(status = %response.status(), %url, "replace not taken yet");
-                }
-                Err(error) => tracing::debug!(%error, %url, "replace not taken yet"),
-            }
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no metad replica took the replacement of {id} within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A metadata replica's own status, if it answers.
-async fn metad_status(address: &str) -> Option<kvorum_protocol::metadata::MetadStatus> {
-    let response = reqwest::Client::new()
-        .get(format!("http://{address}/v1/status"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    response.json().await.ok()
 }
