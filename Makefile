@@ -32,7 +32,7 @@ IMAGES := $(shell sed -n 's/^SERVICES=(\(.*\))$$/\1/p' scripts/build-images.sh)
 
 .PHONY: all tools build release run test lint fmt clean clean-data images test-docker \
 	validate-k8s kind-up kind-load kind-deploy kind-down minikube-deploy chaos chaos-tools chaos-long soak-metad chaos-docker chaos-k8s \
-	bench profile
+	bench bench-tombstones profile
 
 all: build
 
@@ -91,6 +91,9 @@ chaos-k8s: tools ## a chaos run that deletes pods of the kind/minikube deploymen
 
 bench: tools ## Kvorum against a 3-node etcd on this machine, same load tool; table in target/bench/report.md
 	scripts/bench.sh
+
+bench-tombstones: tools ## disk kept by a strong keyspace after 1,000,000 keys are written and deleted; target/bench/tombstones.json
+	BENCH_SCRIPT=bench_tombstones.py scripts/bench.sh
 
 profile: tools ## CPU flame graphs of the router and a storage node under 64-connection PUTs, in docs/profiles/
 	scripts/bench.sh --profile

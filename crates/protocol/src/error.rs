@@ -32,6 +32,10 @@ pub enum ErrorCode {
     /// 409: the storage node is a new incarnation catching up from its peers: it
     /// answers no reads until it has (SYSTEM.md, invariant 6).
     CatchingUp,
+    /// 409: a strong record at or below its partition's collection watermark,
+    /// for a key the replica does not hold as new: it may be older than a
+    /// tombstone already collected, so the replica refuses it.
+    BelowWatermark,
     /// 413: the body is over the size limit.
     PayloadTooLarge,
     /// 501: the feature arrives with a later part of the system.
@@ -56,6 +60,7 @@ impl ErrorCode {
             ErrorCode::Conflict
             | ErrorCode::StaleEpoch
             | ErrorCode::CatchingUp
+            | ErrorCode::BelowWatermark
             | ErrorCode::SiblingLimit => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::NotImplemented => 501,

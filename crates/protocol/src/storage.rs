@@ -218,6 +218,91 @@ pub struct PartitionExport {
     /// Where the next page starts, when the page was cut short by its limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<ExportCursor>,
+    /// The exporter's strong collection floors, on a partition export's last
+    /// page: the importer adopts them once it holds every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strong_floors: Option<StrongFloors>,
+}
+
+/// Where one replica of a partition stands in collecting strong tombstones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrongFloors {
+    /// Prepares of every strong key of the partition answer at least this
+    /// version, so every write prepared since it was raised is above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<Version>,
+    /// The collection watermark: strong tombstones at or below it may be
+    /// gone, and nothing at or below it lands on a key this replica lacks
+    /// (a tombstone changes nothing there; a value is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<Version>,
+}
+
+impl StrongFloors {
+    /// Each bound the higher of the two.
+    pub fn max(self, other: StrongFloors) -> StrongFloors {
+        StrongFloors {
+            floor: self.floor.max(other.floor),
+            watermark: self.watermark.max(other.watermark),
+        }
+    }
+}
+
+/// Raise a partition's strong floor (step one of a collection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaiseFloorRequest {
+    /// The new floor; a lower one is kept as it is.
+    pub floor: Version,
+}
+
+/// Summarise a partition's strong records at or below a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrongDigestRequest {
+    /// Only records with versions at or below this count.
+    pub upto: Version,
+    /// Tombstones at or below this are left out: every replica has sealed
+    /// it, so such a tombstone may be purged on one replica and not yet on another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_tombstones_upto: Option<Version>,
+}
+
+/// One keyspace's strong records at or below a version on one replica, summarised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyspaceDigest {
+    /// The XOR of every such record's hash over its key and stored bytes.
+    pub digest: u64,
+    /// How many records count.
+    pub records: u64,
+    /// How many of them are tombstones.
+    pub tombstones: u64,
+}
+
+/// One replica's strong records at or below a version, summarised per keyspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrongDigestResponse {
+    /// Per keyspace holding any such record.
+    pub keyspaces: std::collections::BTreeMap<String, KeyspaceDigest>,
+    /// The replica's floors for the partition.
+    pub floors: StrongFloors,
+}
+
+/// Seal a collection: raise a partition's watermark (step four).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealRequest {
+    /// The new watermark; refused (409) above the replica's floor.
+    pub watermark: Version,
+}
+
+/// What a strong purge did on one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrongPurgeResponse {
+    /// Tombstones removed.
+    pub purged: u64,
+    /// The replica's floors for the partition.
+    pub floors: StrongFloors,
 }
 
 /// What an import did: records are kept only where newer than what the node holds.

@@ -71,6 +71,10 @@ pub struct Report {
     /// member, following one leader, with one state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metad: Option<MetadEnd>,
+    /// Strong tombstones the storage nodes collected during the run, from
+    /// their metrics (local processes only; a restarted node counts from its restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strong_tombstones_collected: Option<u64>,
 }
 
 /// The metadata group as a run left it.
@@ -153,6 +157,9 @@ impl Report {
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default(),
             );
+        }
+        if let Some(collected) = self.strong_tombstones_collected {
+            let _ = writeln!(text, "  strong tombstones collected: {collected}");
         }
         for impact in &self.impact {
             let _ = writeln!(

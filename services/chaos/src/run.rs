@@ -236,6 +236,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         unconverged: unconverged.into_iter().take(100).collect(),
         unread,
         metad,
+        strong_tombstones_collected: None,
     };
     report.passed = report.valid
         && report.lost_writes == 0
@@ -246,11 +247,50 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         && report.rf_restored
         && report.metad.as_ref().is_none_or(|m| m.converged)
         && report.fault_log.iter().all(|f| f.end_ms.is_some());
+    if let Nemesis::Process(local) = &nemesis {
+        let nodes: Vec<String> = local
+            .cluster
+            .storage_nodes()
+            .into_iter()
+            .map(|(_, address)| address.to_string())
+            .collect();
+        report.strong_tombstones_collected = Some(strong_tombstones_collected(&http, &nodes).await);
+    }
     write_outputs(&config.out, &report, &ops, &config.trace_url)?;
     if let Nemesis::Process(local) = nemesis {
         local.cluster.stop().await?;
     }
     Ok(report)
+}
+
+/// The storage nodes' tombstone grace in a local chaos cluster.
+const TOMBSTONE_GRACE_MS: &str = "15000";
+
+/// The strong tombstones the storage nodes collected, summed from their
+/// metrics (a node restarted during the run counts from its restart).
+async fn strong_tombstones_collected(http: &reqwest::Client, nodes: &[String]) -> u64 {
+    let mut total = 0;
+    for address in nodes {
+        let Ok(response) = http.get(format!("http://{address}/metrics")).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        total += metric_value(&text, "kvorum_strong_tombstones_collected_total");
+    }
+    total
+}
+
+/// A counter's value in a Prometheus text exposition (0 when absent).
+pub(crate) fn metric_value(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(metric, _)| *metric == name || metric.starts_with(&format!("{name}{{")))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
 }
 
 /// The metadata replicas of `deploy/docker-compose.yml`, `metad-1` to `metad-3`.
@@ -288,9 +328,16 @@ async fn start_local(config: &ChaosConfig) -> anyhow::Result<(String, Nemesis)> 
     {
         spec.env.insert(name, value);
     }
-    // Anti-entropy often, so eventual keys converge soon after the faults heal.
+    // Anti-entropy often, so eventual keys converge soon after the faults heal,
+    // and a short tombstone grace (longer than the routers' 10 s request
+    // timeout, as it must be), so that tombstones of both kinds are
+    // collected while the faults go on.
     spec.env
         .insert("KVORUM_ANTI_ENTROPY_INTERVAL_MS".into(), "2000".into());
+    spec.env.insert(
+        "KVORUM_TOMBSTONE_GRACE_MS".into(),
+        TOMBSTONE_GRACE_MS.into(),
+    );
     if let Some(bug) = config.inject_bug {
         spec.env.insert(bug.router_env().into(), "true".into());
     }

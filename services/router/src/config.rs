@@ -94,6 +94,15 @@ impl RouterConfig {
     pub fn replica_timeout(&self) -> Duration {
         Duration::from_millis(self.replica_timeout_ms)
     }
+
+    /// How long after a strong write began its commits may still be sent: the
+    /// client deadline less one commit's calls, so that every commit is
+    /// delivered (or abandoned) within `--request-timeout-ms` of its write's
+    /// start. Storage nodes' `--tombstone-grace-ms` must exceed that.
+    pub fn commit_deadline(&self) -> Duration {
+        let commit = self.replica_timeout_ms * u64::from(self.replica_retries + 1);
+        Duration::from_millis(self.request_timeout_ms.saturating_sub(commit))
+    }
 }
 
 #[cfg(test)]

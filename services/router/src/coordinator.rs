@@ -311,6 +311,11 @@ pub struct Coordinator<T> {
     ack_before_quorum: bool,
     /// A deliberate bug for testing the chaos checkers: strong reads answer from one reply.
     read_first_reply: bool,
+    /// A strong write whose prepare began longer ago than this commits nothing
+    /// (the process was paused, or the prepare was slow): replicas collect
+    /// tombstones on the promise that no commit arrives long after its write
+    /// began (`None`: no bound, for tests).
+    commit_deadline: Option<std::time::Duration>,
 }
 
 impl<T: ReplicaTransport> Coordinator<T> {
@@ -322,7 +327,16 @@ impl<T: ReplicaTransport> Coordinator<T> {
             background: TaskTracker::new(),
             ack_before_quorum: false,
             read_first_reply: false,
+            commit_deadline: None,
         }
+    }
+
+    /// Commits nothing for a strong write whose prepare began more than
+    /// `deadline` ago by the monotonic clock; the write fails, known to have
+    /// taken effect nowhere.
+    pub fn with_commit_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.commit_deadline = Some(deadline);
+        self
     }
 
     /// Breaks the write protocol on purpose: a strong write's commit goes to its
@@ -518,6 +532,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
         let replication_factor = route.replicas.len();
         let target = Self::target(route, keyspace, key);
         let transport = &self.transport;
+        let began = tokio::time::Instant::now();
 
         // As for reads: during a move the prepare must see a quorum of the old
         // and of the new set, so one more reply per joining node.
@@ -547,6 +562,27 @@ impl<T: ReplicaTransport> Coordinator<T> {
                 receipt: Box::new(receipt.clone()),
             }
         })?;
+        // Checked last before the commits go out, so that a router paused
+        // between its phases (or a prepare that crawled) sends no commit that
+        // could arrive after its key's tombstone was collected.
+        if let Some(deadline) = self.commit_deadline
+            && began.elapsed() > deadline
+        {
+            return Err(CoordinatorError::QuorumNotReached {
+                phase: Phase::Commit,
+                answered: 0,
+                asked: route.commit_targets().len(),
+                required: level.required(replication_factor),
+                outcome_unknown: Some(false),
+                last_error: Some(format!(
+                    "the prepare began {} ms ago, past the {} ms commit deadline; nothing was committed",
+                    began.elapsed().as_millis(),
+                    deadline.as_millis()
+                )),
+                fenced: false,
+                receipt: Box::new(receipt),
+            });
+        }
 
         // A node joining the set must hold the write too, or the switch to the new
         // set could leave it on fewer than a quorum (Cassandra's pending ranges):
@@ -566,8 +602,22 @@ impl<T: ReplicaTransport> Coordinator<T> {
         } else {
             &targets[..]
         };
+        // Checked again as each call starts, for a router paused after the
+        // check above: a commit is either sent within the deadline or not at all.
+        let send_by = self.commit_deadline.map(|deadline| began + deadline);
         let committed = fan_out(&self.background, targets, required, |r| {
-            transport.commit(r, request.clone())
+            let (transport, replica, request) = (transport.clone(), r.clone(), request.clone());
+            async move {
+                if send_by.is_some_and(|at| tokio::time::Instant::now() > at) {
+                    return Err(ReplicaError {
+                        maybe_delivered: false,
+                        stale_epoch: None,
+                        detail: None,
+                        message: "past the commit deadline: not sent".to_owned(),
+                    });
+                }
+                transport.commit(&replica, request).await
+            }
         })
         .await;
         receipt.acked = committed.ok.iter().map(|(n, _)| *n).collect();
@@ -615,6 +665,9 @@ mod tests {
         /// A new incarnation catching up: refuses reads and prepares, applies
         /// commits and merges and says its acknowledgement does not count.
         CatchingUp,
+        /// Serves everything, but answers reads and prepares after a second
+        /// (a replica stalled by a disk, or a router paused between phases).
+        SlowPrepares,
     }
 
     #[derive(Debug, Default)]
@@ -704,9 +757,14 @@ mod tests {
                         Err(error(true))
                     }
                     Behaviour::CatchingUp if !is_commit => Err(error(false)),
-                    Behaviour::Up | Behaviour::LosesCommitReplies | Behaviour::CatchingUp => {
+                    Behaviour::SlowPrepares if !is_commit => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         Ok(apply(&mut replicas.lock().expect("lock")))
                     }
+                    Behaviour::Up
+                    | Behaviour::LosesCommitReplies
+                    | Behaviour::CatchingUp
+                    | Behaviour::SlowPrepares => Ok(apply(&mut replicas.lock().expect("lock"))),
                 }
             }
         }
@@ -1026,6 +1084,38 @@ mod tests {
             "{message}"
         );
         assert_eq!(harness.replicas.get(1, "k"), None);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_prepare_outlived_the_commit_deadline_commits_nothing() {
+        let replicas = FakeReplicas::default();
+        for node in 1..=3 {
+            replicas.set(node, Behaviour::SlowPrepares);
+        }
+        let coordinator =
+            Coordinator::new(replicas.clone(), 7).with_commit_deadline(Duration::from_millis(500));
+        let key = Key::parse("k").expect("key");
+        let keyspace = KeyspaceName::default_keyspace();
+        let result = coordinator
+            .write(&route(), &keyspace, &key, Some(b"late"), Quorum)
+            .await;
+        let message = result
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert_eq!(quorum_failure(result), (Phase::Commit, 0, 2, Some(false)));
+        assert!(message.contains("commit deadline"), "{message}");
+        for node in 1..=3 {
+            assert_eq!(replicas.get(node, "k"), None, "node {node} got a commit");
+        }
+        // Within the deadline the same write goes through.
+        let coordinator =
+            Coordinator::new(replicas.clone(), 7).with_commit_deadline(Duration::from_secs(5));
+        coordinator
+            .write(&route(), &keyspace, &key, Some(b"on time"), Quorum)
+            .await
+            .expect("a write within its deadline");
     }
 
     #[tokio::test]

@@ -87,7 +87,8 @@ pub async fn run(
             rand::random(),
         )
         .with_test_only_ack_before_quorum(config.test_only_ack_before_quorum)
-        .with_test_only_read_first_reply(config.test_only_read_first_reply),
+        .with_test_only_read_first_reply(config.test_only_read_first_reply)
+        .with_commit_deadline(config.commit_deadline()),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
         hinted_handoff: config.hinted_handoff,
     });

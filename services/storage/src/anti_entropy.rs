@@ -68,6 +68,8 @@ pub struct AntiEntropy {
     pub config: AntiEntropyConfig,
     /// This node's incarnation: nothing is exchanged until it counts.
     pub incarnation: crate::incarnation::Incarnation,
+    /// The strong collections this node drives, by partition.
+    pub strong: crate::strong_collection::Collections,
 }
 
 impl AntiEntropy {
@@ -124,12 +126,34 @@ impl AntiEntropy {
                     }
                 }
             }
-            if assignment.replicas.first() == Some(&self.node)
-                && assignment.pending.is_empty()
-                && let Err(error) = self.collect_tombstones(state, assignment).await
-            {
-                tracing::debug!(partition = %assignment.id, %error, "tombstone collection deferred");
+            if assignment.replicas.first() == Some(&self.node) && assignment.pending.is_empty() {
+                if let Err(error) = self.collect_tombstones(state, assignment).await {
+                    tracing::debug!(partition = %assignment.id, %error, "tombstone collection deferred");
+                }
+                let replicas: Option<Vec<(NodeId, String)>> = assignment
+                    .replicas
+                    .iter()
+                    .map(|id| up_address(state, *id).map(|a| (*id, a.to_owned())))
+                    .collect();
+                let rfs: std::collections::BTreeMap<String, usize> = state
+                    .keyspaces
+                    .iter()
+                    .map(|(name, keyspace)| (name.clone(), keyspace.replication_factor))
+                    .collect();
+                let outcome = match replicas {
+                    Some(replicas) => self.collect_strong(assignment, replicas, &rfs).await,
+                    None => Err("a replica is not up".to_owned()),
+                };
+                if let Err(error) = outcome {
+                    tracing::debug!(partition = %assignment.id, %error, "strong tombstone collection deferred");
+                }
             }
+        }
+        let store = self.store.clone();
+        if let Ok(Ok(held)) =
+            tokio::task::spawn_blocking(move || store.strong_tombstone_count()).await
+        {
+            metrics::gauge!("kvorum_strong_tombstones").set(held as f64);
         }
         repaired
     }

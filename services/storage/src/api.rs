@@ -19,6 +19,7 @@ use kvorum_server::{JsonBody, PathParam, QueryParams, error_response, with_stand
 use crate::causal_api as causal;
 use crate::fence::EpochFence;
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
+use crate::strong_collection_api as strong;
 use crate::writer::{WriteError, Writer};
 
 /// What every handler shares.
@@ -91,6 +92,28 @@ pub enum ApiError {
     /// An anti-entropy bucket number out of range.
     #[error("bucket {0} is out of range: a digest has {n} buckets", n = kvorum_protocol::storage::DIGEST_BUCKETS)]
     BadBucket(u32),
+    /// A strong record the collection watermark keeps out.
+    #[error(
+        "the record's version is at or below partition {partition}'s collection watermark {watermark} and the key holds nothing as new: it may be older than a tombstone already collected"
+    )]
+    BelowWatermark {
+        /// The partition.
+        partition: PartitionId,
+        /// Its watermark.
+        watermark: Version,
+    },
+    /// A seal above the replica's floor.
+    #[error(
+        "partition {partition}'s floor is {floor}, below the watermark {watermark} asked for: raise the floor and wait the grace first"
+    )]
+    SealAboveFloor {
+        /// The partition.
+        partition: PartitionId,
+        /// The floor held ("none" when never raised).
+        floor: String,
+        /// The watermark asked for.
+        watermark: Version,
+    },
     /// A record version above [`Version::MAX_COUNTER`].
     #[error("version counter {0} is above the maximum {max}", max = Version::MAX_COUNTER)]
     InvalidVersion(u64),
@@ -110,6 +133,8 @@ impl ApiError {
         let code = match self {
             ApiError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
             ApiError::CatchingUp(_) => ErrorCode::CatchingUp,
+            ApiError::BelowWatermark { .. } => ErrorCode::BelowWatermark,
+            ApiError::SealAboveFloor { .. } => ErrorCode::Conflict,
             ApiError::KeyLimit(crate::store::KeyLimit::Siblings(_)) => ErrorCode::SiblingLimit,
             ApiError::KeyLimit(crate::store::KeyLimit::Bytes(_)) => ErrorCode::PayloadTooLarge,
             ApiError::KeyLimit(crate::store::KeyLimit::ContextAhead(..)) => ErrorCode::BadRequest,
@@ -173,6 +198,22 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_request_bytes
         .route(
             "/internal/v1/partitions/{partition}/purge",
             post(causal::purge_tombstones),
+        )
+        .route(
+            "/internal/v1/partitions/{partition}/strong/floor",
+            post(strong::raise_floor),
+        )
+        .route(
+            "/internal/v1/partitions/{partition}/strong/digest",
+            post(strong::digest),
+        )
+        .route(
+            "/internal/v1/partitions/{partition}/strong/seal",
+            post(strong::seal),
+        )
+        .route(
+            "/internal/v1/partitions/{partition}/strong/purge",
+            post(strong::purge),
         )
         .route(
             "/internal/v1/partitions/{partition}",
@@ -257,9 +298,11 @@ impl AppState {
 
     fn prepare_one(&self, target: &ReplicaKey) -> Result<PrepareResponse, ApiError> {
         self.admit_read(target)?;
-        let version = self
-            .store
-            .version(target.partition, &target.keyspace, &target.key)?;
+        // Raised to the partition's floor: a write prepared after the floor
+        // rose takes a version above it, so it never falls below a watermark.
+        let version =
+            self.store
+                .prepare_version(target.partition, &target.keyspace, &target.key)?;
         Ok(PrepareResponse { version })
     }
 }
@@ -291,6 +334,10 @@ fn commit_response(
             partition,
             request,
             current,
+        }),
+        WriteOutcome::BelowWatermark { watermark } => Err(ApiError::BelowWatermark {
+            partition,
+            watermark,
         }),
         _ => Err(ApiError::Internal(
             "the writer answered a commit with another op's outcome",
@@ -521,17 +568,21 @@ async fn import_partition(
     if let Some(counter) = invalid {
         return Err(ApiError::InvalidVersion(counter));
     }
-    let ops = export
+    let floors = export.strong_floors;
+    let mut ops: Vec<WriteOp> = export
         .records
         .into_iter()
         .map(|r| WriteOp::import(partition, r))
         .collect();
+    let records = ops.len();
+    // After the records: a watermark taken first would refuse the older ones.
+    ops.extend(floors.map(|floors| WriteOp::AdoptStrongFloors { partition, floors }));
     let outcomes = state.writer.submit(ops).await?;
-    let applied = outcomes.iter().filter(|o| o.changed()).count();
+    let applied = outcomes[..records].iter().filter(|o| o.changed()).count();
 
     Ok(Json(ImportResponse {
         applied,
-        skipped: outcomes.len() - applied,
+        skipped: records - applied,
     }))
 }
 

@@ -10,16 +10,22 @@
 //!   nothing it may vouch for, so every partition must come from a read quorum
 //!   of the *other* replicas, each of them counting (not catching up itself):
 //!   every write a quorum acknowledged is on at least one of them.
+//! - Either way, a source's last page carries its strong floors: values here
+//!   at or below its watermark whose keys it no longer holds are dropped (their
+//!   tombstones were collected while this data was away), then the floors are
+//!   adopted.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kvorum_http_client::HttpClient;
 use kvorum_metad_client::Follower;
-use kvorum_protocol::NodeId;
-use kvorum_protocol::storage::{ExportQuery, PartitionExport};
+use kvorum_protocol::storage::{ExportQuery, PartitionExport, StrongFloors};
+use kvorum_protocol::{Key, KeyspaceName, NodeId, PartitionId};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::WriteOp;
+use crate::store::{Store, WriteOp};
 use crate::writer::Writer;
 
 /// Records per page fetched from a peer.
@@ -39,6 +45,7 @@ pub enum Sources {
 pub fn start_after_restart(
     node: NodeId,
     follower: Follower,
+    store: Arc<Store>,
     writer: Writer,
     peers: HttpClient,
     shutdown: CancellationToken,
@@ -54,6 +61,7 @@ pub fn start_after_restart(
             match catch_up(
                 node,
                 &follower,
+                &store,
                 &writer,
                 &peers,
                 Sources::WithItself,
@@ -88,6 +96,7 @@ pub type Copied = std::collections::BTreeSet<kvorum_protocol::PartitionId>;
 pub async fn catch_up(
     node: NodeId,
     follower: &Follower,
+    store: &Arc<Store>,
     writer: &Writer,
     peers: &HttpClient,
     sources_allowed: Sources,
@@ -117,7 +126,7 @@ pub async fn catch_up(
                 continue;
             }
             let address = peer_info.address.clone();
-            match copy_from(&address, assignment.id.0, writer, peers).await {
+            match copy_from(&address, assignment.id.0, store, writer, peers).await {
                 Ok(count) => {
                     imported += count;
                     sources.insert(*peer);
@@ -148,6 +157,7 @@ pub async fn catch_up(
 async fn copy_from(
     address: &str,
     partition: u32,
+    store: &Arc<Store>,
     writer: &Writer,
     peers: &HttpClient,
 ) -> Result<u64, String> {
@@ -157,6 +167,9 @@ async fn copy_from(
         ..ExportQuery::default()
     };
     let mut imported = 0;
+    // Every key the source holds: a value here at or below the source's
+    // watermark whose key it lacks was deleted and collected since.
+    let mut present = BTreeSet::new();
     loop {
         let encoded = serde_urlencoded::to_string(&query).map_err(|e| e.to_string())?;
         let page: PartitionExport = peers
@@ -167,12 +180,25 @@ async fn copy_from(
             .await
             .map_err(|e| e.to_string())?;
         let next = page.next.clone();
-        let ops: Vec<WriteOp> = page
+        present.extend(
+            page.records
+                .iter()
+                .map(|r| (r.keyspace.clone(), r.key.clone())),
+        );
+        let mut ops: Vec<WriteOp> = page
             .records
             .into_iter()
             .map(|r| WriteOp::import(page.partition, r))
             .collect();
         imported += ops.len() as u64;
+        if let Some(floors) = page.strong_floors {
+            ops.extend(stale_values(store, page.partition, floors, &present).await?);
+            // The floors last: a watermark taken first would refuse the older records.
+            ops.push(WriteOp::AdoptStrongFloors {
+                partition: page.partition,
+                floors,
+            });
+        }
         writer.submit(ops).await.map_err(|e| e.to_string())?;
         match next {
             Some(cursor) => {
@@ -182,4 +208,41 @@ async fn copy_from(
             None => return Ok(imported),
         }
     }
+}
+
+/// The values this node holds at or below the source's watermark for keys
+/// the source does not hold, as ops that drop them. Every record at or below a
+/// watermark was on every replica when it was sealed, and since then only
+/// tombstones at or below it have gone; so such a value is one whose
+/// tombstone was collected while this node was away, and it came back with a
+/// restored disk (a checkpoint, an old volume).
+async fn stale_values(
+    store: &Arc<Store>,
+    partition: PartitionId,
+    floors: StrongFloors,
+    present: &BTreeSet<(KeyspaceName, Key)>,
+) -> Result<Vec<WriteOp>, String> {
+    let Some(below) = floors.watermark else {
+        return Ok(Vec::new());
+    };
+    let (store, present) = (store.clone(), present.clone());
+    let stale = tokio::task::spawn_blocking(move || {
+        store.strong_values_missing_from(partition, below, &present)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    if !stale.is_empty() {
+        tracing::info!(%partition, count = stale.len(), %below, "dropping values whose tombstones were collected while this data was away");
+    }
+    Ok(stale
+        .into_iter()
+        .map(|(keyspace, key, version)| WriteOp::DropStaleStrongValue {
+            partition,
+            keyspace,
+            key,
+            version,
+            below,
+        })
+        .collect())
 }

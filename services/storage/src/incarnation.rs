@@ -127,6 +127,8 @@ pub struct NewIncarnation {
     pub membership: Membership,
     /// The group-commit writer.
     pub writer: Writer,
+    /// The database, to find what a restored disk brought back that its peers collected.
+    pub store: Arc<crate::store::Store>,
     /// The in-memory epoch fence.
     pub fence: Arc<EpochFence>,
     /// The client for peers' exports.
@@ -202,6 +204,7 @@ impl NewIncarnation {
             match catch_up(
                 self.node,
                 &follower,
+                &self.store,
                 &self.writer,
                 &self.peers,
                 Sources::OthersOnly,

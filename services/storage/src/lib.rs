@@ -28,6 +28,8 @@ pub mod incarnation;
 pub mod membership;
 pub mod record_codec;
 pub mod store;
+pub mod strong_collection;
+pub mod strong_collection_api;
 pub mod writer;
 
 use std::sync::Arc;
@@ -185,6 +187,7 @@ pub async fn run(
                 tombstone_grace: std::time::Duration::from_millis(config.tombstone_grace_ms),
             },
             incarnation: incarnation.clone(),
+            strong: Default::default(),
         };
         tokio::spawn(anti_entropy.run(shutdown.clone()));
     }
@@ -193,6 +196,7 @@ pub async fn run(
         node: config.node(),
         membership: membership.clone(),
         writer: writer.clone(),
+        store: store.clone(),
         fence: fence.clone(),
         peers: peers.clone(),
         incarnation: incarnation.clone(),
@@ -213,6 +217,7 @@ pub async fn run(
         catchup::start_after_restart(
             config.node(),
             membership.follower(),
+            store.clone(),
             writer.clone(),
             peers,
             shutdown.clone(),

@@ -59,6 +59,12 @@ pub fn decode_version(bytes: &[u8]) -> Result<Version, CorruptRecord> {
     })
 }
 
+/// Reads a strong record's version and whether it is a tombstone, without copying the value.
+pub fn decode_header(bytes: &[u8]) -> Result<(Version, bool), CorruptRecord> {
+    let version = decode_version(bytes)?;
+    Ok((version, bytes[HEADER - 1] == TOMBSTONE))
+}
+
 /// Decodes a stored record.
 pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
     let version = decode_version(bytes)?;

@@ -238,3 +238,15 @@ async fn the_metad_check_passes_only_when_every_replica_is_a_member_with_one_sta
             .converged
     );
 }
+
+#[test]
+fn a_counter_is_read_from_the_metrics_text_with_or_without_labels() {
+    let text = "# HELP kvorum_strong_tombstones_collected_total x\n# TYPE kvorum_strong_tombstones_collected_total counter\nkvorum_strong_tombstones_collected_total 12\nkvorum_strong_tombstones_collected_totally 99\nkvorum_other 5\n";
+    assert_eq!(
+        metric_value(text, "kvorum_strong_tombstones_collected_total"),
+        12
+    );
+    let labelled = "m{node=\"1\"} 3\nm{node=\"2\"} 4\n";
+    assert_eq!(metric_value(labelled, "m"), 7);
+    assert_eq!(metric_value(text, "absent"), 0);
+}

@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kvorum_protocol::causal::{CausalState, HybridClock, VersionVector};
+use kvorum_protocol::causal::{CausalState, HybridClock};
 use kvorum_protocol::storage::{
     DIGEST_BUCKETS, ExportCursor, ExportedRecord, Held, MAX_KEY_SIBLINGS, MAX_KEY_STATE_BYTES,
-    PartitionExport, causal_value_bytes,
+    PartitionExport, StrongFloors, causal_value_bytes,
 };
 use kvorum_protocol::{
     Epoch, Key, KeyspaceName, NodeId, PartitionId, Record, Version, wall_clock_ms,
@@ -23,6 +23,11 @@ use redb::{
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::record_codec::{self, CorruptRecord};
+
+mod ops;
+mod strong_floors;
+
+pub use ops::{Hint, KeyLimit, WriteOp, WriteOutcome};
 
 /// `(partition, keyspace, key)` → encoded [`Record`].
 const RECORDS: TableDefinition<(u32, &str, &str), &[u8]> = TableDefinition::new("records");
@@ -77,208 +82,6 @@ fn db_error(error: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(error.into())
 }
 
-/// One write the group-commit writer applies.
-#[derive(Debug, Clone)]
-pub enum WriteOp {
-    /// Keep `record` for the key if its version is higher than the one held.
-    Commit {
-        /// The partition.
-        partition: PartitionId,
-        /// The epoch the request was routed by: refused if older than the highest
-        /// seen, remembered if newer. `None` for transfers that are not routed (imports).
-        epoch: Option<Epoch>,
-        /// The keyspace.
-        keyspace: KeyspaceName,
-        /// The key.
-        key: Key,
-        /// The record.
-        record: Record,
-    },
-    /// Remove every record of a partition.
-    DropPartition(PartitionId),
-    /// Drop a partition the map no longer assigns to this node (as of `epoch`):
-    /// raise its fence to `epoch`, then drop its records, tombstone ages and the
-    /// hints held for it, unless a newer epoch was recorded meanwhile (a move
-    /// brought the partition back and may be importing into it).
-    DropUnassigned {
-        /// The partition.
-        partition: PartitionId,
-        /// Its epoch in the map that no longer names this node.
-        epoch: Epoch,
-    },
-    /// Join an eventual keyspace's causal state into the one held.
-    Merge {
-        /// The partition.
-        partition: PartitionId,
-        /// The epoch routed by, fenced as for commits; `None` for imports and hint replays.
-        epoch: Option<Epoch>,
-        /// The keyspace.
-        keyspace: KeyspaceName,
-        /// The key.
-        key: Key,
-        /// The state to join.
-        state: CausalState,
-    },
-    /// Coordinate a write to an eventual keyspace: a new sibling with this node's next dot.
-    CausalWrite {
-        /// The partition.
-        partition: PartitionId,
-        /// The epoch routed by.
-        epoch: Epoch,
-        /// The keyspace.
-        keyspace: KeyspaceName,
-        /// The key.
-        key: Key,
-        /// The siblings superseded, or `None` for every sibling held.
-        context: Option<VersionVector>,
-        /// The value, or `None` for a delete.
-        value: Option<Vec<u8>>,
-        /// Replicas to keep a hint for, in the same transaction.
-        hint_for: Vec<NodeId>,
-    },
-    /// Keep hints that `targets` are owed the key's state.
-    StoreHints {
-        /// The partition.
-        partition: PartitionId,
-        /// The keyspace.
-        keyspace: KeyspaceName,
-        /// The key.
-        key: Key,
-        /// The replicas that missed a write.
-        targets: Vec<NodeId>,
-    },
-    /// Forget a hint that was handed off, unless a newer one replaced it meanwhile.
-    ClearHint(Hint),
-    /// Remove a tombstone, only if the key's state still equals `state`.
-    Purge {
-        /// The partition.
-        partition: PartitionId,
-        /// The keyspace.
-        keyspace: KeyspaceName,
-        /// The key.
-        key: Key,
-        /// The lone tombstone every replica holds.
-        state: CausalState,
-    },
-    /// Record which incarnation this node's data belongs to and whether it is
-    /// still catching up; an incarnation's number also raises the dot counter
-    /// to the start of its range (never lowers it).
-    Incarnation {
-        /// Whether the data directory is new or restored and not yet caught up.
-        catching_up: bool,
-        /// The incarnation the metadata service admitted, once known.
-        incarnation: Option<u64>,
-    },
-    /// Record that requests routed below `epoch` are refused for the partition.
-    RaiseEpoch {
-        /// The partition.
-        partition: PartitionId,
-        /// The new lowest epoch admitted.
-        epoch: Epoch,
-    },
-}
-
-/// What one [`WriteOp`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The commit's effect: whether it replaced the held record, and the version now held.
-    Committed {
-        /// Whether the record was stored.
-        applied: bool,
-        /// The version the node holds after the op.
-        current: Version,
-    },
-    /// A merge or coordinated write: whether the held state changed, and the state now held.
-    Merged {
-        /// Whether the state learned anything.
-        changed: bool,
-        /// The key's state after the op.
-        state: CausalState,
-    },
-    /// How many hints were stored.
-    Hinted(usize),
-    /// Whether a hint or tombstone was removed.
-    Removed(bool),
-    /// How many records a partition drop removed.
-    Dropped(usize),
-    /// Node-wide metadata was recorded.
-    Recorded,
-    /// The epoch recorded for the partition after a raise.
-    Epoch(Epoch),
-    /// The write would grow a key past a limit (siblings or bytes); nothing changed.
-    KeyLimit(KeyLimit),
-    /// The commit was routed by an epoch older than the one recorded; nothing changed.
-    Fenced {
-        /// The epoch recorded for the partition.
-        current: Epoch,
-    },
-}
-
-impl WriteOutcome {
-    /// Whether the op changed what the node holds for a key (a commit applied or a merge that learned something).
-    pub fn changed(&self) -> bool {
-        matches!(
-            self,
-            WriteOutcome::Committed { applied: true, .. }
-                | WriteOutcome::Merged { changed: true, .. }
-        )
-    }
-}
-
-impl WriteOp {
-    /// The op that imports an exported record: keep-if-higher for strong records, join for causal states.
-    pub fn import(partition: PartitionId, record: ExportedRecord) -> WriteOp {
-        let ExportedRecord {
-            keyspace,
-            key,
-            record,
-        } = record;
-        match record {
-            Held::Strong(record) => WriteOp::Commit {
-                partition,
-                epoch: None,
-                keyspace,
-                key,
-                record,
-            },
-            Held::Causal(state) => WriteOp::Merge {
-                partition,
-                epoch: None,
-                keyspace,
-                key,
-                state,
-            },
-        }
-    }
-}
-
-/// Which bound of a key's state a write would pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyLimit {
-    /// More than [`kvorum_protocol::storage::MAX_KEY_SIBLINGS`] concurrent versions.
-    Siblings(usize),
-    /// More than [`kvorum_protocol::storage::MAX_KEY_STATE_BYTES`] bytes of values.
-    Bytes(usize),
-    /// The write's context names a dot of this node above any it issued
-    /// (counter named, highest issued): no read ever returned such a context.
-    ContextAhead(u64, u64),
-}
-
-/// A hint: `target` is owed the state of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hint {
-    /// The replica that missed a write.
-    pub target: NodeId,
-    /// The key's partition.
-    pub partition: PartitionId,
-    /// The keyspace.
-    pub keyspace: KeyspaceName,
-    /// The key.
-    pub key: Key,
-    /// Distinguishes this hint from a later one for the same key and target.
-    pub seq: u64,
-}
-
 /// The node's database.
 #[derive(Debug)]
 pub struct Store {
@@ -328,6 +131,10 @@ impl Store {
             txn.open_table(EPOCHS).map_err(db_error)?;
             txn.open_table(HINTS).map_err(db_error)?;
             txn.open_table(DELETED_SINCE).map_err(db_error)?;
+            txn.open_table(strong_floors::STRONG_FLOOR)
+                .map_err(db_error)?;
+            txn.open_table(strong_floors::STRONG_WATERMARK)
+                .map_err(db_error)?;
             let mut meta = txn.open_table(META).map_err(db_error)?;
             let found = meta
                 .get("node_id")
@@ -418,6 +225,8 @@ impl Store {
         copy_table(&source, &txn, META)?;
         copy_table(&source, &txn, HINTS)?;
         copy_table(&source, &txn, DELETED_SINCE)?;
+        copy_table(&source, &txn, strong_floors::STRONG_FLOOR)?;
+        copy_table(&source, &txn, strong_floors::STRONG_WATERMARK)?;
         txn.commit().map_err(db_error)?;
         Ok(records)
     }
@@ -667,6 +476,8 @@ impl Store {
 
     /// One page of a partition's records in key order, after `after`: at most
     /// `limit` records and about `max_bytes` (at least one record).
+    /// The last page carries the partition's strong floors, which the importer
+    /// adopts once it holds every record.
     pub fn export_page(
         &self,
         partition: PartitionId,
@@ -674,7 +485,11 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<PartitionExport, StoreError> {
-        self.export_where(partition, after, limit, max_bytes, |_, _| true)
+        let mut page = self.export_where(partition, after, limit, max_bytes, |_, _| true)?;
+        if page.next.is_none() {
+            page.strong_floors = Some(self.strong_floors(partition)?);
+        }
+        Ok(page)
     }
 
     fn export_where(
@@ -722,6 +537,7 @@ impl Store {
             partition,
             records,
             next,
+            strong_floors: None,
         })
     }
 
@@ -1012,6 +828,19 @@ impl Store {
                 if let Some(current) = fenced(txn, *partition, *epoch)? {
                     return Ok(WriteOutcome::Fenced { current });
                 }
+                let watermark = strong_floors::floors_in(txn, *partition)?.watermark;
+                match strong_floors::admission(held, record, watermark) {
+                    strong_floors::Admission::AsUsual => {}
+                    strong_floors::Admission::AlreadyDeleted => {
+                        return Ok(WriteOutcome::Committed {
+                            applied: false,
+                            current: watermark.unwrap_or(record.version),
+                        });
+                    }
+                    strong_floors::Admission::Refused(watermark) => {
+                        return Ok(WriteOutcome::BelowWatermark { watermark });
+                    }
+                }
                 let outcome = match held {
                     Some(current) if current >= record.version => WriteOutcome::Committed {
                         applied: false,
@@ -1047,6 +876,78 @@ impl Store {
                 meta.insert(CATCHING_UP, u64::from(*catching_up))
                     .map_err(db_error)?;
                 Ok(WriteOutcome::Recorded)
+            }
+            WriteOp::RaiseStrongFloor { partition, floor } => {
+                let floors = strong_floors::raise(
+                    txn,
+                    *partition,
+                    StrongFloors {
+                        floor: Some(*floor),
+                        watermark: None,
+                    },
+                )?;
+                Ok(WriteOutcome::Floors {
+                    floors,
+                    sealed: true,
+                })
+            }
+            WriteOp::SealStrong {
+                partition,
+                watermark,
+            } => {
+                let held = strong_floors::floors_in(txn, *partition)?;
+                // A watermark above the floor could refuse writes prepared
+                // before the floor reached it: the collector starts over.
+                if held.floor.is_none_or(|floor| floor < *watermark) {
+                    return Ok(WriteOutcome::Floors {
+                        floors: held,
+                        sealed: false,
+                    });
+                }
+                let floors = strong_floors::raise(
+                    txn,
+                    *partition,
+                    StrongFloors {
+                        floor: None,
+                        watermark: Some(*watermark),
+                    },
+                )?;
+                Ok(WriteOutcome::Floors {
+                    floors,
+                    sealed: true,
+                })
+            }
+            WriteOp::AdoptStrongFloors { partition, floors } => Ok(WriteOutcome::Floors {
+                floors: strong_floors::raise(txn, *partition, *floors)?,
+                sealed: true,
+            }),
+            WriteOp::PurgeStrongTombstone {
+                partition,
+                keyspace,
+                key,
+                version,
+            } => {
+                let watermark = strong_floors::floors_in(txn, *partition)?.watermark;
+                let table_key = (partition.0, keyspace.as_str(), key.as_str());
+                Ok(WriteOutcome::Removed(strong_floors::remove_exact(
+                    txn, table_key, *version, false, watermark,
+                )?))
+            }
+            WriteOp::DropStaleStrongValue {
+                partition,
+                keyspace,
+                key,
+                version,
+                below,
+            } => {
+                let table_key = (partition.0, keyspace.as_str(), key.as_str());
+                Ok(WriteOutcome::Removed(strong_floors::remove_exact(
+                    txn,
+                    table_key,
+                    *version,
+                    true,
+                    Some(*below),
+                )?))
             }
             WriteOp::RaiseEpoch { partition, epoch } => {
                 let mut epochs = txn.open_table(EPOCHS).map_err(db_error)?;
@@ -1088,6 +989,8 @@ impl Store {
                     .extract_from_if(partition_range(*partition), |_, _| true)
                     .map_err(db_error)?
                     .for_each(drop);
+                drop(since);
+                strong_floors::forget(txn, *partition)?;
                 Ok(WriteOutcome::Dropped(removed))
             }
         }
@@ -1095,591 +998,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ks() -> KeyspaceName {
-        KeyspaceName::default_keyspace()
-    }
-
-    fn key(text: &str) -> Key {
-        Key::parse(text).expect("valid key")
-    }
-
-    fn record(counter: u64, value: &str) -> Record {
-        Record {
-            version: Version { counter, writer: 1 },
-            value: Some(value.as_bytes().to_vec()),
-        }
-    }
-
-    fn commit(partition: u32, k: &str, record: Record) -> WriteOp {
-        WriteOp::Commit {
-            partition: PartitionId(partition),
-            epoch: Some(Epoch(1)),
-            keyspace: ks(),
-            key: key(k),
-            record,
-        }
-    }
-
-    #[test]
-    fn a_replica_keeps_only_higher_versions() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        let outcomes = store
-            .apply(&[
-                commit(0, "k", record(2, "two")),
-                commit(0, "k", record(1, "one")),
-                commit(0, "k", record(2, "again")),
-            ])
-            .expect("apply");
-        let current = Version {
-            counter: 2,
-            writer: 1,
-        };
-        assert_eq!(
-            outcomes,
-            vec![
-                WriteOutcome::Committed {
-                    applied: true,
-                    current
-                },
-                WriteOutcome::Committed {
-                    applied: false,
-                    current
-                },
-                WriteOutcome::Committed {
-                    applied: false,
-                    current
-                },
-            ]
-        );
-        assert_eq!(
-            store.read(PartitionId(0), &ks(), &key("k")).expect("read"),
-            Some(record(2, "two"))
-        );
-        assert_eq!(
-            store
-                .version(PartitionId(0), &ks(), &key("k"))
-                .expect("version"),
-            Some(current)
-        );
-        assert_eq!(
-            store
-                .read(PartitionId(0), &ks(), &key("other"))
-                .expect("read"),
-            None
-        );
-    }
-
-    #[test]
-    fn data_and_epochs_survive_reopening() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let store = Store::open(dir.path(), NodeId(4)).expect("open");
-            let mut op = commit(3, "durable", record(1, "yes"));
-            if let WriteOp::Commit { epoch, .. } = &mut op {
-                *epoch = Some(Epoch(7));
-            }
-            store.apply(&[op]).expect("apply");
-        }
-        let store = Store::open(dir.path(), NodeId(4)).expect("reopen");
-        assert_eq!(
-            store
-                .read(PartitionId(3), &ks(), &key("durable"))
-                .expect("read"),
-            Some(record(1, "yes"))
-        );
-        assert_eq!(
-            store.partition_epochs().expect("epochs"),
-            vec![(PartitionId(3), Epoch(7))]
-        );
-    }
-
-    #[test]
-    fn an_unassigned_partition_is_dropped_with_its_hints_unless_a_newer_epoch_came_back() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        store
-            .apply(&[
-                commit(1, "a", record(1, "a1")),
-                commit(2, "b", record(1, "b2")),
-                WriteOp::StoreHints {
-                    partition: PartitionId(1),
-                    keyspace: ks(),
-                    key: key("a"),
-                    targets: vec![NodeId(3)],
-                },
-                WriteOp::StoreHints {
-                    partition: PartitionId(2),
-                    keyspace: ks(),
-                    key: key("b"),
-                    targets: vec![NodeId(3)],
-                },
-            ])
-            .expect("apply");
-        assert_eq!(
-            store.partitions_held(4).expect("held"),
-            [PartitionId(1), PartitionId(2)]
-        );
-        let outcomes = store
-            .apply(&[WriteOp::DropUnassigned {
-                partition: PartitionId(1),
-                epoch: Epoch(2),
-            }])
-            .expect("drop");
-        assert_eq!(outcomes, vec![WriteOutcome::Dropped(1)]);
-        assert_eq!(store.partitions_held(4).expect("held"), [PartitionId(2)]);
-        assert_eq!(
-            store.hint_count().expect("hints"),
-            1,
-            "partition 2's hint stays"
-        );
-        assert_eq!(
-            store.partition_epochs().expect("epochs"),
-            vec![(PartitionId(1), Epoch(2)), (PartitionId(2), Epoch(1))],
-            "the drop fences older requests"
-        );
-        // A move brought partition 2 back at epoch 5 and fenced it: an older
-        // decision to drop it changes nothing.
-        store
-            .apply(&[WriteOp::RaiseEpoch {
-                partition: PartitionId(2),
-                epoch: Epoch(5),
-            }])
-            .expect("fence");
-        let outcomes = store
-            .apply(&[WriteOp::DropUnassigned {
-                partition: PartitionId(2),
-                epoch: Epoch(4),
-            }])
-            .expect("drop");
-        assert_eq!(outcomes, vec![WriteOutcome::Dropped(0)]);
-        assert_eq!(store.partitions_held(4).expect("held"), [PartitionId(2)]);
-    }
-
-    #[test]
-    fn a_data_directory_refuses_another_node() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(Store::open(dir.path(), NodeId(1)).expect("open"));
-        let error = Store::open(dir.path(), NodeId(2)).expect_err("wrong node");
-        assert!(matches!(error, StoreError::WrongNode { .. }), "{error}");
-    }
-
-    #[test]
-    fn partitions_export_and_drop_as_units() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        store
-            .apply(&[
-                commit(1, "a", record(1, "a1")),
-                commit(1, "b/c", record(1, "b1")),
-                commit(2, "a", record(1, "a2")),
-                commit(0, "z", record(1, "z0")),
-            ])
-            .expect("apply");
-        let export = store.export_partition(PartitionId(1)).expect("export");
-        let keys: Vec<_> = export
-            .records
-            .iter()
-            .map(|r| r.key.as_str().to_owned())
-            .collect();
-        assert_eq!(keys, ["a", "b/c"]);
-
-        // Importing into another node reproduces the partition exactly.
-        let other_dir = tempfile::tempdir().expect("tempdir");
-        let other = Store::open(other_dir.path(), NodeId(2)).expect("open");
-        let ops: Vec<_> = export
-            .records
-            .iter()
-            .map(|r| WriteOp::import(PartitionId(1), r.clone()))
-            .collect();
-        other.apply(&ops).expect("import");
-        assert_eq!(
-            other.export_partition(PartitionId(1)).expect("export"),
-            export
-        );
-
-        let outcomes = store
-            .apply(&[WriteOp::DropPartition(PartitionId(1))])
-            .expect("drop");
-        assert_eq!(outcomes, vec![WriteOutcome::Dropped(2)]);
-        assert!(
-            store
-                .export_partition(PartitionId(1))
-                .expect("export")
-                .records
-                .is_empty()
-        );
-        assert_eq!(
-            store
-                .export_partition(PartitionId(2))
-                .expect("export")
-                .records
-                .len(),
-            1
-        );
-        assert_eq!(
-            store
-                .export_partition(PartitionId(0))
-                .expect("export")
-                .records
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn the_last_possible_partition_is_a_partition_like_any_other() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        store
-            .apply(&[
-                commit(u32::MAX, "k", record(1, "v")),
-                commit(u32::MAX - 1, "k", record(1, "v")),
-            ])
-            .expect("apply");
-        assert_eq!(
-            store
-                .export_partition(PartitionId(u32::MAX))
-                .expect("export")
-                .records
-                .len(),
-            1
-        );
-        let outcomes = store
-            .apply(&[WriteOp::DropPartition(PartitionId(u32::MAX))])
-            .expect("drop");
-        assert_eq!(outcomes, vec![WriteOutcome::Dropped(1)]);
-        assert_eq!(
-            store
-                .export_partition(PartitionId(u32::MAX - 1))
-                .expect("export")
-                .records
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn commits_from_an_older_epoch_are_fenced_inside_the_transaction() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        let at = |epoch: Option<u64>, counter: u64| WriteOp::Commit {
-            partition: PartitionId(0),
-            epoch: epoch.map(Epoch),
-            keyspace: ks(),
-            key: key("k"),
-            record: record(counter, "v"),
-        };
-        let outcomes = store
-            .apply(&[at(Some(3), 1), at(Some(2), 5), at(None, 6)])
-            .expect("apply");
-        assert_eq!(outcomes[1], WriteOutcome::Fenced { current: Epoch(3) });
-        // An unrouted transfer (import) is not fenced.
-        assert!(matches!(
-            outcomes[2],
-            WriteOutcome::Committed { applied: true, .. }
-        ));
-        assert_eq!(
-            store.partition_epochs().expect("epochs"),
-            vec![(PartitionId(0), Epoch(3))]
-        );
-    }
-
-    fn eventual() -> KeyspaceName {
-        KeyspaceName::parse("carts").expect("name")
-    }
-
-    fn causal_write(k: &str, value: Option<&str>, context: Option<VersionVector>) -> WriteOp {
-        WriteOp::CausalWrite {
-            partition: PartitionId(2),
-            epoch: Epoch(1),
-            keyspace: eventual(),
-            key: key(k),
-            context,
-            value: value.map(|v| v.as_bytes().to_vec()),
-            hint_for: vec![NodeId(9)],
-        }
-    }
-
-    fn merged_state(outcome: &WriteOutcome) -> CausalState {
-        match outcome {
-            WriteOutcome::Merged { state, .. } => state.clone(),
-            other => panic!("expected a merge outcome, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_key_takes_no_more_siblings_than_the_bound_but_a_resolving_write_always() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        // Blind writes that supersede nothing: each adds a sibling.
-        let blind = |value: &str| causal_write("k", Some(value), Some(VersionVector::default()));
-        let mut last = CausalState::default();
-        for i in 0..MAX_KEY_SIBLINGS {
-            last = merged_state(&store.apply(&[blind(&format!("v{i}"))]).expect("write")[0]);
-        }
-        assert_eq!(last.siblings().len(), MAX_KEY_SIBLINGS);
-        let refused = store.apply(&[blind("one too many")]).expect("apply");
-        assert_eq!(
-            refused,
-            vec![WriteOutcome::KeyLimit(KeyLimit::Siblings(
-                MAX_KEY_SIBLINGS + 1
-            ))]
-        );
-        let held = store
-            .read_causal(PartitionId(2), &eventual(), &key("k"))
-            .expect("read")
-            .expect("held");
-        assert_eq!(held, last, "a refused write changes nothing");
-        // A write with the context of what was read resolves every sibling.
-        let resolved = merged_state(
-            &store
-                .apply(&[causal_write(
-                    "k",
-                    Some("merged"),
-                    Some(held.context().clone()),
-                )])
-                .expect("write")[0],
-        );
-        assert_eq!(resolved.siblings().len(), 1);
-    }
-
-    #[test]
-    fn a_context_naming_dots_this_node_never_issued_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        let written = merged_state(
-            &store
-                .apply(&[causal_write("k", Some("a"), None)])
-                .expect("write")[0],
-        );
-        let mut forged = written.context().clone();
-        forged.add(kvorum_protocol::causal::Dot {
-            actor: 1,
-            counter: 1 << 50,
-        });
-        let refused = store
-            .apply(&[causal_write("k", Some("b"), Some(forged))])
-            .expect("apply");
-        assert_eq!(
-            refused,
-            vec![WriteOutcome::KeyLimit(KeyLimit::ContextAhead(1 << 50, 1))]
-        );
-        assert_eq!(store.dot_counter().expect("read"), 1, "nothing was issued");
-        // The context it really gave out is taken.
-        let taken = store
-            .apply(&[causal_write(
-                "k",
-                Some("b"),
-                Some(written.context().clone()),
-            )])
-            .expect("apply");
-        assert_eq!(merged_state(&taken[0]).siblings()[0].dot.counter, 2);
-    }
-
-    #[test]
-    fn a_new_incarnation_issues_dots_from_its_own_range_and_remembers_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        let first = merged_state(
-            &store
-                .apply(&[causal_write("k", Some("a"), None)])
-                .expect("write")[0],
-        );
-        assert_eq!(first.siblings()[0].dot.counter, 1);
-        assert_eq!(store.incarnation().expect("read"), 0);
-        // Incarnation 2: a dot the lost incarnations could have issued is never issued again.
-        store
-            .apply(&[WriteOp::Incarnation {
-                catching_up: true,
-                incarnation: Some(2),
-            }])
-            .expect("record");
-        assert!(store.catching_up().expect("read"));
-        assert_eq!(store.incarnation().expect("read"), 2);
-        assert_eq!(store.dot_counter().expect("read"), 2 << 40);
-        let next = merged_state(
-            &store
-                .apply(&[causal_write("j", Some("b"), None)])
-                .expect("write")[0],
-        );
-        assert_eq!(next.siblings()[0].dot.counter, (2 << 40) + 1);
-        // Clearing the flag keeps the incarnation and never lowers the counter.
-        store
-            .apply(&[WriteOp::Incarnation {
-                catching_up: false,
-                incarnation: Some(2),
-            }])
-            .expect("record");
-        assert!(!store.catching_up().expect("read"));
-        assert_eq!(store.dot_counter().expect("read"), (2 << 40) + 1);
-    }
-
-    #[test]
-    fn coordinated_writes_take_the_nodes_dots_and_merges_join() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(3)).expect("open");
-        let first = merged_state(
-            &store
-                .apply(&[causal_write("k", Some("a"), None)])
-                .expect("write")[0],
-        );
-        assert_eq!(first.siblings()[0].dot.actor, 3);
-        // A blind write with an empty context keeps the first as a sibling.
-        let both = merged_state(
-            &store
-                .apply(&[causal_write("k", Some("b"), Some(VersionVector::new()))])
-                .expect("write")[0],
-        );
-        assert_eq!(both.siblings().len(), 2);
-        assert_eq!(
-            store
-                .read_causal(PartitionId(2), &eventual(), &key("k"))
-                .expect("read"),
-            Some(both.clone())
-        );
-        // A state from another replica joins in; merging it again changes nothing.
-        let (theirs, _) = CausalState::empty().write(5, None, Some(b"c".to_vec()), 1);
-        let merge = WriteOp::Merge {
-            partition: PartitionId(2),
-            epoch: Some(Epoch(1)),
-            keyspace: eventual(),
-            key: key("k"),
-            state: theirs.clone(),
-        };
-        let outcomes = store.apply(&[merge.clone(), merge]).expect("merge");
-        assert!(outcomes[0].changed() && !outcomes[1].changed());
-        assert_eq!(merged_state(&outcomes[1]), both.join(&theirs));
-        // A write with the joined context resolves all three.
-        let resolved = merged_state(
-            &store
-                .apply(&[causal_write(
-                    "k",
-                    Some("d"),
-                    Some(both.join(&theirs).context().clone()),
-                )])
-                .expect("write")[0],
-        );
-        assert_eq!(resolved.siblings().len(), 1);
-        // Coordinated timestamps stay above what the node has seen.
-        assert!(resolved.max_timestamp() > both.max_timestamp());
-    }
-
-    #[test]
-    fn hints_are_durable_and_cleared_only_while_unchanged() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let store = Store::open(dir.path(), NodeId(1)).expect("open");
-            store
-                .apply(&[causal_write("k", Some("a"), None)])
-                .expect("write");
-        }
-        let store = Store::open(dir.path(), NodeId(1)).expect("reopen");
-        assert_eq!(store.hint_targets().expect("targets"), vec![NodeId(9)]);
-        let hints = store.hints_for(NodeId(9), 10).expect("hints");
-        assert_eq!(hints.len(), 1);
-        assert_eq!((hints[0].target, hints[0].key.as_str()), (NodeId(9), "k"));
-        // A newer hint for the same key replaces it: clearing the old one is a no-op.
-        store
-            .apply(&[WriteOp::StoreHints {
-                partition: PartitionId(2),
-                keyspace: eventual(),
-                key: key("k"),
-                targets: vec![NodeId(9)],
-            }])
-            .expect("hint");
-        let outcomes = store
-            .apply(&[WriteOp::ClearHint(hints[0].clone())])
-            .expect("clear");
-        assert_eq!(outcomes, vec![WriteOutcome::Removed(false)]);
-        let newer = store.hints_for(NodeId(9), 10).expect("hints");
-        store
-            .apply(&[WriteOp::ClearHint(newer[0].clone())])
-            .expect("clear");
-        assert_eq!(store.hint_count().expect("count"), 0);
-    }
-
-    #[test]
-    fn digests_match_exactly_when_records_match_and_buckets_name_the_difference() {
-        let (a_dir, b_dir) = (
-            tempfile::tempdir().expect("tempdir"),
-            tempfile::tempdir().expect("tempdir"),
-        );
-        let a = Store::open(a_dir.path(), NodeId(1)).expect("open");
-        let b = Store::open(b_dir.path(), NodeId(2)).expect("open");
-        for i in 0..50 {
-            let op = commit(2, &format!("k{i}"), record(1, "v"));
-            a.apply(std::slice::from_ref(&op)).expect("a");
-            b.apply(&[op]).expect("b");
-        }
-        assert_eq!(
-            a.digest(PartitionId(2)).expect("digest"),
-            b.digest(PartitionId(2)).expect("digest")
-        );
-        b.apply(&[commit(2, "k7", record(2, "newer"))]).expect("b");
-        let (da, db) = (
-            a.digest(PartitionId(2)).expect("digest"),
-            b.digest(PartitionId(2)).expect("digest"),
-        );
-        let differing: Vec<u32> = (0..da.len())
-            .filter(|&i| da[i] != db[i])
-            .map(|i| i as u32)
-            .collect();
-        assert_eq!(differing, vec![digest_bucket(ks().as_str(), "k7") as u32]);
-        let exchanged = b
-            .export_buckets(PartitionId(2), &differing, None, usize::MAX)
-            .expect("bucket")
-            .records;
-        assert!(exchanged.iter().any(|r| r.key.as_str() == "k7"));
-        let ops: Vec<_> = exchanged
-            .into_iter()
-            .map(|r| WriteOp::import(PartitionId(2), r))
-            .collect();
-        a.apply(&ops).expect("repair");
-        assert_eq!(
-            a.digest(PartitionId(2)).expect("digest"),
-            b.digest(PartitionId(2)).expect("digest")
-        );
-    }
-
-    #[test]
-    fn a_purge_removes_only_the_exact_lone_tombstone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), NodeId(1)).expect("open");
-        let live = merged_state(
-            &store
-                .apply(&[causal_write("k", Some("a"), None)])
-                .expect("write")[0],
-        );
-        let purge = |state: &CausalState| WriteOp::Purge {
-            partition: PartitionId(2),
-            keyspace: eventual(),
-            key: key("k"),
-            state: state.clone(),
-        };
-        assert_eq!(
-            store.apply(&[purge(&live)]).expect("purge"),
-            vec![WriteOutcome::Removed(false)]
-        );
-        let tomb = merged_state(
-            &store
-                .apply(&[causal_write("k", None, None)])
-                .expect("delete")[0],
-        );
-        assert!(tomb.is_deleted());
-        assert_eq!(store.deleted_keys(PartitionId(2)).expect("scan").len(), 1);
-        assert_eq!(
-            store.apply(&[purge(&tomb)]).expect("purge"),
-            vec![WriteOutcome::Removed(true)]
-        );
-        assert_eq!(
-            store
-                .read_causal(PartitionId(2), &eventual(), &key("k"))
-                .expect("read"),
-            None
-        );
-    }
-}
+mod tests;
