@@ -60,8 +60,9 @@ async fn collected(
                 let answer = cluster
                     .read_replica(*node, key, place.partition, place.epoch)
                     .await?;
-                if let Some(record) = answer.record {
-                    assert_eq!(record.value, None, "{key} on node {node} has a value");
+                // A replica that missed the delete holds the value until
+                // anti-entropy brings it the tombstone: held, not collected.
+                if answer.record.is_some() {
                     held.push((key.clone(), *node));
                 }
             }
