@@ -34,6 +34,29 @@ fn row(version: Version) -> (u64, u64) {
     (version.counter, version.writer)
 }
 
+/// One partition's row of a floors table.
+fn row_of(
+    table: &impl ReadableTable<u32, (u64, u64)>,
+    partition: PartitionId,
+) -> Result<Option<Version>, StoreError> {
+    Ok(table
+        .get(partition.0)
+        .map_err(db_error)?
+        .map(|g| version(g.value())))
+}
+
+/// The partition's floors, from the two tables of a read or write transaction.
+fn floors_from(
+    floor: &impl ReadableTable<u32, (u64, u64)>,
+    watermark: &impl ReadableTable<u32, (u64, u64)>,
+    partition: PartitionId,
+) -> Result<StrongFloors, StoreError> {
+    Ok(StrongFloors {
+        floor: row_of(floor, partition)?,
+        watermark: row_of(watermark, partition)?,
+    })
+}
+
 /// The partition's floors, inside a write transaction.
 pub(super) fn floors_in(
     txn: &WriteTransaction,
@@ -41,16 +64,7 @@ pub(super) fn floors_in(
 ) -> Result<StrongFloors, StoreError> {
     let floor = txn.open_table(STRONG_FLOOR).map_err(db_error)?;
     let watermark = txn.open_table(STRONG_WATERMARK).map_err(db_error)?;
-    Ok(StrongFloors {
-        floor: floor
-            .get(partition.0)
-            .map_err(db_error)?
-            .map(|g| version(g.value())),
-        watermark: watermark
-            .get(partition.0)
-            .map_err(db_error)?
-            .map(|g| version(g.value())),
-    })
+    floors_from(&floor, &watermark, partition)
 }
 
 /// Raises the partition's floors to at least `to`; returns them.
@@ -156,16 +170,7 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_error)?;
         let floor = txn.open_table(STRONG_FLOOR).map_err(db_error)?;
         let watermark = txn.open_table(STRONG_WATERMARK).map_err(db_error)?;
-        Ok(StrongFloors {
-            floor: floor
-                .get(partition.0)
-                .map_err(db_error)?
-                .map(|g| version(g.value())),
-            watermark: watermark
-                .get(partition.0)
-                .map_err(db_error)?
-                .map(|g| version(g.value())),
-        })
+        floors_from(&floor, &watermark, partition)
     }
 
     /// What a prepare answers for a strong key: the version held, raised to
@@ -176,8 +181,15 @@ impl Store {
         keyspace: &KeyspaceName,
         key: &Key,
     ) -> Result<Option<Version>, StoreError> {
-        let held = self.version(partition, keyspace, key)?;
-        Ok(held.max(self.strong_floors(partition)?.floor))
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let records = txn.open_table(RECORDS).map_err(db_error)?;
+        let held = records
+            .get((partition.0, keyspace.as_str(), key.as_str()))
+            .map_err(db_error)?
+            .map(|g| record_codec::decode_version(g.value()))
+            .transpose()?;
+        let floor = row_of(&txn.open_table(STRONG_FLOOR).map_err(db_error)?, partition)?;
+        Ok(held.max(floor))
     }
 
     /// The partition's strong records at or below `upto`, summarised per
