@@ -37,6 +37,13 @@ pub struct RouterConfig {
     #[arg(long, env = "KVORUM_TEST_ONLY_READ_FIRST_REPLY", default_value_t = false, action = clap::ArgAction::Set)]
     pub test_only_read_first_reply: bool,
 
+    /// A deliberate fault, for testing tombstone collection only: each commit
+    /// of a strong value (not a tombstone) is held this many milliseconds
+    /// after the commit deadline's checks, as a network that delivers it later
+    /// than the storage nodes' `--tombstone-grace-ms` would (0: off).
+    #[arg(long, env = "KVORUM_TEST_ONLY_DELAY_VALUE_COMMITS_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub test_only_delay_value_commits_ms: u64,
+
     /// Deadline of one client request, in milliseconds; past it the client gets 504.
     #[arg(long, env = "KVORUM_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,

@@ -316,6 +316,9 @@ pub struct Coordinator<T> {
     /// tombstones on the promise that no commit arrives long after its write
     /// began (`None`: no bound, for tests).
     commit_deadline: Option<std::time::Duration>,
+    /// A deliberate fault for testing tombstone collection: value commits are
+    /// held this long after the deadline checks (zero: off).
+    delay_value_commits: std::time::Duration,
 }
 
 impl<T: ReplicaTransport> Coordinator<T> {
@@ -328,6 +331,7 @@ impl<T: ReplicaTransport> Coordinator<T> {
             ack_before_quorum: false,
             read_first_reply: false,
             commit_deadline: None,
+            delay_value_commits: std::time::Duration::ZERO,
         }
     }
 
@@ -353,6 +357,16 @@ impl<T: ReplicaTransport> Coordinator<T> {
     /// never in production.
     pub fn with_test_only_read_first_reply(mut self, enabled: bool) -> Self {
         self.read_first_reply = enabled;
+        self
+    }
+
+    /// Breaks the assumption tombstone collection rests on, on purpose: each
+    /// commit of a strong value is held `delay` after the commit deadline's
+    /// checks, as a network that delivers it late would. For testing that
+    /// storage nodes refuse such a commit once its key's tombstone is gone;
+    /// never in production.
+    pub fn with_test_only_delay_value_commits(mut self, delay: std::time::Duration) -> Self {
+        self.delay_value_commits = delay;
         self
     }
 
@@ -605,6 +619,11 @@ impl<T: ReplicaTransport> Coordinator<T> {
         // Checked again as each call starts, for a router paused after the
         // check above: a commit is either sent within the deadline or not at all.
         let send_by = self.commit_deadline.map(|deadline| began + deadline);
+        let delay = if value.is_some() {
+            self.delay_value_commits
+        } else {
+            std::time::Duration::ZERO
+        };
         let committed = fan_out(&self.background, targets, required, |r| {
             let (transport, replica, request) = (transport.clone(), r.clone(), request.clone());
             async move {
@@ -615,6 +634,9 @@ impl<T: ReplicaTransport> Coordinator<T> {
                         detail: None,
                         message: "past the commit deadline: not sent".to_owned(),
                     });
+                }
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
                 transport.commit(&replica, request).await
             }

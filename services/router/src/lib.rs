@@ -76,6 +76,12 @@ pub async fn run(
             "--test-only-read-first-reply is set: strong reads answer from one replica and WILL be stale; this router is for testing the chaos checkers only"
         );
     }
+    if config.test_only_delay_value_commits_ms > 0 {
+        tracing::warn!(
+            delay_ms = config.test_only_delay_value_commits_ms,
+            "--test-only-delay-value-commits-ms is set: strong value commits are delivered late on purpose; this router is for testing tombstone collection only"
+        );
+    }
     let state = Arc::new(AppState {
         metadata: Metadata::new(
             metad,
@@ -88,6 +94,9 @@ pub async fn run(
         )
         .with_test_only_ack_before_quorum(config.test_only_ack_before_quorum)
         .with_test_only_read_first_reply(config.test_only_read_first_reply)
+        .with_test_only_delay_value_commits(std::time::Duration::from_millis(
+            config.test_only_delay_value_commits_ms,
+        ))
         .with_commit_deadline(config.commit_deadline()),
         max_value_bytes: usize::try_from(config.max_value_bytes).unwrap_or(usize::MAX),
         hinted_handoff: config.hinted_handoff,

@@ -335,10 +335,17 @@ fn commit_response(
             request,
             current,
         }),
-        WriteOutcome::BelowWatermark { watermark } => Err(ApiError::BelowWatermark {
-            partition,
-            watermark,
-        }),
+        WriteOutcome::BelowWatermark { watermark } => {
+            // Only a commit delivered later than the grace gets here: the
+            // assumption collection rests on was broken, and this refusal
+            // kept a collected key deleted.
+            metrics::counter!("kvorum_strong_writes_below_watermark_total").increment(1);
+            tracing::warn!(partition = partition.0, %watermark, "refused a strong write at or below the partition's collection watermark, on a key whose tombstone was collected");
+            Err(ApiError::BelowWatermark {
+                partition,
+                watermark,
+            })
+        }
         _ => Err(ApiError::Internal(
             "the writer answered a commit with another op's outcome",
         )),

@@ -26,6 +26,11 @@ struct Placement {
 }
 
 async fn start() -> anyhow::Result<TestCluster> {
+    start_with(&[]).await
+}
+
+/// [`start`] with more environment for every process.
+async fn start_with(extra: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
     let dir = tempfile::tempdir()?;
     let env = [
         ("KVORUM_ANTI_ENTROPY_INTERVAL_MS", "300"),
@@ -38,6 +43,7 @@ async fn start() -> anyhow::Result<TestCluster> {
     let spec = ClusterSpec {
         env: env
             .iter()
+            .chain(extra)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         ..ClusterSpec::for_tests(dir.path())
@@ -270,6 +276,116 @@ async fn a_disk_restored_from_a_checkpoint_does_not_bring_back_a_collected_key()
             StatusCode::NOT_FOUND,
             "{key} at {consistency}"
         );
+    }
+    Ok(())
+}
+
+/// The sum of a counter's samples in a node's `/metrics` (0 when absent).
+async fn counter(http: &reqwest::Client, address: &str, name: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(metric, _)| *metric == name || metric.starts_with(&format!("{name}{{")))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_commit_delivered_after_its_keys_tombstone_was_collected_is_refused()
+-> anyhow::Result<()> {
+    // The router holds every value commit 20 s after its deadline checks, as a
+    // network that breaks the grace assumption would; deletes go at once.
+    let cluster = start_with(&[("KVORUM_TEST_ONLY_DELAY_VALUE_COMMITS_MS", "20000")]).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let refused = "kvorum_strong_writes_below_watermark_total";
+    let key = "late";
+    // The PUT prepares (finding nothing), and its client gets its deadline's
+    // 504 while the commits are held.
+    let answer = cluster.client.put(key, b"from before the delete").await?;
+    assert_eq!(
+        answer.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        answer.json()
+    );
+    // Two deletes: the second prepares above the held PUT's version, so the
+    // partition's floor, and then its watermark, end above it.
+    let mut place = None;
+    for _ in 0..2 {
+        let answer = cluster
+            .client
+            .delete(&format!("{key}?consistency=all"))
+            .await?;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.json());
+        let (partition, epoch) = answer.route();
+        place = Some(Placement {
+            partition,
+            epoch,
+            replicas: answer.nodes("x-kvorum-replicas-asked"),
+        });
+    }
+    let place = place.expect("a delete's placement");
+    let keys = BTreeMap::from([(key.to_owned(), place.clone())]);
+    let took = collected(&cluster, &keys, Duration::from_secs(60)).await?;
+    eprintln!("the tombstone was collected {took:?} after the second delete");
+    let mut addresses = Vec::new();
+    for node in &place.replicas {
+        let address = cluster.cluster.storage_address(*node)?.to_string();
+        // Otherwise the commits arrived before the collection, which this
+        // test does not exercise: the delay is too short for this machine.
+        anyhow::ensure!(
+            counter(&http, &address, refused).await? == 0.0,
+            "node {node} refused a commit before the tombstone was collected"
+        );
+        addresses.push((*node, address));
+    }
+    // The held commits arrive and every replica refuses them; none lands.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = Vec::new();
+        for (node, address) in &addresses {
+            let answer = cluster
+                .read_replica(*node, key, place.partition, place.epoch)
+                .await?;
+            assert_eq!(answer.record, None, "the late value landed on node {node}");
+            if counter(&http, address, refused).await? < 1.0 {
+                waiting.push(*node);
+            }
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nodes {waiting:?} never refused the late commit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for consistency in ["one", "quorum", "all"] {
+        let answer = cluster
+            .client
+            .get(&format!("{key}?consistency={consistency}"))
+            .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::NOT_FOUND,
+            "{key} came back at {consistency}"
+        );
+    }
+    for node in &place.replicas {
+        let answer = cluster
+            .read_replica(*node, key, place.partition, place.epoch)
+            .await?;
+        assert_eq!(answer.record, None, "node {node} holds the late value");
     }
     Ok(())
 }
