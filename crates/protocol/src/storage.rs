@@ -218,8 +218,9 @@ pub struct PartitionExport {
     /// Where the next page starts, when the page was cut short by its limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<ExportCursor>,
-    /// The exporter's strong collection floors, on a partition export's last
-    /// page: the importer adopts them once it holds every record.
+    /// The exporter's strong collection floors as of a partition export's
+    /// first page (read in that page's snapshot): the importer adopts them
+    /// once it holds every record of the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strong_floors: Option<StrongFloors>,
 }

@@ -119,6 +119,12 @@ pub struct ChaosConfig {
     #[arg(long, env = "KVORUM_CHAOS_EVENTUAL_SHARE", default_value_t = 0.3)]
     pub eventual_share: f64,
 
+    /// Share of strong operations that write a key of their own, delete it
+    /// and leave it, so that the storage nodes collect its tombstone while
+    /// the faults go on (0 to 1).
+    #[arg(long, env = "KVORUM_CHAOS_RETIRED_SHARE", default_value_t = 0.04)]
+    pub retired_share: f64,
+
     /// Share of writes with a large value (1 KiB up to --max-value-bytes; the others are a few bytes).
     #[arg(long, env = "KVORUM_CHAOS_LARGE_VALUE_SHARE", default_value_t = 0.02)]
     pub large_value_share: f64,
@@ -228,6 +234,12 @@ impl ChaosConfig {
             return Err(format!(
                 "--eventual-share must be between 0 and 1, not {}",
                 self.eventual_share
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.retired_share) {
+            return Err(format!(
+                "--retired-share must be between 0 and 1, not {}",
+                self.retired_share
             ));
         }
         if !(0.0..=1.0).contains(&self.large_value_share) {

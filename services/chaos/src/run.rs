@@ -130,6 +130,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         strong: (STRONG.to_owned(), config.strong_keys as usize),
         eventual: (EVENTUAL.to_owned(), config.eventual_keys as usize),
         eventual_share: config.eventual_share,
+        retired_share: config.retired_share,
         rate: config.rate,
         duration: Duration::from_secs(config.duration_s),
         seed,
@@ -152,10 +153,21 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     let recovered =
         wait_recovery(&http, &router, Duration::from_secs(config.recovery_bound_s)).await;
     let recovery_seconds = recovered.then(|| last_heal.elapsed().as_secs_f64());
+    // Every strong key the clients used: the shared ones and the retired ones.
+    let strong_keys: Vec<String> = (0..config.strong_keys)
+        .map(|k| format!("k{k}"))
+        .chain(
+            ops.iter()
+                .filter(|op| op.keyspace == STRONG)
+                .map(|op| op.key.clone()),
+        )
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let (strong_finals, final_reads) = final_strong_reads(
         &http,
         &router,
-        config.strong_keys,
+        &strong_keys,
         clock,
         config.clients,
         FINAL_READS,
@@ -163,9 +175,9 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     .await;
     ops.extend(final_reads);
     // A key whose end state is unknown cannot be checked for lost writes: it fails the run.
-    let unread: Vec<String> = (0..config.strong_keys)
-        .map(|k| format!("k{k}"))
-        .filter(|key| !strong_finals.contains_key(&(STRONG.to_owned(), key.clone())))
+    let unread: Vec<String> = strong_keys
+        .iter()
+        .filter(|&key| !strong_finals.contains_key(&(STRONG.to_owned(), key.clone())))
         .map(|key| format!("{STRONG}/{key}"))
         .collect();
     let (eventual_finals, unconverged) = converge(&http, &router, config, CONVERGENCE).await?;
@@ -254,7 +266,19 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
             .into_iter()
             .map(|(_, address)| address.to_string())
             .collect();
-        report.strong_tombstones_collected = Some(strong_tombstones_collected(&http, &nodes).await);
+        let collected = strong_tombstones_collected(&http, &nodes).await;
+        report.strong_tombstones_collected = Some(collected);
+        // A run long enough for several graces that retired keys yet
+        // collected nothing shows collection stalled under the faults.
+        if config.retired_share > 0.0 && config.duration_s >= COLLECTION_EXPECTED_AFTER_S {
+            if collected == 0 {
+                tracing::error!(
+                    "no strong tombstone was collected in a {} s run: collection stalled",
+                    config.duration_s
+                );
+            }
+            report.passed &= collected > 0;
+        }
     }
     write_outputs(&config.out, &report, &ops, &config.trace_url)?;
     if let Nemesis::Process(local) = nemesis {
@@ -265,6 +289,9 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
 
 /// The storage nodes' tombstone grace in a local chaos cluster.
 const TOMBSTONE_GRACE_MS: &str = "15000";
+
+/// A local run at least this long (several graces) must collect some strong tombstones.
+const COLLECTION_EXPECTED_AFTER_S: u64 = 120;
 
 /// The strong tombstones the storage nodes collected, summed from their
 /// metrics (a node restarted during the run counts from its restart).
@@ -484,7 +511,7 @@ pub(crate) async fn wait_recovery(http: &reqwest::Client, router: &str, bound: D
 pub(crate) async fn final_strong_reads(
     http: &reqwest::Client,
     router: &str,
-    keys: u64,
+    keys: &[String],
     clock: Instant,
     client: u64,
     within: Duration,
@@ -494,8 +521,7 @@ pub(crate) async fn final_strong_reads(
     // One deadline for all keys: a cluster that cannot answer them all in
     // time fails the run (the keys left unread) rather than stalling it.
     let deadline = Instant::now() + within;
-    for k in 0..keys {
-        let key = format!("k{k}");
+    for key in keys {
         while Instant::now() < deadline {
             let invoke_ms = millis(clock);
             let Ok(answer) = http

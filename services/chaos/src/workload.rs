@@ -22,6 +22,9 @@ pub struct Workload {
     pub eventual: (String, usize),
     /// The share of operations that go to the eventual keyspace.
     pub eventual_share: f64,
+    /// The share of strong operations that write a key of their own
+    /// (`r{client}-{n}`), then delete it and never touch it again.
+    pub retired_share: f64,
     /// Operations per second, over all clients.
     pub rate: f64,
     /// How long the clients run.
@@ -116,6 +119,26 @@ impl Workload {
             } else {
                 &self.strong
             };
+            if !eventual && rng.random_bool(self.retired_share.clamp(0.0, 1.0)) {
+                // Its tombstone is left alone, so the storage nodes collect it
+                // under the faults; the final reads check it stays deleted.
+                let key = format!("r{client}-{n}");
+                for (kind, value) in [
+                    (OpKind::Write, Some(format!("c{client}-{n}"))),
+                    (OpKind::Delete, None),
+                ] {
+                    let call = Call {
+                        keyspace,
+                        key: key.clone(),
+                        kind,
+                        value,
+                        size: 0,
+                        context: None,
+                    };
+                    ops.push(self.call(&http, clock, client, call).await.0);
+                }
+                continue;
+            }
             let key = format!("k{}", rng.random_range(0..(*keys).max(1)));
             let roll = rng.random_range(0..100);
             let kind = match (eventual, roll) {

@@ -295,6 +295,7 @@ impl Mover {
             max_bytes: Some(kvorum_protocol::storage::MAX_PAGE_BYTES),
             ..ExportQuery::default()
         };
+        let mut floors_at_start = None;
         loop {
             let encoded = serde_urlencoded::to_string(&query).map_err(|e| MoveError::Node {
                 node: source,
@@ -317,7 +318,21 @@ impl Mover {
                 .sum();
             let records = page.records.len() as u64;
             let next = page.next.clone();
-            let import = PartitionExport { next: None, ..page };
+            // The source's floors as of the first page go with the last one:
+            // the joiner adopts them once it holds every record they vouch
+            // for, and a watermark adopted earlier would refuse older records.
+            if floors_at_start.is_none() {
+                floors_at_start = page.strong_floors;
+            }
+            let import = PartitionExport {
+                next: None,
+                strong_floors: if next.is_none() {
+                    floors_at_start
+                } else {
+                    None
+                },
+                ..page
+            };
             retry(|| {
                 self.storage.put_json::<_, ImportResponse>(
                     joining_address,

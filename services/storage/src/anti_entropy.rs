@@ -135,13 +135,8 @@ impl AntiEntropy {
                     .iter()
                     .map(|id| up_address(state, *id).map(|a| (*id, a.to_owned())))
                     .collect();
-                let rfs: std::collections::BTreeMap<String, usize> = state
-                    .keyspaces
-                    .iter()
-                    .map(|(name, keyspace)| (name.clone(), keyspace.replication_factor))
-                    .collect();
                 let outcome = match replicas {
-                    Some(replicas) => self.collect_strong(assignment, replicas, &rfs).await,
+                    Some(replicas) => self.collect_strong(assignment, replicas).await,
                     None => Err("a replica is not up".to_owned()),
                 };
                 if let Err(error) = outcome {

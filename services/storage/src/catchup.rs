@@ -170,6 +170,10 @@ async fn copy_from(
     // Every key the source holds: a value here at or below the source's
     // watermark whose key it lacks was deleted and collected since.
     let mut present = BTreeSet::new();
+    // The floors as of the first page: every record at or below that
+    // watermark is sent by some page, which a watermark sealed while the
+    // pages were read does not promise.
+    let mut floors_at_start = None;
     loop {
         let encoded = serde_urlencoded::to_string(&query).map_err(|e| e.to_string())?;
         let page: PartitionExport = peers
@@ -191,7 +195,12 @@ async fn copy_from(
             .map(|r| WriteOp::import(page.partition, r))
             .collect();
         imported += ops.len() as u64;
-        if let Some(floors) = page.strong_floors {
+        if floors_at_start.is_none() {
+            floors_at_start = page.strong_floors;
+        }
+        if next.is_none()
+            && let Some(floors) = floors_at_start
+        {
             ops.extend(stale_values(store, page.partition, floors, &present).await?);
             // The floors last: a watermark taken first would refuse the older records.
             ops.push(WriteOp::AdoptStrongFloors {

@@ -7,7 +7,7 @@
 //! purge. A step that fails is retried next round; a change of replicas
 //! starts over.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,6 +34,38 @@ pub struct Raised {
     /// none): tombstones at or below it may be purged on some replicas and
     /// not yet on others, so the comparison leaves them out.
     sealed_everywhere: Option<Version>,
+    /// Every replica has sealed the floor as its watermark: only their purges
+    /// are left, retried each round until all have answered (comparing again
+    /// would find the replicas that purged and those that did not disagree).
+    sealed: bool,
+}
+
+/// What a partition's collector does this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Raise the floor (again): nothing in progress, or the replicas changed.
+    Raise,
+    /// The grace has not passed yet.
+    Wait,
+    /// Compare the replicas, and seal and purge if they agree.
+    SealAndPurge(Raised),
+    /// Every replica sealed; ask each to purge.
+    Purge(Raised),
+}
+
+/// The step after `pending` for `replicas`, whose grace runs from when the floor went up everywhere.
+pub fn next_step(
+    pending: Option<&Raised>,
+    replicas: &[(NodeId, String)],
+    grace: std::time::Duration,
+) -> Step {
+    match pending {
+        None => Step::Raise,
+        Some(raised) if raised.replicas != replicas => Step::Raise,
+        Some(raised) if raised.sealed => Step::Purge(raised.clone()),
+        Some(raised) if raised.at.elapsed() >= grace => Step::SealAndPurge(raised.clone()),
+        Some(_) => Step::Wait,
+    }
 }
 
 /// Each partition's collection in progress.
@@ -45,15 +77,14 @@ const EVERY_VERSION: Version = Version {
     writer: u64::MAX,
 };
 
-/// Whether every replica has its floor at `floor` at least and, for each
-/// keyspace, the replicas that hold it (the first `rf` of the set; every
-/// replica for a keyspace `rfs` does not name) summarise their records at
-/// or below the floor the same. `digests` are in the set's order.
-pub fn replicas_agree(
-    floor: Version,
-    digests: &[StrongDigestResponse],
-    rfs: &BTreeMap<String, usize>,
-) -> bool {
+/// Whether every replica has its floor at `floor` at least and every replica
+/// summarises its records at or below the floor the same, for every keyspace.
+/// A keyspace with an RF below the set's is written to its first RF replicas
+/// only, but anti-entropy exchanges whole partitions, so the others hold its
+/// records too; they are compared as well, because a sealed watermark tells
+/// every replica, and every node that later catches up from it, that it holds
+/// every record at or below it.
+pub fn replicas_agree(floor: Version, digests: &[StrongDigestResponse]) -> bool {
     if digests.is_empty()
         || digests
             .iter()
@@ -63,45 +94,47 @@ pub fn replicas_agree(
     }
     let keyspaces: BTreeSet<&String> = digests.iter().flat_map(|d| d.keyspaces.keys()).collect();
     keyspaces.into_iter().all(|keyspace| {
-        let holders = rfs
-            .get(keyspace)
-            .copied()
-            .unwrap_or(digests.len())
-            .min(digests.len());
         let summary =
             |d: &StrongDigestResponse| d.keyspaces.get(keyspace).copied().unwrap_or_default();
         let first = summary(&digests[0]);
-        digests[..holders].iter().all(|d| summary(d) == first)
+        digests.iter().all(|d| summary(d) == first)
     })
 }
 
 impl AntiEntropy {
     /// One step of the partition's collection; `replicas` are every
-    /// replica's address, `rfs` each keyspace's replication factor.
+    /// replica's address.
     pub(crate) async fn collect_strong(
         &self,
         assignment: &PartitionAssignment,
         replicas: Vec<(NodeId, String)>,
-        rfs: &BTreeMap<String, usize>,
     ) -> Result<(), String> {
         let partition = assignment.id;
-        let pending = {
-            let mut collections = self.strong.lock().unwrap_or_else(|p| p.into_inner());
-            match collections.get(&partition) {
-                Some(raised) if raised.replicas != replicas => {
-                    collections.remove(&partition);
-                    None
-                }
-                other => other.cloned(),
-            }
+        let step = {
+            let collections = self.strong.lock().unwrap_or_else(|p| p.into_inner());
+            next_step(
+                collections.get(&partition),
+                &replicas,
+                self.config.tombstone_grace,
+            )
         };
-        match pending {
-            None => self.raise(partition, replicas).await,
-            Some(raised) if raised.at.elapsed() >= self.config.tombstone_grace => {
-                self.seal_and_purge(partition, &raised, rfs).await
+        match step {
+            Step::Raise => {
+                self.forget(partition);
+                self.raise(partition, replicas).await
             }
-            Some(_) => Ok(()),
+            Step::Wait => Ok(()),
+            Step::SealAndPurge(raised) => self.seal_and_purge(partition, raised).await,
+            Step::Purge(raised) => self.purge_sealed(partition, &raised).await,
         }
+    }
+
+    /// Drops the partition's collection in progress: the next round starts over.
+    fn forget(&self, partition: PartitionId) {
+        self.strong
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition);
     }
 
     /// Step one: the floor goes up to the newest strong tombstone here.
@@ -155,18 +188,14 @@ impl AntiEntropy {
                     at: Instant::now(),
                     replicas,
                     sealed_everywhere,
+                    sealed: false,
                 },
             );
         Ok(())
     }
 
     /// Steps three and four, once the grace has passed.
-    async fn seal_and_purge(
-        &self,
-        partition: PartitionId,
-        raised: &Raised,
-        rfs: &BTreeMap<String, usize>,
-    ) -> Result<(), String> {
+    async fn seal_and_purge(&self, partition: PartitionId, raised: Raised) -> Result<(), String> {
         let mut digests = Vec::new();
         let request = StrongDigestRequest {
             upto: raised.floor,
@@ -185,8 +214,16 @@ impl AntiEntropy {
                 .map_err(|e| e.to_string())?;
             digests.push(digest);
         }
-        if !replicas_agree(raised.floor, &digests, rfs) {
-            // Anti-entropy and read repair bring them together; then the next round seals.
+        if !replicas_agree(raised.floor, &digests) {
+            // Anti-entropy and read repair bring them together; then the next
+            // round seals. A replica whose floor went back (a restored disk)
+            // takes it again when the collection starts over.
+            if digests
+                .iter()
+                .any(|d| d.floors.floor.is_none_or(|f| f < raised.floor))
+            {
+                self.forget(partition);
+            }
             return Err(
                 "the replicas do not hold the same records at or below the floor yet".into(),
             );
@@ -194,7 +231,7 @@ impl AntiEntropy {
         // Every replica first: one that purged while another could still take
         // an old value would let that value back.
         for (_, address) in &raised.replicas {
-            let _: StrongFloors = self
+            let sealed: Result<StrongFloors, _> = self
                 .peers
                 .post_json(
                     address,
@@ -204,15 +241,32 @@ impl AntiEntropy {
                     },
                     Idempotency::Idempotent,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await;
+            if let Err(error) = sealed {
+                // Refused (a floor that went back) or unanswered: start over,
+                // which is safe whatever some replicas sealed, since floors
+                // and watermarks only rise.
+                self.forget(partition);
+                return Err(error.to_string());
+            }
         }
-        let purged = self.purge_everywhere(partition, &raised.replicas).await?;
+        let sealed = Raised {
+            sealed: true,
+            ..raised
+        };
         self.strong
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&partition);
-        tracing::info!(%partition, watermark = %raised.floor, purged, "collected strong tombstones every replica held");
+            .insert(partition, sealed.clone());
+        self.purge_sealed(partition, &sealed).await
+    }
+
+    /// Step four's purge on every replica, once all have sealed; retried by
+    /// later rounds until every replica has answered.
+    async fn purge_sealed(&self, partition: PartitionId, sealed: &Raised) -> Result<(), String> {
+        let purged = self.purge_everywhere(partition, &sealed.replicas).await?;
+        self.forget(partition);
+        tracing::info!(%partition, watermark = %sealed.floor, purged, "collected strong tombstones every replica held");
         Ok(())
     }
 
@@ -274,8 +328,7 @@ mod tests {
             counter: 9,
             writer: 0,
         };
-        let rfs = BTreeMap::from([("default".to_owned(), 3), ("small".to_owned(), 2)]);
-        let agree = |digests: &[StrongDigestResponse]| replicas_agree(floor, digests, &rfs);
+        let agree = |digests: &[StrongDigestResponse]| replicas_agree(floor, digests);
         assert!(agree(&[
             summary(&[("default", 7)], Some(9)),
             summary(&[("default", 7)], Some(12)),
@@ -299,24 +352,64 @@ mod tests {
             summary(&[], None),
             summary(&[("default", 7)], Some(9)),
         ]));
-        // A keyspace of RF 2 lives on the first two replicas only: the third
-        // holding none of it is no disagreement, the second lacking it is.
+        // A keyspace of RF 2 is written to the first two replicas, but a
+        // sealed watermark vouches for every replica: the third must hold
+        // its records too (anti-entropy brings them) before the seal.
+        assert!(!agree(&[
+            summary(&[("default", 7), ("small", 3)], Some(9)),
+            summary(&[("default", 7), ("small", 3)], Some(9)),
+            summary(&[("default", 7)], Some(9)),
+        ]));
         assert!(agree(&[
             summary(&[("default", 7), ("small", 3)], Some(9)),
             summary(&[("default", 7), ("small", 3)], Some(9)),
-            summary(&[("default", 7)], Some(9)),
-        ]));
-        assert!(!agree(&[
             summary(&[("default", 7), ("small", 3)], Some(9)),
-            summary(&[("default", 7)], Some(9)),
-            summary(&[("default", 7)], Some(9)),
         ]));
-        // A keyspace no one knows the RF of is compared on every replica.
-        assert!(!agree(&[
-            summary(&[("gone", 1)], Some(9)),
-            summary(&[("gone", 1)], Some(9)),
-            summary(&[], Some(9)),
-        ]));
-        assert!(!replicas_agree(floor, &[], &rfs));
+        assert!(!replicas_agree(floor, &[]));
+    }
+
+    fn raised(replicas: &[(NodeId, String)], sealed: bool) -> Raised {
+        Raised {
+            floor: Version {
+                counter: 9,
+                writer: 0,
+            },
+            at: Instant::now(),
+            replicas: replicas.to_vec(),
+            sealed_everywhere: None,
+            sealed,
+        }
+    }
+
+    #[test]
+    fn a_collection_raises_waits_the_grace_seals_and_then_only_retries_its_purges() {
+        let replicas: Vec<(NodeId, String)> = (1..=3)
+            .map(|n| (NodeId(n), format!("127.0.0.1:{n}")))
+            .collect();
+        let grace = std::time::Duration::from_secs(3600);
+        assert_eq!(next_step(None, &replicas, grace), Step::Raise);
+        let waiting = raised(&replicas, false);
+        assert_eq!(next_step(Some(&waiting), &replicas, grace), Step::Wait);
+        assert_eq!(
+            next_step(Some(&waiting), &replicas, std::time::Duration::ZERO),
+            Step::SealAndPurge(waiting.clone())
+        );
+        // Once every replica sealed, a purge that failed part-way is retried
+        // without comparing again: the replicas that purged and those that
+        // did not yet would disagree for ever.
+        let sealed = raised(&replicas, true);
+        assert_eq!(
+            next_step(Some(&sealed), &replicas, grace),
+            Step::Purge(sealed.clone())
+        );
+        // A change of replicas starts over, whatever the stage.
+        let moved: Vec<(NodeId, String)> = replicas
+            .iter()
+            .take(2)
+            .cloned()
+            .chain([(NodeId(4), "127.0.0.1:4".to_owned())])
+            .collect();
+        assert_eq!(next_step(Some(&waiting), &moved, grace), Step::Raise);
+        assert_eq!(next_step(Some(&sealed), &moved, grace), Step::Raise);
     }
 }

@@ -106,10 +106,11 @@ async fn final_reads_record_values_and_absences_and_leave_unanswered_keys_unread
         }),
     );
     let router = format!("http://{}", serve(app).await);
+    let keys = ["k0", "k1", "k2"].map(str::to_owned);
     let (finals, ops) = final_strong_reads(
         &http(),
         &router,
-        3,
+        &keys,
         Instant::now(),
         9,
         Duration::from_secs(2),

@@ -322,9 +322,9 @@ impl Store {
         after: Option<(&KeyspaceName, &Key)>,
         max_bytes: usize,
     ) -> Result<PartitionExport, StoreError> {
-        self.export_where(partition, after, usize::MAX, max_bytes, |keyspace, key| {
-            buckets.contains(&(digest_bucket(keyspace, key) as u32))
-        })
+        let wanted =
+            |keyspace: &str, key: &str| buckets.contains(&(digest_bucket(keyspace, key) as u32));
+        self.export_where(partition, after, usize::MAX, max_bytes, false, wanted)
     }
 
     /// The deleted keys of a partition (every sibling a tombstone), with their
@@ -476,8 +476,8 @@ impl Store {
 
     /// One page of a partition's records in key order, after `after`: at most
     /// `limit` records and about `max_bytes` (at least one record).
-    /// The last page carries the partition's strong floors, which the importer
-    /// adopts once it holds every record.
+    /// The first page carries the partition's strong floors as they were when
+    /// it was read, which the importer adopts once it holds every record.
     pub fn export_page(
         &self,
         partition: PartitionId,
@@ -485,11 +485,8 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<PartitionExport, StoreError> {
-        let mut page = self.export_where(partition, after, limit, max_bytes, |_, _| true)?;
-        if page.next.is_none() {
-            page.strong_floors = Some(self.strong_floors(partition)?);
-        }
-        Ok(page)
+        let first = after.is_none();
+        self.export_where(partition, after, limit, max_bytes, first, |_, _| true)
     }
 
     fn export_where(
@@ -498,11 +495,22 @@ impl Store {
         after: Option<(&KeyspaceName, &Key)>,
         limit: usize,
         max_bytes: usize,
+        with_floors: bool,
         wanted: impl Fn(&str, &str) -> bool,
     ) -> Result<PartitionExport, StoreError> {
         use std::ops::Bound;
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(RECORDS).map_err(db_error)?;
+        // Read with the first page, in its snapshot: every record at or below
+        // this watermark is here now and stays (or is superseded, or is a
+        // tombstone collected) while the later pages are read. A watermark
+        // read later could have been sealed over records that reached this
+        // node after their page went out (catchup.rs).
+        let strong_floors = if with_floors {
+            Some(strong_floors::floors_in_snapshot(&txn, partition)?)
+        } else {
+            None
+        };
         let whole = partition_range(partition);
         let start = match after {
             Some((keyspace, key)) => {
@@ -537,7 +545,7 @@ impl Store {
             partition,
             records,
             next,
-            strong_floors: None,
+            strong_floors,
         })
     }
 

@@ -57,6 +57,16 @@ fn floors_from(
     })
 }
 
+/// The partition's floors, inside a read transaction.
+pub(super) fn floors_in_snapshot(
+    txn: &redb::ReadTransaction,
+    partition: PartitionId,
+) -> Result<StrongFloors, StoreError> {
+    let floor = txn.open_table(STRONG_FLOOR).map_err(db_error)?;
+    let watermark = txn.open_table(STRONG_WATERMARK).map_err(db_error)?;
+    floors_from(&floor, &watermark, partition)
+}
+
 /// The partition's floors, inside a write transaction.
 pub(super) fn floors_in(
     txn: &WriteTransaction,
@@ -168,9 +178,7 @@ impl Store {
     /// The partition's strong floors.
     pub fn strong_floors(&self, partition: PartitionId) -> Result<StrongFloors, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
-        let floor = txn.open_table(STRONG_FLOOR).map_err(db_error)?;
-        let watermark = txn.open_table(STRONG_WATERMARK).map_err(db_error)?;
-        floors_from(&floor, &watermark, partition)
+        floors_in_snapshot(&txn, partition)
     }
 
     /// What a prepare answers for a strong key: the version held, raised to
