@@ -218,9 +218,10 @@ pub struct PartitionExport {
     /// Where the next page starts, when the page was cut short by its limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<ExportCursor>,
-    /// The exporter's strong collection floors as of a partition export's
-    /// first page (read in that page's snapshot): the importer adopts them
-    /// once it holds every record of the last page.
+    /// The exporter's strong collection floors, read in each page's snapshot
+    /// of a partition export: the importer adopts the first page's once it
+    /// holds every record of the last, if every later page's still keep them
+    /// ([`StrongFloors::keeps`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strong_floors: Option<StrongFloors>,
 }
@@ -240,6 +241,14 @@ pub struct StrongFloors {
 }
 
 impl StrongFloors {
+    /// Whether these floors, read after `first`, still vouch for what
+    /// `first` did: a watermark only goes back when the exporter dropped the
+    /// partition (or lost its disk) between the two reads, and then its later
+    /// pages no longer hold every record at or below the first watermark.
+    pub fn keeps(&self, first: &StrongFloors) -> bool {
+        self.watermark >= first.watermark
+    }
+
     /// Each bound the higher of the two.
     pub fn max(self, other: StrongFloors) -> StrongFloors {
         StrongFloors {

@@ -296,6 +296,7 @@ impl Mover {
             ..ExportQuery::default()
         };
         let mut floors_at_start = None;
+        let mut first_page = true;
         loop {
             let encoded = serde_urlencoded::to_string(&query).map_err(|e| MoveError::Node {
                 node: source,
@@ -321,8 +322,16 @@ impl Mover {
             // The source's floors as of the first page go with the last one:
             // the joiner adopts them once it holds every record they vouch
             // for, and a watermark adopted earlier would refuse older records.
-            if floors_at_start.is_none() {
+            if first_page {
                 floors_at_start = page.strong_floors;
+                first_page = false;
+            } else if let Some(start) = floors_at_start
+                && !page.strong_floors.is_some_and(|now| now.keeps(&start))
+            {
+                return Err(MoveError::Node {
+                    node: source,
+                    message: "the source dropped the partition while it was read".to_owned(),
+                });
             }
             let import = PartitionExport {
                 next: None,

@@ -172,8 +172,10 @@ async fn copy_from(
     let mut present = BTreeSet::new();
     // The floors as of the first page: every record at or below that
     // watermark is sent by some page, which a watermark sealed while the
-    // pages were read does not promise.
+    // pages were read does not promise, and which a source that dropped the
+    // partition between two pages no longer keeps.
     let mut floors_at_start = None;
+    let mut first_page = true;
     loop {
         let encoded = serde_urlencoded::to_string(&query).map_err(|e| e.to_string())?;
         let page: PartitionExport = peers
@@ -195,8 +197,15 @@ async fn copy_from(
             .map(|r| WriteOp::import(page.partition, r))
             .collect();
         imported += ops.len() as u64;
-        if floors_at_start.is_none() {
+        if first_page {
             floors_at_start = page.strong_floors;
+            first_page = false;
+        } else if let Some(start) = floors_at_start
+            && !page.strong_floors.is_some_and(|now| now.keeps(&start))
+        {
+            return Err(format!(
+                "the source dropped partition {partition} while it was read"
+            ));
         }
         if next.is_none()
             && let Some(floors) = floors_at_start

@@ -30,10 +30,11 @@ pub struct Raised {
     at: Instant,
     /// The replicas (and their addresses) that took it.
     replicas: Vec<(NodeId, String)>,
-    /// The lowest watermark among them when they took it (`None` if one had
-    /// none): tombstones at or below it may be purged on some replicas and
-    /// not yet on others, so the comparison leaves them out.
-    sealed_everywhere: Option<Version>,
+    /// The highest watermark among them when they took it (`None` if none
+    /// had one): a replica may lack any tombstone at or below its own
+    /// watermark (purged, or never received), so the comparison leaves out
+    /// every tombstone at or below the highest; values are always compared.
+    ignore_tombstones_upto: Option<Version>,
     /// Every replica has sealed the floor as its watermark: only their purges
     /// are left, retried each round until all have answered (comparing again
     /// would find the replicas that purged and those that did not disagree).
@@ -101,6 +102,15 @@ pub fn replicas_agree(floor: Version, digests: &[StrongDigestResponse]) -> bool 
     })
 }
 
+/// The tombstones a comparison leaves out, given the floors every replica
+/// answered when the floor went up: those at or below the highest watermark.
+/// A replica may lack any tombstone at or below its own watermark (purged,
+/// or never received), while one whose watermark is lower still holds it;
+/// values are always compared.
+pub fn tombstones_left_out(answered: &[StrongFloors]) -> Option<Version> {
+    answered.iter().filter_map(|f| f.watermark).max()
+}
+
 impl AntiEntropy {
     /// One step of the partition's collection; `replicas` are every
     /// replica's address.
@@ -158,12 +168,13 @@ impl AntiEntropy {
         let Some(newest) = newest else {
             return Ok(());
         };
-        if floors.watermark.is_some_and(|w| newest <= w) {
-            // Sealed already: only tombstones a checkpoint held back are left.
-            return self.purge_everywhere(partition, &replicas).await.map(drop);
-        }
+        // Tombstones at or below this replica's own watermark (a checkpoint
+        // held them back, or a purge elsewhere failed) go through the whole
+        // collection like new ones: purging them here at once, before every
+        // replica sealed, would leave a replica that has not sealed holding
+        // one this replica lacks and can never take back.
         let floor = floors.floor.map_or(newest, |f| f.max(newest));
-        let mut sealed_everywhere = Some(EVERY_VERSION);
+        let mut answered = Vec::new();
         for (_, address) in &replicas {
             let taken: StrongFloors = self
                 .peers
@@ -175,7 +186,7 @@ impl AntiEntropy {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            sealed_everywhere = sealed_everywhere.min(taken.watermark);
+            answered.push(taken);
         }
         tracing::debug!(%partition, %floor, "strong floor raised on every replica");
         self.strong
@@ -187,7 +198,7 @@ impl AntiEntropy {
                     floor,
                     at: Instant::now(),
                     replicas,
-                    sealed_everywhere,
+                    ignore_tombstones_upto: tombstones_left_out(&answered),
                     sealed: false,
                 },
             );
@@ -199,7 +210,7 @@ impl AntiEntropy {
         let mut digests = Vec::new();
         let request = StrongDigestRequest {
             upto: raised.floor,
-            ignore_tombstones_upto: raised.sealed_everywhere,
+            ignore_tombstones_upto: raised.ignore_tombstones_upto,
         };
         for (_, address) in &raised.replicas {
             let digest: StrongDigestResponse = self
@@ -368,6 +379,79 @@ mod tests {
         assert!(!replicas_agree(floor, &[]));
     }
 
+    #[test]
+    fn a_replica_that_purged_ahead_of_an_unsealed_one_still_agrees_with_it() {
+        use kvorum_protocol::{Key, KeyspaceName, Record};
+
+        use crate::store::{Store, WriteOp};
+
+        let v = |counter| Version { counter, writer: 0 };
+        let p = PartitionId(0);
+        let commit = |k: &str, counter, value: Option<&str>| WriteOp::Commit {
+            partition: p,
+            epoch: None,
+            keyspace: KeyspaceName::default_keyspace(),
+            key: Key::parse(k).expect("key"),
+            record: Record {
+                version: v(counter),
+                value: value.map(|x| x.as_bytes().to_vec()),
+            },
+        };
+        let floors = |floor, watermark| StrongFloors {
+            floor: Some(v(floor)),
+            watermark: Some(v(watermark)),
+        };
+        // Both hold the live value; the tombstone of `t` (8) was sealed and
+        // purged on the first, while the second sealed only up to 5.
+        let (a, b) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let purged = Store::open(a.path(), NodeId(1)).expect("open");
+        let unsealed = Store::open(b.path(), NodeId(2)).expect("open");
+        purged
+            .apply(&[commit("live", 2, Some("x"))])
+            .expect("writes");
+        unsealed
+            .apply(&[commit("live", 2, Some("x")), commit("t", 8, None)])
+            .expect("writes");
+        let answered = [floors(9, 9), floors(9, 5)];
+        let digest = |store: &Store, ignore, floors| StrongDigestResponse {
+            keyspaces: store.strong_digest(p, v(9), ignore).expect("digest"),
+            floors,
+        };
+        let left_out = tombstones_left_out(&answered);
+        assert_eq!(left_out, Some(v(9)));
+        assert!(replicas_agree(
+            v(9),
+            &[
+                digest(&purged, left_out, answered[0]),
+                digest(&unsealed, left_out, answered[1]),
+            ]
+        ));
+        // Leaving out only what every replica sealed, as a first version did,
+        // they disagree for ever: the first can never take the tombstone back.
+        let lowest = answered.iter().filter_map(|f| f.watermark).min();
+        assert!(!replicas_agree(
+            v(9),
+            &[
+                digest(&purged, lowest, answered[0]),
+                digest(&unsealed, lowest, answered[1]),
+            ]
+        ));
+        // A value is never left out: one that missed the delete disagrees.
+        unsealed
+            .apply(&[commit("gone", 3, Some("old"))])
+            .expect("write");
+        assert!(!replicas_agree(
+            v(9),
+            &[
+                digest(&purged, left_out, answered[0]),
+                digest(&unsealed, left_out, answered[1]),
+            ]
+        ));
+    }
+
     fn raised(replicas: &[(NodeId, String)], sealed: bool) -> Raised {
         Raised {
             floor: Version {
@@ -376,7 +460,7 @@ mod tests {
             },
             at: Instant::now(),
             replicas: replicas.to_vec(),
-            sealed_everywhere: None,
+            ignore_tombstones_upto: None,
             sealed,
         }
     }

@@ -476,8 +476,9 @@ impl Store {
 
     /// One page of a partition's records in key order, after `after`: at most
     /// `limit` records and about `max_bytes` (at least one record).
-    /// The first page carries the partition's strong floors as they were when
-    /// it was read, which the importer adopts once it holds every record.
+    /// Every page carries the partition's strong floors as they were when it
+    /// was read: the importer adopts the first page's once it holds every
+    /// record, if the later pages' show the partition was not dropped meanwhile.
     pub fn export_page(
         &self,
         partition: PartitionId,
@@ -485,8 +486,7 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<PartitionExport, StoreError> {
-        let first = after.is_none();
-        self.export_where(partition, after, limit, max_bytes, first, |_, _| true)
+        self.export_where(partition, after, limit, max_bytes, true, |_, _| true)
     }
 
     fn export_where(
@@ -501,11 +501,12 @@ impl Store {
         use std::ops::Bound;
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(RECORDS).map_err(db_error)?;
-        // Read with the first page, in its snapshot: every record at or below
-        // this watermark is here now and stays (or is superseded, or is a
-        // tombstone collected) while the later pages are read. A watermark
-        // read later could have been sealed over records that reached this
-        // node after their page went out (catchup.rs).
+        // Read in the page's snapshot. The first page's watermark is what an
+        // export vouches for: every record at or below it is here then and
+        // stays (or is superseded, or is a tombstone collected) while the
+        // later pages are read, unless the partition is dropped, which the
+        // later pages' floors show. A watermark sealed later could cover
+        // records that reached this node after their page went out.
         let strong_floors = if with_floors {
             Some(strong_floors::floors_in_snapshot(&txn, partition)?)
         } else {

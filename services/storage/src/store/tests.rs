@@ -741,7 +741,16 @@ fn strong_floors_survive_a_reopen_travel_with_the_first_export_page_and_go_with_
         .export_page(p, Some((&cursor.keyspace, &cursor.key)), 1, usize::MAX)
         .expect("page");
     assert_eq!(last.next, None);
-    assert_eq!(last.strong_floors, None, "only the first page carries them");
+    let later = last.strong_floors.expect("every page carries them");
+    assert_eq!(
+        later.watermark,
+        Some(v(9)),
+        "read in the last page's snapshot"
+    );
+    assert!(
+        later.keeps(&floors),
+        "a watermark that rose keeps the first's promise"
+    );
     // A copy made into a new replica: records first, then the floors.
     let other = tempfile::tempdir().expect("tempdir");
     let copy = Store::open(other.path(), NodeId(2)).expect("open");
@@ -774,11 +783,28 @@ fn strong_floors_survive_a_reopen_travel_with_the_first_export_page_and_go_with_
             watermark: Some(v(9)),
         }
     );
-    // Dropping the partition forgets them: whoever takes it again adopts its source's.
+    // Dropping the partition forgets them: whoever takes it again adopts its
+    // source's, and an export read across the drop shows it.
+    let before_drop = restored
+        .export_page(p, None, 1, usize::MAX)
+        .expect("page")
+        .strong_floors
+        .expect("floors");
     restored.apply(&[WriteOp::DropPartition(p)]).expect("drop");
     assert_eq!(
         restored.strong_floors(p).expect("floors"),
         StrongFloors::default()
+    );
+    let after_drop = restored
+        .export_page(p, Some((&cursor.keyspace, &cursor.key)), 1, usize::MAX)
+        .expect("page");
+    assert!(after_drop.records.is_empty());
+    assert!(
+        !after_drop
+            .strong_floors
+            .expect("floors")
+            .keeps(&before_drop),
+        "pages read after a drop must not vouch for the first page's watermark"
     );
 }
 
