@@ -51,6 +51,22 @@ async fn start_with(extra: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
     TestCluster::start_spec_in(dir, spec).await
 }
 
+/// Checks that `key` reads as absent at ONE, QUORUM and ALL.
+async fn deleted_at_every_level(cluster: &TestCluster, key: &str) -> anyhow::Result<()> {
+    for consistency in ["one", "quorum", "all"] {
+        let answer = cluster
+            .client
+            .get(&format!("{key}?consistency={consistency}"))
+            .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::NOT_FOUND,
+            "{key} came back at {consistency}"
+        );
+    }
+    Ok(())
+}
+
 /// Polls until no replica of any key holds a record (every tombstone
 /// collected); returns how long it took.
 async fn collected(
@@ -180,17 +196,7 @@ async fn strong_tombstones_go_once_every_replica_holds_them_and_late_old_values_
         let body: serde_json::Value = response.json().await?;
         assert_eq!(body["error"]["code"], "below_watermark", "{body}");
     }
-    for consistency in ["one", "quorum", "all"] {
-        let answer = cluster
-            .client
-            .get(&format!("{key}?consistency={consistency}"))
-            .await?;
-        assert_eq!(
-            answer.status,
-            StatusCode::NOT_FOUND,
-            "{key} at {consistency}"
-        );
-    }
+    deleted_at_every_level(&cluster, key).await?;
     // New writes of a collected key take versions above the watermark and land.
     let answer = cluster.client.put(key, b"again").await?;
     assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.json());
@@ -266,17 +272,7 @@ async fn a_disk_restored_from_a_checkpoint_does_not_bring_back_a_collected_key()
         answer.record, None,
         "the restored replica kept the value its peers collected"
     );
-    for consistency in ["one", "quorum", "all"] {
-        let answer = cluster
-            .client
-            .get(&format!("{key}?consistency={consistency}"))
-            .await?;
-        assert_eq!(
-            answer.status,
-            StatusCode::NOT_FOUND,
-            "{key} at {consistency}"
-        );
-    }
+    deleted_at_every_level(&cluster, key).await?;
     Ok(())
 }
 
@@ -370,17 +366,7 @@ async fn a_value_commit_delivered_after_its_keys_tombstone_was_collected_is_refu
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for consistency in ["one", "quorum", "all"] {
-        let answer = cluster
-            .client
-            .get(&format!("{key}?consistency={consistency}"))
-            .await?;
-        assert_eq!(
-            answer.status,
-            StatusCode::NOT_FOUND,
-            "{key} came back at {consistency}"
-        );
-    }
+    deleted_at_every_level(&cluster, key).await?;
     for node in &place.replicas {
         let answer = cluster
             .read_replica(*node, key, place.partition, place.epoch)
