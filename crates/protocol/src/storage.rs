@@ -240,11 +240,40 @@ pub struct StrongFloors {
     pub watermark: Option<Version>,
 }
 
+/// What an importer reading a paged partition export may take of its
+/// floors: those of the first page, as long as every later page's keep them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportFloors {
+    first: Option<Option<StrongFloors>>,
+}
+
+impl ExportFloors {
+    /// Takes the next page's floors; `Err` when the exporter dropped the
+    /// partition (or lost its disk) since the first page, whose later pages
+    /// then no longer hold every record at or below the first watermark.
+    pub fn observe(&mut self, page: Option<StrongFloors>) -> Result<(), &'static str> {
+        match self.first {
+            None => {
+                self.first = Some(page);
+                Ok(())
+            }
+            Some(Some(first)) if !page.unwrap_or_default().keeps(&first) => {
+                Err("the exporter dropped the partition while it was read")
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The first page's floors, which the importer adopts after the last page.
+    pub fn at_start(&self) -> Option<StrongFloors> {
+        self.first.flatten()
+    }
+}
+
 impl StrongFloors {
     /// Whether these floors, read after `first`, still vouch for what
     /// `first` did: a watermark only goes back when the exporter dropped the
-    /// partition (or lost its disk) between the two reads, and then its later
-    /// pages no longer hold every record at or below the first watermark.
+    /// partition (or lost its disk) between the two reads.
     pub fn keeps(&self, first: &StrongFloors) -> bool {
         self.watermark >= first.watermark
     }
@@ -483,6 +512,38 @@ pub struct PurgeResponse {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_export_vouches_for_its_first_pages_floors_only_while_its_pages_keep_them() {
+        let v = |counter| Version { counter, writer: 0 };
+        let sealed = |w| StrongFloors {
+            floor: Some(v(w)),
+            watermark: Some(v(w)),
+        };
+        let mut floors = ExportFloors::default();
+        assert_eq!(floors.at_start(), None);
+        floors.observe(Some(sealed(5))).expect("first page");
+        floors
+            .observe(Some(sealed(9)))
+            .expect("a watermark sealed meanwhile keeps the promise");
+        assert_eq!(
+            floors.at_start(),
+            Some(sealed(5)),
+            "the first page's are adopted"
+        );
+        assert!(
+            floors.observe(Some(StrongFloors::default())).is_err(),
+            "dropped"
+        );
+        assert!(
+            floors.observe(None).is_err(),
+            "a page without floors vouches for nothing"
+        );
+        // An export that began without a watermark promises nothing to keep.
+        let mut none = ExportFloors::default();
+        none.observe(Some(StrongFloors::default())).expect("first");
+        none.observe(None).expect("nothing to keep");
+    }
     use super::*;
 
     #[test]

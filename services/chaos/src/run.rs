@@ -310,7 +310,7 @@ async fn strong_tombstones_collected(http: &reqwest::Client, nodes: &[String]) -
 }
 
 /// A counter's value in a Prometheus text exposition (0 when absent).
-pub(crate) fn metric_value(text: &str, name: &str) -> u64 {
+pub fn metric_value(text: &str, name: &str) -> u64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.split_once(' '))

@@ -295,8 +295,7 @@ impl Mover {
             max_bytes: Some(kvorum_protocol::storage::MAX_PAGE_BYTES),
             ..ExportQuery::default()
         };
-        let mut floors_at_start = None;
-        let mut first_page = true;
+        let mut floors = kvorum_protocol::storage::ExportFloors::default();
         loop {
             let encoded = serde_urlencoded::to_string(&query).map_err(|e| MoveError::Node {
                 node: source,
@@ -322,21 +321,16 @@ impl Mover {
             // The source's floors as of the first page go with the last one:
             // the joiner adopts them once it holds every record they vouch
             // for, and a watermark adopted earlier would refuse older records.
-            if first_page {
-                floors_at_start = page.strong_floors;
-                first_page = false;
-            } else if let Some(start) = floors_at_start
-                && !page.strong_floors.is_some_and(|now| now.keeps(&start))
-            {
-                return Err(MoveError::Node {
+            floors
+                .observe(page.strong_floors)
+                .map_err(|e| MoveError::Node {
                     node: source,
-                    message: "the source dropped the partition while it was read".to_owned(),
-                });
-            }
+                    message: e.to_owned(),
+                })?;
             let import = PartitionExport {
                 next: None,
                 strong_floors: if next.is_none() {
-                    floors_at_start
+                    floors.at_start()
                 } else {
                     None
                 },

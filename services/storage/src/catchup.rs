@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use kvorum_http_client::HttpClient;
 use kvorum_metad_client::Follower;
-use kvorum_protocol::storage::{ExportQuery, PartitionExport, StrongFloors};
+use kvorum_protocol::storage::{ExportFloors, ExportQuery, PartitionExport, StrongFloors};
 use kvorum_protocol::{Key, KeyspaceName, NodeId, PartitionId};
 use tokio_util::sync::CancellationToken;
 
@@ -174,8 +174,7 @@ async fn copy_from(
     // watermark is sent by some page, which a watermark sealed while the
     // pages were read does not promise, and which a source that dropped the
     // partition between two pages no longer keeps.
-    let mut floors_at_start = None;
-    let mut first_page = true;
+    let mut floors = ExportFloors::default();
     loop {
         let encoded = serde_urlencoded::to_string(&query).map_err(|e| e.to_string())?;
         let page: PartitionExport = peers
@@ -197,18 +196,9 @@ async fn copy_from(
             .map(|r| WriteOp::import(page.partition, r))
             .collect();
         imported += ops.len() as u64;
-        if first_page {
-            floors_at_start = page.strong_floors;
-            first_page = false;
-        } else if let Some(start) = floors_at_start
-            && !page.strong_floors.is_some_and(|now| now.keeps(&start))
-        {
-            return Err(format!(
-                "the source dropped partition {partition} while it was read"
-            ));
-        }
+        floors.observe(page.strong_floors)?;
         if next.is_none()
-            && let Some(floors) = floors_at_start
+            && let Some(floors) = floors.at_start()
         {
             ops.extend(stale_values(store, page.partition, floors, &present).await?);
             // The floors last: a watermark taken first would refuse the older records.
